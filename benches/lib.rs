@@ -1,0 +1,1 @@
+//! Cross-crate benchmarks live here; per-crate criterion benches live in each crate.

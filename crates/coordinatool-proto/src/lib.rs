@@ -1,0 +1,1 @@
+//! The coordinatool wire protocol: typed JSON messages and stream framing, with no IO.

@@ -1,0 +1,1 @@
+//! The coordinatool scheduling engine: a sans-IO state machine (events in, actions out).

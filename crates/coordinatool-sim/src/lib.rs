@@ -1,0 +1,1 @@
+//! A simulated Lustre HSM, so coordinatool runs and is tested without Lustre.
