@@ -1,0 +1,1 @@
+//! Parser for the MDT `hsm/active_requests` listing.

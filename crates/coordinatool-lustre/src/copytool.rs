@@ -1,0 +1,1 @@
+//! Safe copytool API over the run-time loaded liblustreapi.
