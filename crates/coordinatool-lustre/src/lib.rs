@@ -19,3 +19,6 @@ pub mod hal;
 
 pub use action::{HsmAction, HsmProgressFlags, HsmStates, HsmUserAction};
 pub use fid::{FidParseError, LuFid};
+pub use copytool::{ActionHandle, Copytool, HsmCurrentAction, HsmProgressState, HsmUserState};
+pub use ffi::log::LlapiLogLevel;
+pub use ffi::{LoadError, LustreError, Lustreapi};
