@@ -1,0 +1,1639 @@
+//! The engine state machine.
+
+use crate::action::{Action, Delivery, Locate, PersistOp, ReportEvent, ReportLine, RestoreLocator};
+use crate::config::{Config, HashMode, HostMapping, ShareKey};
+use crate::hint::{
+    Rng, data_contains_tag, djb2, fnv1a, parse_hint, rendezvous, valid_report_value,
+};
+use crate::queue::{Fifo, Link, PartKey, QueueSet, Slot};
+use crate::status::{ClientDump, ClientStatus, DumpEntry, Status};
+use crate::types::{
+    ClientId, ClientState, Ehlo, Kind, LockState, MIN_RECV_BYTES, PerKind, RecvLimits, Request,
+    RequestKey, Time,
+};
+use coordinatool_lustre::{HsmAction, LuFid};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use tracing::{debug, info, warn};
+
+/// Host name of the placeholder that holds restores whose locate failed (upstream's name).
+pub const LOCATE_FAILED_HOST: &str = "phobos_error_dummy_host";
+
+/// Set index of the global queue.
+const GLOBAL: u32 = 0;
+
+/// Errors returned to the client that sent a command.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The handle does not name a live client record.
+    #[error("unknown client {0}")]
+    UnknownClient(ClientId),
+    /// `ehlo` on a connection that already completed one.
+    #[error("Client cannot send EHLO twice")]
+    EhloTwice,
+    /// An archive id outside 1..=i32::MAX in `ehlo`.
+    #[error("Bad archive id in list: {0}")]
+    BadArchiveId(u32),
+    /// Another connected, handshaken client already uses this id.
+    #[error("id already used by another client: {0}")]
+    IdInUse(String),
+    /// `recv` before `ehlo`, or while a `recv` is already pending.
+    #[error("Client must send EHLO first and not already be in RECV")]
+    NotReady,
+    /// `recv` with a budget below [`MIN_RECV_BYTES`].
+    #[error("Buffer too small: max_bytes {0} < 172")]
+    BufferTooSmall(u32),
+}
+
+/// Why a request was refused at intake.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IntakeError {
+    /// Only archive, restore and remove are scheduled (cancel goes to [`Engine::cancel`]).
+    #[error("action {0:?} cannot be queued (only ARCHIVE, RESTORE, REMOVE)")]
+    NotSchedulable(HsmAction),
+    /// `hal_archive_id` 0 where a real archive id is required.
+    #[error("hal_archive_id must not be 0")]
+    ArchiveIdZero,
+}
+
+/// Invalid engine configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A host mapping with no host.
+    #[error("host mapping for tag {0:?} lists no host")]
+    NoHosts(String),
+    /// A fair-share weight for a numeric key that is not a number.
+    #[error("fair-share weight key {0:?} is not an integer id")]
+    BadWeightKey(String),
+    /// A zero fair-share weight.
+    #[error("fair-share weight of {0:?} must be at least 1")]
+    ZeroWeight(String),
+}
+
+/// Result of registering a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intake {
+    /// Registered and queued.
+    New,
+    /// A request with the same key exists: skipped (and counted).
+    Duplicate,
+}
+
+/// Result of a `queue` command.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueSummary {
+    /// New requests registered.
+    pub enqueued: u32,
+    /// Items whose key already existed.
+    pub skipped: u32,
+    /// Items refused, with their position in the list.
+    pub errors: Vec<(usize, IntakeError)>,
+}
+
+/// Result of a CANCEL from Lustre.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// No such request (probably just done): ignored.
+    Unknown,
+    /// It was queued: removed, and [`Action::ReportCancelled`] emitted.
+    Cancelled,
+    /// It is running: a CANCEL item will go to its mover.
+    Forwarded,
+}
+
+/// Result of a `done`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoneOutcome {
+    /// The request was found and finished.
+    Finished,
+    /// Unknown key (a double ack after a cancel, or already finished): harmless.
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loc {
+    Detached,
+    Queued { set: u32, slot: Slot },
+    Running { client: u32 },
+}
+
+#[derive(Debug)]
+struct Req {
+    r: Request,
+    kind: Kind,
+    loc: Loc,
+    prio: i32,
+    share: u64,
+    /// Original data when an upstream-mode consistent-hash mapping rewrote `r.data`.
+    orig_data: Option<Box<[u8]>>,
+}
+
+impl Req {
+    fn data(&self) -> &[u8] {
+        self.orig_data.as_deref().unwrap_or(&self.r.data)
+    }
+}
+
+#[derive(Debug)]
+struct Client {
+    name: Box<str>,
+    id_set: bool,
+    state: ClientState,
+    disconnected_at: Option<Time>,
+    archives: Option<Vec<u32>>,
+    limits: RecvLimits,
+    current: [u32; 3],
+    done: [u64; 3],
+    running: Fifo,
+    set: Option<u32>,
+    cancels: VecDeque<Request>,
+    /// Ordering stamp for status (most recent first).
+    order: u64,
+}
+
+impl Client {
+    fn accepts(&self, archive_id: u32) -> bool {
+        self.archives
+            .as_ref()
+            .is_none_or(|a| a.binary_search(&archive_id).is_ok())
+    }
+
+    fn connected(&self) -> bool {
+        self.state != ClientState::Disconnected
+    }
+}
+
+#[derive(Debug)]
+struct ClientSlot {
+    generation: u32,
+    client: Option<Client>,
+}
+
+/// The scheduling engine: a deterministic, sans-IO state machine.
+///
+/// Methods come in four kinds, as in quinn-proto:
+/// * inputs: [`connect`](Self::connect), [`ehlo`](Self::ehlo), [`recv`](Self::recv),
+///   [`done`](Self::done), [`disconnect`](Self::disconnect), [`new_request`](Self::new_request),
+///   [`new_requests`](Self::new_requests), [`queue`](Self::queue), [`recover`](Self::recover),
+///   [`cancel`](Self::cancel), [`set_lock`](Self::set_lock), [`handle_timeout`](Self::handle_timeout);
+/// * a reporting tick: [`report_progress`](Self::report_progress);
+/// * getters: [`status`](Self::status), [`client_state`](Self::client_state), counters;
+/// * outputs: [`poll_action`](Self::poll_action) and [`poll_timeout`](Self::poll_timeout).
+///
+/// After every input, drain `poll_action` until it returns `None`, then re-arm the timer with
+/// `poll_timeout`. Every input takes `now`, which must never go backwards.
+pub struct Engine {
+    cfg: Config,
+    reqs: Vec<Option<Req>>,
+    links: Vec<Link>,
+    free_reqs: Vec<u32>,
+    /// (dfid, low 32 bits of cookie, high 32 bits): exact lookups, and the 32-bit fallback as
+    /// a range over the first two fields.
+    index: BTreeMap<(LuFid, u32, u32), u32>,
+    sets: Vec<QueueSet>,
+    free_sets: Vec<u32>,
+    clients: Vec<ClientSlot>,
+    free_clients: Vec<u32>,
+    by_name: HashMap<Box<str>, u32>,
+    /// Clients with a pending `recv`, most recent first.
+    waiting: VecDeque<u32>,
+    expiries: BTreeSet<(Time, u32)>,
+    running: [u64; 3],
+    pending: [u64; 3],
+    done: [u64; 3],
+    pending_cancel: u64,
+    done_cancel: u64,
+    duplicates: u64,
+    connected: u32,
+    lock: LockState,
+    shutdown_sent: bool,
+    actions: VecDeque<Action>,
+    rng: Rng,
+    order: u64,
+    weights: HashMap<u64, u32>,
+    default_weight: u32,
+    prio_tag: Option<Vec<u8>>,
+    report_needle: Option<Vec<u8>>,
+    report_refs: HashMap<Box<str>, u32>,
+    locator: Option<Box<dyn RestoreLocator>>,
+    /// Locator answers per request slot (`None` = anywhere).
+    locality: HashMap<u32, Option<Box<str>>>,
+    dirty: bool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("pending", &self.pending)
+            .field("running", &self.running)
+            .field("done", &self.done)
+            .field("connected", &self.connected)
+            .field("lock", &self.lock)
+            .finish_non_exhaustive()
+    }
+}
+
+fn share_of(cfg: &Config, r: &Request) -> u64 {
+    let Some(fs) = &cfg.fair_share else { return 0 };
+    match &fs.key {
+        ShareKey::ArchiveId => u64::from(r.archive_id),
+        ShareKey::DataTag(tag) => parse_hint(&r.data, tag.as_bytes()).map_or(u64::MAX, fnv1a),
+        ShareKey::Uid => r.owner.map_or(u64::MAX, |o| u64::from(o.uid)),
+        ShareKey::Gid => r.owner.map_or(u64::MAX, |o| u64::from(o.gid)),
+        ShareKey::ProjId => r.owner.map_or(u64::MAX, |o| u64::from(o.projid)),
+    }
+}
+
+impl Engine {
+    /// Builds an engine. `now` is unused today but keeps the constructor in line with the
+    /// other inputs.
+    pub fn new(cfg: Config) -> Result<Self, ConfigError> {
+        for m in &cfg.host_mappings {
+            let (tag, hosts) = match m {
+                HostMapping::Tag { tag, hosts } => (tag, hosts),
+                HostMapping::ConsistentHash { tag, hosts, .. } => (tag, hosts),
+            };
+            if hosts.is_empty() {
+                return Err(ConfigError::NoHosts(tag.clone()));
+            }
+        }
+        let mut weights = HashMap::new();
+        let mut default_weight = 1;
+        if let Some(fs) = &cfg.fair_share {
+            default_weight = fs.default_weight.max(1);
+            for (k, w) in &fs.weights {
+                if *w == 0 {
+                    return Err(ConfigError::ZeroWeight(k.clone()));
+                }
+                let share = match fs.key {
+                    ShareKey::DataTag(_) => fnv1a(k.as_bytes()),
+                    _ => k
+                        .parse::<u64>()
+                        .map_err(|_| ConfigError::BadWeightKey(k.clone()))?,
+                };
+                weights.insert(share, *w);
+            }
+        }
+        Ok(Engine {
+            rng: Rng::new(cfg.seed),
+            prio_tag: cfg.priorities.tag.clone().map(String::into_bytes),
+            report_needle: cfg
+                .reporting_hint
+                .as_ref()
+                .map(|h| format!("{h}=").into_bytes()),
+            cfg,
+            reqs: Vec::new(),
+            links: Vec::new(),
+            free_reqs: Vec::new(),
+            index: BTreeMap::new(),
+            sets: vec![QueueSet::default()],
+            free_sets: Vec::new(),
+            clients: Vec::new(),
+            free_clients: Vec::new(),
+            by_name: HashMap::new(),
+            waiting: VecDeque::new(),
+            expiries: BTreeSet::new(),
+            running: [0; 3],
+            pending: [0; 3],
+            done: [0; 3],
+            pending_cancel: 0,
+            done_cancel: 0,
+            duplicates: 0,
+            connected: 0,
+            lock: LockState::Unlocked,
+            shutdown_sent: false,
+            actions: VecDeque::new(),
+            order: 0,
+            weights,
+            default_weight,
+            report_refs: HashMap::new(),
+            locator: None,
+            locality: HashMap::new(),
+            dirty: false,
+        })
+    }
+
+    /// Installs the restore-locality hook (upstream's Phobos locate).
+    pub fn set_restore_locator(&mut self, locator: Box<dyn RestoreLocator>) {
+        self.locator = Some(locator);
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    // ----------------------------------------------------------------- outputs
+
+    /// The next action for the embedder, in the order they were produced.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next (`None`: no timer).
+    /// Upstream never arms its timer less than a second ahead; rate-limiting is the embedder's choice.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.expiries.first().map(|&(t, _)| t)
+    }
+
+    // ----------------------------------------------------------------- getters
+
+    /// Number of requests queued, per kind.
+    pub fn pending(&self) -> PerKind<u64> {
+        PerKind::from_array(self.pending)
+    }
+
+    /// Number of requests running on clients, per kind.
+    pub fn running(&self) -> PerKind<u64> {
+        PerKind::from_array(self.running)
+    }
+
+    /// Requests finished since start, per kind.
+    pub fn done_count(&self) -> PerKind<u64> {
+        PerKind::from_array(self.done)
+    }
+
+    /// Duplicate requests skipped since start.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// The lock state.
+    pub fn lock_state(&self) -> LockState {
+        self.lock
+    }
+
+    /// State of a client record, `None` if the handle is stale.
+    pub fn client_state(&self, client: ClientId) -> Option<ClientState> {
+        self.client(client).ok().map(|c| self.cl(c).state)
+    }
+
+    /// Handle of the record currently holding this client id (connected, disconnected or
+    /// placeholder).
+    pub fn client_by_name(&self, name: &str) -> Option<ClientId> {
+        self.by_name.get(name).map(|&idx| self.handle(idx))
+    }
+
+    /// The id string of a client record.
+    pub fn client_name(&self, client: ClientId) -> Option<&str> {
+        self.client(client).ok().map(|c| &*self.cl(c).name)
+    }
+
+    /// Where a request is: `Some(None)` queued, `Some(Some(client))` running, `None` unknown.
+    pub fn request_owner(&self, key: RequestKey) -> Option<Option<ClientId>> {
+        let id = self.lookup_exact(key)?;
+        match self.rq(id).loc {
+            Loc::Running { client } => Some(Some(self.handle(client))),
+            _ => Some(None),
+        }
+    }
+
+    // ----------------------------------------------------------------- inputs: clients
+
+    /// A new connection (upstream INIT state). `peer` (`host:port`) names it until `ehlo`
+    /// and for good if it stays anonymous.
+    pub fn connect(&mut self, peer: &str, _now: Time) -> ClientId {
+        self.connected += 1;
+        let idx = self.alloc_client(Client {
+            name: peer.into(),
+            id_set: false,
+            state: ClientState::Init,
+            disconnected_at: None,
+            archives: None,
+            limits: RecvLimits::default(),
+            current: [0; 3],
+            done: [0; 3],
+            running: Fifo::default(),
+            set: None,
+            cancels: VecDeque::new(),
+            order: 0,
+        });
+        self.handle(idx)
+    }
+
+    /// `ehlo`: handshake, takeover of a disconnected record with the same id, and
+    /// reconciliation with the actions the client says it is running.
+    pub fn ehlo(&mut self, client: ClientId, ehlo: Ehlo, now: Time) -> Result<(), EngineError> {
+        let c = self.client(client)?;
+        if self.cl(c).state != ClientState::Init {
+            return Err(EngineError::EhloTwice);
+        }
+        let mut archives = Vec::with_capacity(ehlo.archive_ids.len());
+        for &a in &ehlo.archive_ids {
+            if a == 0 || a > i32::MAX as u32 {
+                return Err(EngineError::BadArchiveId(a));
+            }
+            archives.push(a);
+        }
+        archives.sort_unstable();
+        archives.dedup();
+        let name: Box<str> = match &ehlo.id {
+            Some(id) => id.as_str().into(),
+            None => self.cl(c).name.clone(),
+        };
+        let existing = self.by_name.get(&name).copied();
+        if let Some(e) = existing
+            && e != c
+            && self.cl(e).connected()
+        {
+            return Err(EngineError::IdInUse(name.into()));
+        }
+        let order = self.next_order();
+        {
+            let cl = self.cl_mut(c);
+            cl.archives = (!archives.is_empty()).then_some(archives);
+            cl.state = ClientState::Ready;
+            cl.name = name.clone();
+            cl.order = order;
+        }
+        if ehlo.id.is_none() {
+            self.by_name.insert(name, c);
+            return Ok(());
+        }
+        self.cl_mut(c).id_set = true;
+        if let Some(old) = existing {
+            self.takeover(old, c);
+        }
+        self.by_name.insert(name, c);
+        self.reconcile(c, ehlo.running, now);
+        self.dirty = true;
+        self.flush(now);
+        Ok(())
+    }
+
+    /// `recv`: store the limits, then answer now if work is available, else later
+    /// (the client stays waiting; no reply is ever empty).
+    pub fn recv(
+        &mut self,
+        client: ClientId,
+        limits: RecvLimits,
+        now: Time,
+    ) -> Result<(), EngineError> {
+        let c = self.client(client)?;
+        let cl = self.cl_mut(c);
+        cl.limits = limits;
+        if cl.state != ClientState::Ready {
+            return Err(EngineError::NotReady);
+        }
+        if limits.max_bytes < MIN_RECV_BYTES {
+            return Err(EngineError::BufferTooSmall(limits.max_bytes));
+        }
+        cl.state = ClientState::Waiting;
+        self.waiting.push_front(c);
+        self.dispatch(c, now);
+        self.flush(now);
+        Ok(())
+    }
+
+    /// `done` from a client: finish the request (crediting the client that owns it), or
+    /// ignore an unknown key. A cookie truncated to 32 bits (old C clients) matches when only
+    /// one request of that dfid has those low 32 bits.
+    pub fn done(&mut self, from: ClientId, key: RequestKey, status: i32, now: Time) -> DoneOutcome {
+        let Some(id) = self.lookup(key) else {
+            debug!(cookie = key.cookie, dfid = %key.dfid, "done for unknown key (double ack on cancel?)");
+            return DoneOutcome::Unknown;
+        };
+        let (dfid, owner) = {
+            let r = self.rq(id);
+            (r.r.dfid, r.loc)
+        };
+        self.report(id, ReportLine::Done { dfid, status });
+        self.detach(id, false, now);
+        let kind = self.rq(id).kind;
+        self.done[kind.index()] += 1;
+        if let Loc::Running { client } = owner {
+            self.cl_mut(client).done[kind.index()] += 1;
+            if self.cl(client).state == ClientState::Waiting {
+                self.dispatch(client, now);
+            }
+        }
+        self.free_req(id);
+        if let Ok(f) = self.client(from)
+            && self.cl(f).state == ClientState::Waiting
+        {
+            self.dispatch(f, now);
+        }
+        self.check_quit();
+        self.flush(now);
+        DoneOutcome::Finished
+    }
+
+    /// The connection closed. Anonymous and not-yet-handshaken clients are freed at once
+    /// (their work is re-queued); named clients keep their work for `client_grace_ms`.
+    pub fn disconnect(&mut self, client: ClientId, now: Time) -> Result<(), EngineError> {
+        let c = self.client(client)?;
+        let cl = self.cl(c);
+        if cl.state == ClientState::Disconnected {
+            return Ok(());
+        }
+        if !cl.id_set || cl.state == ClientState::Init {
+            self.free_client(c, now);
+        } else {
+            self.connected -= 1;
+            self.unwait(c);
+            let order = self.next_order();
+            let exp = now.add_nanos(self.grace_ns());
+            let cl = self.cl_mut(c);
+            cl.state = ClientState::Disconnected;
+            cl.disconnected_at = Some(now);
+            cl.order = order;
+            self.expiries.insert((exp, c));
+        }
+        self.flush(now);
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------- inputs: requests
+
+    /// One request from Lustre.
+    pub fn new_request(&mut self, req: Request, now: Time) -> Result<Intake, IntakeError> {
+        let r = self.register(req, true, now);
+        self.flush(now);
+        r
+    }
+
+    /// Every item of one `hal` from Lustre (dispatching once at the end). Returns the
+    /// per-item outcomes.
+    pub fn new_requests(
+        &mut self,
+        reqs: impl IntoIterator<Item = Request>,
+        now: Time,
+    ) -> Vec<Result<Intake, IntakeError>> {
+        let out = reqs
+            .into_iter()
+            .map(|r| self.register(r, true, now))
+            .collect();
+        self.flush(now);
+        out
+    }
+
+    /// The `queue` command: like Lustre intake, but `hal_archive_id` must not be 0 and a
+    /// `timestamp` of 0 is replaced by `now`. Waiting clients are served right away (upstream
+    /// waited for the next trigger).
+    pub fn queue(&mut self, items: impl IntoIterator<Item = Request>, now: Time) -> QueueSummary {
+        let mut s = QueueSummary::default();
+        for (i, mut r) in items.into_iter().enumerate() {
+            if r.archive_id == 0 {
+                s.errors.push((i, IntakeError::ArchiveIdZero));
+                continue;
+            }
+            if r.timestamp == Time(0) {
+                r.timestamp = now;
+            }
+            match self.register(r, true, now) {
+                Ok(Intake::New) => s.enqueued += 1,
+                Ok(Intake::Duplicate) => s.skipped += 1,
+                Err(e) => s.errors.push((i, e)),
+            }
+        }
+        self.flush(now);
+        s
+    }
+
+    /// A request read back from the store at startup, with the client it was assigned to.
+    /// No [`PersistOp::New`] is emitted (the store has it). An assignment to an unknown
+    /// client creates a disconnected placeholder for it, which expires after the grace period.
+    pub fn recover(
+        &mut self,
+        req: Request,
+        assigned: Option<&str>,
+        now: Time,
+    ) -> Result<Intake, IntakeError> {
+        let kind = Kind::of(req.action).ok_or(IntakeError::NotSchedulable(req.action))?;
+        if self.lookup_exact(req.key()).is_some() {
+            self.duplicates += 1;
+            return Ok(Intake::Duplicate);
+        }
+        let id = self.insert_req(req, kind);
+        self.report_new(id);
+        match assigned {
+            Some(name) => {
+                let c = self.client_for_host(name, now);
+                self.attach_running(c, id);
+            }
+            None => self.place(id, false, now),
+        }
+        self.dirty = true;
+        self.flush(now);
+        Ok(Intake::New)
+    }
+
+    /// A CANCEL item from Lustre (its cookie and dfid name the request to cancel).
+    pub fn cancel(&mut self, cancel: Request, now: Time) -> CancelOutcome {
+        let Some(id) = self.lookup_exact(cancel.key()) else {
+            warn!(cookie = cancel.cookie, dfid = %cancel.dfid, "cancel: not in queue -- just done?");
+            return CancelOutcome::Unknown;
+        };
+        let dfid = cancel.dfid;
+        self.report(id, ReportLine::Cancel { dfid });
+        let out = match self.rq(id).loc {
+            Loc::Running { client } => {
+                self.cl_mut(client).cancels.push_back(cancel);
+                self.pending_cancel += 1;
+                if self.cl(client).state == ClientState::Waiting {
+                    self.dispatch(client, now);
+                }
+                CancelOutcome::Forwarded
+            }
+            _ => {
+                self.cancel_queued(id, cancel, now);
+                CancelOutcome::Cancelled
+            }
+        };
+        self.flush(now);
+        out
+    }
+
+    /// `lock`: 0 unlock (and serve every waiting client), 1 lock, 2 lock and quit once
+    /// nothing runs.
+    pub fn set_lock(&mut self, state: LockState, now: Time) {
+        self.lock = state;
+        match state {
+            LockState::Unlocked => self.dirty = true,
+            LockState::Locked => {}
+            LockState::LockAndQuit => self.check_quit(),
+        }
+        self.flush(now);
+    }
+
+    /// Time passed: free disconnected clients whose grace expired (re-queuing their work),
+    /// then serve waiting clients. Extra calls are harmless.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(&(t, c)) = self.expiries.first() {
+            if t > now {
+                break;
+            }
+            self.expiries.pop_first();
+            info!(client = %self.cl(c).name, "grace period expired, re-queuing its requests");
+            self.free_client(c, now);
+        }
+        self.dirty = true;
+        self.flush(now);
+    }
+
+    /// Reporting tick: a `progress` line for every reported restore waiting in a connected
+    /// client's queue or the global queue (upstream reports restores only). O(queued restores).
+    pub fn report_progress(&mut self, _now: Time) {
+        if self.report_needle.is_none() {
+            return;
+        }
+        let mut sets: Vec<(u32, Option<String>)> = Vec::new();
+        for slot in &self.clients {
+            if let Some(cl) = &slot.client
+                && cl.connected()
+                && let Some(s) = cl.set
+            {
+                sets.push((s, Some(cl.name.to_string())));
+            }
+        }
+        sets.push((GLOBAL, None));
+        for (s, queue) in sets {
+            let ids: Vec<u32> = self.sets[s as usize]
+                .iter_kind(&self.links, Kind::Restore)
+                .collect();
+            let total = ids.len() as u64;
+            for (i, id) in ids.into_iter().enumerate() {
+                let dfid = self.rq(id).r.dfid;
+                self.report(
+                    id,
+                    ReportLine::Progress {
+                        dfid,
+                        queue: queue.clone(),
+                        pos: i as u64 + 1,
+                        total,
+                    },
+                );
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- status
+
+    /// Runtime information (`status`). With `dump`, every queue is listed too
+    /// (upstream's verbose ≥ 6).
+    pub fn status(&self, dump: bool) -> Status {
+        let mut connected: Vec<&Client> = Vec::new();
+        let mut disconnected: Vec<&Client> = Vec::new();
+        for cl in self.clients.iter().filter_map(|s| s.client.as_ref()) {
+            if cl.connected() {
+                connected.push(cl);
+            } else {
+                disconnected.push(cl);
+            }
+        }
+        connected.sort_by_key(|c| std::cmp::Reverse(c.order));
+        disconnected.sort_by_key(|c| std::cmp::Reverse(c.order));
+        let entry = |id: u32| {
+            let r = &self.rq(id).r;
+            DumpEntry::new(r)
+        };
+        let dump_set = |s: Option<u32>| {
+            PerKind::from_array(Kind::ALL.map(|k| {
+                match s {
+                    Some(s) => self.sets[s as usize]
+                        .iter_kind(&self.links, k)
+                        .map(entry)
+                        .collect(),
+                    None => Vec::new(),
+                }
+            }))
+        };
+        let clients = connected
+            .into_iter()
+            .chain(disconnected)
+            .map(|cl| ClientStatus {
+                client_id: cl.name.to_string(),
+                state: cl.state,
+                current: PerKind::from_array(cl.current),
+                done: PerKind::from_array(cl.done),
+                batches: Vec::new(),
+                disconnected_at: cl.disconnected_at.filter(|_| !cl.connected()),
+                dump: dump.then(|| ClientDump {
+                    active: cl.running.iter(&self.links).map(entry).collect(),
+                    waiting: dump_set(cl.set),
+                    cancels: cl.cancels.iter().map(DumpEntry::new).collect(),
+                }),
+            })
+            .collect();
+        Status {
+            running: PerKind::from_array(self.running),
+            pending: PerKind::from_array(self.pending),
+            done: PerKind::from_array(self.done),
+            pending_cancel: self.pending_cancel,
+            done_cancel: self.done_cancel,
+            duplicates: self.duplicates,
+            clients_connected: self.connected,
+            locked: self.lock,
+            clients,
+            queues: dump.then(|| dump_set(Some(GLOBAL))),
+        }
+    }
+
+    /// Recounts everything and checks the engine's indexes against each other: every request
+    /// is in exactly one place, counters equal recounts, links are consistent. Meant for
+    /// tests and debugging (O(everything)); returns the first inconsistency found.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut pending = [0u64; 3];
+        let mut running = [0u64; 3];
+        let mut per_client: HashMap<u32, [u32; 3]> = HashMap::new();
+        let mut per_set: HashMap<u32, u64> = HashMap::new();
+        let mut live = 0usize;
+        for (id, r) in self.reqs.iter().enumerate() {
+            let Some(r) = r else { continue };
+            live += 1;
+            let id = id as u32;
+            if self.index.get(&Self::index_key(r.r.key())) != Some(&id) {
+                return Err(format!("request {id} missing from the index"));
+            }
+            match r.loc {
+                Loc::Detached => return Err(format!("request {id} is detached")),
+                Loc::Queued { set, .. } => {
+                    pending[r.kind.index()] += 1;
+                    *per_set.entry(set).or_default() += 1;
+                }
+                Loc::Running { client } => {
+                    running[r.kind.index()] += 1;
+                    if self
+                        .clients
+                        .get(client as usize)
+                        .and_then(|s| s.client.as_ref())
+                        .is_none()
+                    {
+                        return Err(format!("request {id} runs on freed client {client}"));
+                    }
+                    per_client.entry(client).or_default()[r.kind.index()] += 1;
+                }
+            }
+        }
+        if live != self.index.len() {
+            return Err(format!(
+                "index holds {} keys for {live} requests",
+                self.index.len()
+            ));
+        }
+        if pending != self.pending || running != self.running {
+            return Err(format!(
+                "counters pending {:?} running {:?}, recount {pending:?} {running:?}",
+                self.pending, self.running
+            ));
+        }
+        let mut connected = 0;
+        let mut cancels = 0u64;
+        let mut used_sets = vec![GLOBAL];
+        for (idx, slot) in self.clients.iter().enumerate() {
+            let Some(cl) = &slot.client else { continue };
+            let idx = idx as u32;
+            if cl.connected() {
+                connected += 1;
+            }
+            cancels += cl.cancels.len() as u64;
+            let recount = per_client.get(&idx).copied().unwrap_or_default();
+            if recount != cl.current {
+                return Err(format!(
+                    "client {} current {:?}, recount {recount:?}",
+                    cl.name, cl.current
+                ));
+            }
+            let mut n = 0;
+            for id in cl.running.iter(&self.links) {
+                n += 1;
+                if self.rq(id).loc != (Loc::Running { client: idx }) {
+                    return Err(format!(
+                        "client {} lists request {id} it does not own",
+                        cl.name
+                    ));
+                }
+            }
+            if n != cl.running.len || n != recount.iter().sum::<u32>() {
+                return Err(format!("client {} running list length mismatch", cl.name));
+            }
+            if (cl.state == ClientState::Waiting) != self.waiting.contains(&idx) {
+                return Err(format!("client {} waiting list mismatch", cl.name));
+            }
+            if let Some(s) = cl.set {
+                used_sets.push(s);
+            }
+        }
+        for &s in &used_sets {
+            let qs = &self.sets[s as usize];
+            let mut n = 0u64;
+            for k in Kind::ALL {
+                let mut nk = 0;
+                for id in qs.iter_kind(&self.links, k) {
+                    nk += 1;
+                    match self.rq(id).loc {
+                        Loc::Queued { set, .. } if set == s => {}
+                        other => {
+                            return Err(format!("set {s} lists request {id} located at {other:?}"));
+                        }
+                    }
+                }
+                if nk != qs.len_by_kind[k.index()] {
+                    return Err(format!("set {s} kind {k:?} length mismatch"));
+                }
+                n += nk;
+            }
+            if n != per_set.get(&s).copied().unwrap_or(0) {
+                return Err(format!("set {s} holds {n}, requests pointing at it differ"));
+            }
+        }
+        if per_set.keys().any(|s| !used_sets.contains(s)) {
+            return Err("a request points at an unused queue set".into());
+        }
+        if connected != self.connected {
+            return Err(format!("connected {} recount {connected}", self.connected));
+        }
+        if cancels != self.pending_cancel {
+            return Err(format!(
+                "pending_cancel {} recount {cancels}",
+                self.pending_cancel
+            ));
+        }
+        for (name, &c) in &self.by_name {
+            match self.clients.get(c as usize).and_then(|s| s.client.as_ref()) {
+                Some(cl) if &cl.name == name => {}
+                _ => return Err(format!("by_name {name} points at a wrong record")),
+            }
+        }
+        Ok(())
+    }
+
+    // ================================================================= internals
+
+    fn grace_ns(&self) -> u64 {
+        self.cfg.client_grace_ms.saturating_mul(1_000_000)
+    }
+
+    fn next_order(&mut self) -> u64 {
+        self.order += 1;
+        self.order
+    }
+
+    fn handle(&self, idx: u32) -> ClientId {
+        ClientId {
+            idx,
+            generation: self.clients[idx as usize].generation,
+        }
+    }
+
+    fn client(&self, h: ClientId) -> Result<u32, EngineError> {
+        match self.clients.get(h.idx as usize) {
+            Some(s) if s.generation == h.generation && s.client.is_some() => Ok(h.idx),
+            _ => Err(EngineError::UnknownClient(h)),
+        }
+    }
+
+    fn cl(&self, c: u32) -> &Client {
+        self.clients[c as usize]
+            .client
+            .as_ref()
+            .expect("live client index")
+    }
+
+    fn cl_mut(&mut self, c: u32) -> &mut Client {
+        self.clients[c as usize]
+            .client
+            .as_mut()
+            .expect("live client index")
+    }
+
+    fn rq(&self, id: u32) -> &Req {
+        self.reqs[id as usize].as_ref().expect("live request index")
+    }
+
+    fn rq_mut(&mut self, id: u32) -> &mut Req {
+        self.reqs[id as usize].as_mut().expect("live request index")
+    }
+
+    fn alloc_client(&mut self, client: Client) -> u32 {
+        match self.free_clients.pop() {
+            Some(idx) => {
+                self.clients[idx as usize].client = Some(client);
+                idx
+            }
+            None => {
+                self.clients.push(ClientSlot {
+                    generation: 0,
+                    client: Some(client),
+                });
+                (self.clients.len() - 1) as u32
+            }
+        }
+    }
+
+    fn index_key(key: RequestKey) -> (LuFid, u32, u32) {
+        (key.dfid, key.cookie as u32, (key.cookie >> 32) as u32)
+    }
+
+    fn lookup_exact(&self, key: RequestKey) -> Option<u32> {
+        self.index.get(&Self::index_key(key)).copied()
+    }
+
+    fn lookup(&self, key: RequestKey) -> Option<u32> {
+        if let Some(id) = self.lookup_exact(key) {
+            return Some(id);
+        }
+        // Old C clients send the cookie as a signed 32-bit int: zero- or sign-extended.
+        let high = key.cookie >> 32;
+        if high != 0 && high != 0xffff_ffff {
+            return None;
+        }
+        let low = key.cookie as u32;
+        let mut range = self
+            .index
+            .range((key.dfid, low, 0)..=(key.dfid, low, u32::MAX));
+        let first = range.next()?;
+        if range.next().is_some() {
+            warn!(cookie = key.cookie, dfid = %key.dfid, "done: truncated cookie matches several requests");
+            return None;
+        }
+        Some(*first.1)
+    }
+
+    fn insert_req(&mut self, r: Request, kind: Kind) -> u32 {
+        let prio = self.cfg_prio(kind)
+            + self.prio_tag.as_ref().map_or(0, |t| {
+                parse_hint(&r.data, t)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.trim().parse::<i32>().ok())
+                    .map_or(0, |v| v.clamp(-100, 100))
+            });
+        let share = share_of(&self.cfg, &r);
+        let key = Self::index_key(r.key());
+        let req = Req {
+            r,
+            kind,
+            loc: Loc::Detached,
+            prio,
+            share,
+            orig_data: None,
+        };
+        let id = match self.free_reqs.pop() {
+            Some(id) => {
+                self.reqs[id as usize] = Some(req);
+                id
+            }
+            None => {
+                self.reqs.push(Some(req));
+                self.links.push(Link::default());
+                (self.reqs.len() - 1) as u32
+            }
+        };
+        self.index.insert(key, id);
+        id
+    }
+
+    fn cfg_prio(&self, kind: Kind) -> i32 {
+        let p = &self.cfg.priorities;
+        match kind {
+            Kind::Restore => p.restore,
+            Kind::Remove => p.remove,
+            Kind::Archive => p.archive,
+        }
+    }
+
+    fn register(&mut self, req: Request, persist: bool, now: Time) -> Result<Intake, IntakeError> {
+        let kind = Kind::of(req.action).ok_or(IntakeError::NotSchedulable(req.action))?;
+        if self.lookup_exact(req.key()).is_some() {
+            self.duplicates += 1;
+            return Ok(Intake::Duplicate);
+        }
+        if persist {
+            self.actions
+                .push_back(Action::Persist(PersistOp::New(req.clone())));
+        }
+        let id = self.insert_req(req, kind);
+        self.report_new(id);
+        self.place(id, false, now);
+        self.dirty = true;
+        Ok(Intake::New)
+    }
+
+    fn report_value(&self, id: u32) -> Option<String> {
+        let needle = self.report_needle.as_ref()?;
+        let v = parse_hint(self.rq(id).data(), needle)?;
+        if !valid_report_value(v) {
+            return None;
+        }
+        Some(String::from_utf8_lossy(v).into_owned())
+    }
+
+    fn report_new(&mut self, id: u32) {
+        let Some(value) = self.report_value(id) else {
+            return;
+        };
+        *self.report_refs.entry(value.as_str().into()).or_insert(0) += 1;
+        let dfid = self.rq(id).r.dfid;
+        self.actions.push_back(Action::Report(ReportEvent {
+            value,
+            line: ReportLine::New { dfid },
+        }));
+    }
+
+    fn report(&mut self, id: u32, line: ReportLine) {
+        if let Some(value) = self.report_value(id) {
+            self.actions
+                .push_back(Action::Report(ReportEvent { value, line }));
+        }
+    }
+
+    fn free_req(&mut self, id: u32) {
+        debug_assert_eq!(self.rq(id).loc, Loc::Detached);
+        if let Some(value) = self.report_value(id)
+            && let Some(n) = self.report_refs.get_mut(value.as_str())
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.report_refs.remove(value.as_str());
+                self.actions.push_back(Action::Report(ReportEvent {
+                    value,
+                    line: ReportLine::Idle,
+                }));
+            }
+        }
+        let req = self.reqs[id as usize].take().expect("live request");
+        let key = req.r.key();
+        self.index.remove(&Self::index_key(key));
+        self.locality.remove(&id);
+        self.free_reqs.push(id);
+        self.actions
+            .push_back(Action::Persist(PersistOp::Finished { key }));
+    }
+
+    /// Takes a request out of its queue or client; `served` charges fair share.
+    fn detach(&mut self, id: u32, served: bool, now: Time) {
+        let (loc, kind) = {
+            let r = self.rq(id);
+            (r.loc, r.kind)
+        };
+        match loc {
+            Loc::Detached => {}
+            Loc::Queued { set, slot } => {
+                self.sets[set as usize].remove(&mut self.links, slot, id, served, now);
+                self.pending[kind.index()] -= 1;
+            }
+            Loc::Running { client } => {
+                let cl = self.clients[client as usize]
+                    .client
+                    .as_mut()
+                    .expect("owner");
+                cl.running.remove(&mut self.links, id);
+                cl.current[kind.index()] -= 1;
+                self.running[kind.index()] -= 1;
+            }
+        }
+        self.rq_mut(id).loc = Loc::Detached;
+    }
+
+    fn enqueue(&mut self, set: u32, id: u32, front: bool, now: Time) {
+        let (key, share) = {
+            let r = self.rq(id);
+            (
+                PartKey {
+                    kind: r.kind,
+                    prio: r.prio,
+                    archive_id: r.r.archive_id,
+                    flags: r.r.hal_flags,
+                },
+                r.share,
+            )
+        };
+        let weight = self
+            .weights
+            .get(&share)
+            .copied()
+            .unwrap_or(self.default_weight);
+        let slot =
+            self.sets[set as usize].push(&mut self.links, key, (share, weight), id, front, now);
+        self.pending[key.kind.index()] += 1;
+        self.rq_mut(id).loc = Loc::Queued { set, slot };
+    }
+
+    fn attach_running(&mut self, c: u32, id: u32) {
+        let kind = self.rq(id).kind;
+        let cl = self.clients[c as usize].client.as_mut().expect("client");
+        cl.running.push_back(&mut self.links, id);
+        cl.current[kind.index()] += 1;
+        self.running[kind.index()] += 1;
+        let client = cl.name.to_string();
+        let key = {
+            let r = self.rq_mut(id);
+            r.loc = Loc::Running { client: c };
+            r.r.key()
+        };
+        self.actions
+            .push_back(Action::Persist(PersistOp::Assigned { key, client }));
+    }
+
+    fn client_set(&mut self, c: u32) -> u32 {
+        if let Some(s) = self.cl(c).set {
+            return s;
+        }
+        let s = match self.free_sets.pop() {
+            Some(s) => s,
+            None => {
+                self.sets.push(QueueSet::default());
+                (self.sets.len() - 1) as u32
+            }
+        };
+        self.cl_mut(c).set = Some(s);
+        s
+    }
+
+    /// The record for a host id: whatever its state, else a new disconnected placeholder.
+    fn client_for_host(&mut self, name: &str, now: Time) -> u32 {
+        if let Some(&c) = self.by_name.get(name) {
+            return c;
+        }
+        let order = self.next_order();
+        let c = self.alloc_client(Client {
+            name: name.into(),
+            id_set: false,
+            state: ClientState::Disconnected,
+            disconnected_at: Some(now),
+            archives: None,
+            limits: RecvLimits::default(),
+            current: [0; 3],
+            done: [0; 3],
+            running: Fifo::default(),
+            set: None,
+            cancels: VecDeque::new(),
+            order,
+        });
+        self.by_name.insert(name.into(), c);
+        self.expiries.insert((now.add_nanos(self.grace_ns()), c));
+        debug!(host = name, "placeholder client created");
+        c
+    }
+
+    /// Placement (§4.8): host mapping for archives, restore locality, else the global queue.
+    fn place(&mut self, id: u32, front: bool, now: Time) {
+        let kind = self.rq(id).kind;
+        let target = match kind {
+            Kind::Archive => self.map_archive(id, now),
+            Kind::Restore => self.locate_restore(id, now),
+            Kind::Remove => None,
+        };
+        match target {
+            Some(c) => {
+                let s = self.client_set(c);
+                let dfid = self.rq(id).r.dfid;
+                let client = self.cl(c).name.to_string();
+                self.report(id, ReportLine::Assign { dfid, client });
+                self.enqueue(s, id, front, now);
+            }
+            None => self.enqueue(GLOBAL, id, front, now),
+        }
+    }
+
+    fn map_archive(&mut self, id: u32, now: Time) -> Option<u32> {
+        let mapping = {
+            let data = self.rq(id).data();
+            self.cfg.host_mappings.iter().rev().position(|m| {
+                let tag = match m {
+                    HostMapping::Tag { tag, .. } | HostMapping::ConsistentHash { tag, .. } => tag,
+                };
+                data_contains_tag(data, tag.as_bytes())
+            })?
+        };
+        let m = self.cfg.host_mappings.len() - 1 - mapping;
+        match &self.cfg.host_mappings[m] {
+            HostMapping::Tag { hosts, .. } => {
+                let n = hosts.len();
+                let r = self.rng.below(n);
+                let order = (0..n).map(|i| (r + i) % n);
+                let pick = order
+                    .clone()
+                    .find(|&i| {
+                        self.by_name
+                            .get(hosts[i].as_str())
+                            .is_some_and(|&c| self.cl(c).connected())
+                    })
+                    .or_else(|| {
+                        order
+                            .clone()
+                            .find(|&i| self.by_name.contains_key(hosts[i].as_str()))
+                    })
+                    .unwrap_or(r);
+                let host = hosts[pick].clone();
+                Some(self.client_for_host(&host, now))
+            }
+            HostMapping::ConsistentHash {
+                tag,
+                hash_count,
+                hosts,
+                mode,
+            } => {
+                let (host, rewritten) = {
+                    let data = self.rq(id).data();
+                    let Some(v) = parse_hint(data, tag.as_bytes()) else {
+                        warn!(tag = %tag, "archive_on_hosts_ch: value not found in hsm data");
+                        return None;
+                    };
+                    match mode {
+                        HashMode::Rendezvous => (hosts[rendezvous(v, hosts)?].clone(), None),
+                        HashMode::Upstream if *hash_count > 0 => {
+                            let nv = (djb2(v) % u64::from(*hash_count)).to_string();
+                            let host =
+                                hosts[(djb2(nv.as_bytes()) % hosts.len() as u64) as usize].clone();
+                            let start = v.as_ptr() as usize - data.as_ptr() as usize;
+                            let end = start + v.len();
+                            let mut d = Vec::with_capacity(data.len() + nv.len());
+                            d.extend_from_slice(&data[..start]);
+                            d.extend_from_slice(nv.as_bytes());
+                            d.extend_from_slice(&data[end..]);
+                            (host, Some(d.into_boxed_slice()))
+                        }
+                        HashMode::Upstream => {
+                            (hosts[(djb2(v) % hosts.len() as u64) as usize].clone(), None)
+                        }
+                    }
+                };
+                if let Some(d) = rewritten {
+                    let r = self.rq_mut(id);
+                    if r.orig_data.is_none() {
+                        r.orig_data = Some(std::mem::replace(&mut r.r.data, d));
+                    } else {
+                        r.r.data = d;
+                    }
+                }
+                Some(self.client_for_host(&host, now))
+            }
+        }
+    }
+
+    fn locate_restore(&mut self, id: u32, now: Time) -> Option<u32> {
+        let host = match self.locality.get(&id) {
+            Some(cached) => cached.clone(),
+            None => {
+                let mut locator = self.locator.take()?;
+                let focus = self.restore_focus();
+                let ans = locator.locate(&self.rq(id).r, focus.as_deref());
+                self.locator = Some(locator);
+                match ans {
+                    Locate::Anywhere => {
+                        self.locality.insert(id, None);
+                        None
+                    }
+                    Locate::Host(h) => {
+                        let h: Box<str> = h.into();
+                        self.locality.insert(id, Some(h.clone()));
+                        Some(h)
+                    }
+                    // Not cached: located again when the placeholder expires.
+                    Locate::Failed => Some(LOCATE_FAILED_HOST.into()),
+                }
+            }
+        }?;
+        Some(self.client_for_host(&host, now))
+    }
+
+    fn restore_focus(&mut self) -> Option<String> {
+        let min = self
+            .clients
+            .iter()
+            .filter_map(|s| s.client.as_ref())
+            .filter(|c| c.connected() && c.state != ClientState::Init)
+            .map(|c| c.current[Kind::Restore.index()])
+            .min()?;
+        let ties: Vec<&Client> = self
+            .clients
+            .iter()
+            .filter_map(|s| s.client.as_ref())
+            .filter(|c| {
+                c.connected()
+                    && c.state != ClientState::Init
+                    && c.current[Kind::Restore.index()] == min
+            })
+            .collect();
+        let pick = self.rng.below(ties.len());
+        Some(ties[pick].name.to_string())
+    }
+
+    fn cancel_queued(&mut self, id: u32, cancel: Request, now: Time) {
+        self.detach(id, false, now);
+        self.free_req(id);
+        self.done_cancel += 1;
+        self.actions.push_back(Action::ReportCancelled { cancel });
+    }
+
+    fn unwait(&mut self, c: u32) {
+        if let Some(pos) = self.waiting.iter().position(|&w| w == c) {
+            self.waiting.remove(pos);
+        }
+    }
+
+    fn check_quit(&mut self) {
+        if self.lock == LockState::LockAndQuit
+            && self.running.iter().all(|&n| n == 0)
+            && !self.shutdown_sent
+        {
+            self.shutdown_sent = true;
+            self.actions.push_back(Action::Shutdown);
+        }
+    }
+
+    /// Moves a disconnected record's work to the new connection `c` (fixes upstream's
+    /// dangling owners and inexact counters: every moved request is re-owned and counted).
+    fn takeover(&mut self, old: u32, c: u32) {
+        let running: Vec<u32> = self.cl(old).running.iter(&self.links).collect();
+        for id in running {
+            let kind = self.rq(id).kind;
+            let o = self.clients[old as usize].client.as_mut().expect("client");
+            o.running.remove(&mut self.links, id);
+            o.current[kind.index()] -= 1;
+            let n = self.clients[c as usize].client.as_mut().expect("client");
+            n.running.push_back(&mut self.links, id);
+            n.current[kind.index()] += 1;
+            self.rq_mut(id).loc = Loc::Running { client: c };
+        }
+        let o = self.cl_mut(old);
+        let set = o.set.take();
+        let cancels = std::mem::take(&mut o.cancels);
+        let done = o.done;
+        let n = self.cl_mut(c);
+        debug_assert!(n.set.is_none());
+        n.set = set;
+        n.cancels = cancels;
+        for (d, o) in n.done.iter_mut().zip(done) {
+            *d += o;
+        }
+        self.expiries.retain(|&(_, e)| e != old);
+        self.release_client_slot(old);
+    }
+
+    fn release_client_slot(&mut self, c: u32) {
+        let slot = &mut self.clients[c as usize];
+        slot.client = None;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free_clients.push(c);
+    }
+
+    /// Reconciles the running list a client reports in `ehlo` with what the engine thinks it runs.
+    fn reconcile(&mut self, c: u32, list: Vec<Request>, now: Time) {
+        let mut aside: HashSet<u32> = self.cl(c).running.iter(&self.links).collect();
+        for item in list {
+            let Some(kind) = Kind::of(item.action) else {
+                warn!(action = ?item.action, "ehlo: ignoring running item that cannot be scheduled");
+                continue;
+            };
+            match self.lookup_exact(item.key()) {
+                Some(id) => {
+                    if aside.remove(&id) {
+                        continue;
+                    }
+                    self.detach(id, false, now);
+                    self.attach_running(c, id);
+                }
+                None => {
+                    self.actions
+                        .push_back(Action::Persist(PersistOp::New(item.clone())));
+                    let id = self.insert_req(item, kind);
+                    self.report_new(id);
+                    self.attach_running(c, id);
+                }
+            }
+        }
+        let mut aside: Vec<u32> = aside.into_iter().collect();
+        aside.sort_unstable();
+        for id in aside {
+            self.detach(id, false, now);
+            let key = self.rq(id).r.key();
+            self.actions
+                .push_back(Action::Persist(PersistOp::Unassigned { key }));
+            self.place(id, true, now);
+        }
+    }
+
+    /// Frees a client record: its running requests go back to the queues ahead of others,
+    /// its own queue is re-placed, then pending cancels are resolved.
+    fn free_client(&mut self, c: u32, now: Time) {
+        let name = self.cl(c).name.clone();
+        if self.by_name.get(&name) == Some(&c) {
+            self.by_name.remove(&name);
+        }
+        self.unwait(c);
+        self.expiries.retain(|&(_, e)| e != c);
+        if self.cl(c).connected() {
+            self.connected -= 1;
+        }
+        let running: Vec<u32> = self.cl(c).running.iter(&self.links).collect();
+        for &id in &running {
+            self.detach(id, false, now);
+            let key = self.rq(id).r.key();
+            self.actions
+                .push_back(Action::Persist(PersistOp::Unassigned { key }));
+        }
+        let mut queued: Vec<u32> = Vec::new();
+        if let Some(s) = self.cl_mut(c).set.take() {
+            for k in Kind::ALL {
+                queued.extend(self.sets[s as usize].iter_kind(&self.links, k));
+            }
+            for &id in &queued {
+                self.detach(id, false, now);
+            }
+            self.sets[s as usize] = QueueSet::default();
+            self.free_sets.push(s);
+        }
+        let cancels = std::mem::take(&mut self.cl_mut(c).cancels);
+        self.release_client_slot(c);
+        // Requests that were running keep their turn: they go back to the front.
+        for &id in running.iter().rev() {
+            self.locality.remove(&id);
+            self.place(id, true, now);
+        }
+        for id in queued {
+            self.locality.remove(&id);
+            self.place(id, false, now);
+        }
+        for cancel in cancels {
+            self.pending_cancel -= 1;
+            match self.lookup_exact(cancel.key()) {
+                Some(id) if !matches!(self.rq(id).loc, Loc::Running { .. }) => {
+                    self.cancel_queued(id, cancel, now);
+                }
+                _ => self.done_cancel += 1,
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Serves every waiting client if something changed.
+    fn flush(&mut self, now: Time) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        if self.lock != LockState::Unlocked {
+            return;
+        }
+        let waiting: Vec<u32> = self.waiting.iter().copied().collect();
+        for c in waiting {
+            self.dispatch(c, now);
+        }
+    }
+
+    /// Answers client `c`'s pending `recv` if anything can go to it (§4.9, without the
+    /// 101-item scan cap: selection never scans queues).
+    fn dispatch(&mut self, c: u32, now: Time) {
+        if self.lock != LockState::Unlocked || self.cl(c).state != ClientState::Waiting {
+            return;
+        }
+        let limits = self.cl(c).limits;
+        let max_bytes = u64::from(limits.max_bytes);
+        let margin = u64::from(MIN_RECV_BYTES);
+        let mut bytes = 0u64;
+        let mut fixed: Option<(u32, u64)> = None;
+        let mut items: Vec<Request> = Vec::new();
+
+        // Cancels first: they were already counted as running on this client.
+        let mut kept = VecDeque::new();
+        let mut cancels = std::mem::take(&mut self.cl_mut(c).cancels);
+        while let Some(cn) = cancels.pop_front() {
+            let cost = cn.budget_cost();
+            let fits = fixed.is_none_or(|f| f == (cn.archive_id, cn.hal_flags))
+                && bytes + cost <= max_bytes
+                && bytes + margin <= max_bytes;
+            if fits {
+                fixed = Some((cn.archive_id, cn.hal_flags));
+                bytes += cost;
+                self.pending_cancel -= 1;
+                self.done_cancel += 1;
+                items.push(cn);
+            } else {
+                kept.push_back(cn);
+            }
+        }
+        self.cl_mut(c).cancels = kept;
+
+        let connected = u64::from(self.connected.max(1));
+        let quota: [u64; 3] = std::array::from_fn(|k| {
+            if self.cfg.spread {
+                self.pending[k] / connected + 1
+            } else {
+                u64::MAX
+            }
+        });
+        let mut taken = [0u64; 3];
+        let own = self.cl(c).set;
+        let aging = self.cfg.priorities.aging_ms.saturating_mul(1_000_000);
+        let mut excluded: Vec<(u32, u32)> = Vec::new();
+        let name = self.cl(c).name.to_string();
+
+        while bytes + margin <= max_bytes {
+            let mut best: Option<((i128, u64, bool), u32, u32)> = None;
+            let cl = self.cl(c);
+            for set in own.into_iter().chain(std::iter::once(GLOBAL)) {
+                let qs = &self.sets[set as usize];
+                for &p in &qs.active {
+                    let part = &qs.parts[p as usize];
+                    let k = part.key.kind.index();
+                    if taken[k] >= quota[k]
+                        || limits
+                            .max(part.key.kind)
+                            .is_some_and(|m| cl.current[k] >= m)
+                        || !cl.accepts(part.key.archive_id)
+                        || fixed.is_some_and(|f| f != (part.key.archive_id, part.key.flags))
+                        || excluded.contains(&(set, p))
+                    {
+                        continue;
+                    }
+                    let age = now.since(part.since);
+                    let score = if aging > 0 {
+                        (
+                            i128::from(part.key.prio) * i128::from(aging) + i128::from(age),
+                            0,
+                            set != GLOBAL,
+                        )
+                    } else {
+                        (i128::from(part.key.prio), age, set != GLOBAL)
+                    };
+                    if best.is_none_or(|(b, _, _)| score > b) {
+                        best = Some((score, set, p));
+                    }
+                }
+            }
+            let Some((_, set, p)) = best else { break };
+            let (id, _) = self.sets[set as usize].parts[p as usize]
+                .peek()
+                .expect("active partition is non-empty");
+            let (cost, kind, aid, flags) = {
+                let r = self.rq(id);
+                (r.r.budget_cost(), r.kind, r.r.archive_id, r.r.hal_flags)
+            };
+            if bytes + cost > max_bytes {
+                // Too big for what is left of this reply: try other partitions.
+                excluded.push((set, p));
+                continue;
+            }
+            fixed = Some((aid, flags));
+            bytes += cost;
+            taken[kind.index()] += 1;
+            self.detach(id, true, now);
+            self.attach_running(c, id);
+            let dfid = self.rq(id).r.dfid;
+            self.report(
+                id,
+                ReportLine::Sent {
+                    dfid,
+                    client: name.clone(),
+                },
+            );
+            items.push(self.rq(id).r.clone());
+        }
+
+        let Some((archive_id, hal_flags)) = fixed else {
+            return;
+        };
+        debug_assert!(!items.is_empty());
+        self.cl_mut(c).state = ClientState::Ready;
+        self.unwait(c);
+        let client = self.handle(c);
+        self.actions.push_back(Action::Deliver(Delivery {
+            client,
+            archive_id,
+            hal_flags,
+            items,
+        }));
+    }
+}
