@@ -477,8 +477,7 @@ impl<'a> HalView<'a> {
             fsname_len,
             end: HAL_HEADER_LEN + fsname_len + 1,
         };
-        let mut it = view.items();
-        while let Some(item) = it.next() {
+        for item in view.items() {
             let item = item?;
             view.end = item.offset + item.len();
         }
