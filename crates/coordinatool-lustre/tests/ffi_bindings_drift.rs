@@ -5,6 +5,11 @@
 //! `UPDATE_BINDINGS=1 cargo test -p coordinatool-lustre --test ffi_bindings_drift`
 //!
 //! Needs libclang (`apt-get install -y libclang-dev`); `.ci/run` installs it.
+//!
+//! If a header change makes the committed bindings fail to compile (this test links the
+//! crate, so it cannot run then), run this same file from a scratch crate that links nothing
+//! but bindgen, with symlinks `include` -> this crate's `include` and `src/ffi` -> this
+//! crate's `src/ffi`, and `UPDATE_BINDINGS=1 cargo test --test <this file>` there.
 
 use std::path::{Path, PathBuf};
 

@@ -134,6 +134,7 @@ unsafe fn format_message(
 }
 
 /// The callback installed by [`Lustreapi::route_logs_to_tracing`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 unsafe extern "C" fn tracing_log_callback(
     level: llapi_message_level,
     err: c_int,
@@ -168,12 +169,18 @@ impl Lustreapi {
     /// Routes the library's error and info messages (`llapi_error`, `llapi_printf`) into
     /// `tracing` under the target [`TRACING_TARGET`], instead of the library's stderr output.
     /// The callbacks are process-wide in the library; this replaces whatever was installed.
+    ///
+    /// Only on x86_64, whose `va_list` the bindings describe; elsewhere this logs a warning
+    /// and leaves the library's own output in place.
     pub fn route_logs_to_tracing(&self) {
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: the callback has the exact `llapi_log_callback_t` signature and stays valid
         // for the life of the process (it is a plain function).
         unsafe {
             (self.symbols().llapi_error_callback_set)(Some(tracing_log_callback));
             (self.symbols().llapi_info_callback_set)(Some(tracing_log_callback));
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        tracing::warn!("liblustreapi messages stay on stderr: va_list forwarding is x86_64 only");
     }
 }
