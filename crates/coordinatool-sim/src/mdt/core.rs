@@ -81,8 +81,7 @@ impl Active {
 ///
 /// Method kinds: getters (`state`, `records`, `agents`, `active_requests`, `file`, ...),
 /// inputs (`request`, `register`, `unregister`, `progress`, `control`, file-side calls; lctl
-/// parameters go through [`Cluster`](crate::mdt::Cluster)),
-/// file-side calls), the timer (`tick`, to call about once a second and whenever
+/// parameters go through [`Cluster`](crate::mdt::Cluster)), the timer (`tick`, to call about once a second and whenever
 /// [`Mdt::wants_scan`] is true), and the output [`Mdt::poll_dispatch`].
 #[derive(Debug)]
 pub struct Mdt {
