@@ -10,6 +10,32 @@
 //!   FID/path conversions and file HSM state.
 //!
 //! All errors are [`LustreError`]s naming the failing call; no raw negative errno escapes.
+//!
+//! A minimal blocking copytool:
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use coordinatool_lustre::{Copytool, HsmProgressFlags, LustreError, Lustreapi};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let api = Lustreapi::global()?; // "Lustre is not available: ..." without liblustreapi
+//! api.route_logs_to_tracing();
+//! let ct = Copytool::register(api, Path::new("/mnt/lustre"), &[1], false)?;
+//! loop {
+//!     let hal = match ct.recv() {
+//!         Ok(hal) => hal,
+//!         Err(LustreError::Shutdown { .. }) => break,
+//!         Err(e) => return Err(e.into()),
+//!     };
+//!     for hai in &hal.items {
+//!         let action = ct.action_begin(hai, -1, 0, false)?;
+//!         // ... copy the data through `action.fd()` ...
+//!         action.end(hai.extent, HsmProgressFlags::default(), 0)?;
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
