@@ -7,4 +7,5 @@
 //!
 //! The behaviour set simulated is the one of Lustre **2.17+** (see [`mdt`]).
 
+pub mod fs;
 pub mod mdt;

@@ -1,0 +1,607 @@
+//! The file side of the simulated Lustre: a plain directory stands for the mount.
+//!
+//! # Layout of a simulated mount `<mnt>`
+//! * the user's files, anywhere below `<mnt>` (regular files and directories);
+//! * `<mnt>/.lustre/fid/<seq:oid:ver>`: a **hard link** to every regular file that has a FID,
+//!   so `openat(mnt_fd, ".lustre/fid/0x200000400:0x1:0x0")` opens the file itself, exactly as
+//!   open-by-FID does on Lustre (same inode: reads and writes go to the file);
+//! * `<mnt>/.lustre_sim/index`: the FID index (text, rewritten atomically), one line per file
+//!   with its FID, inode, HSM attributes, data-version stamp and last known path — FIDs and
+//!   HSM state survive a daemon restart without extended attributes;
+//! * `<mnt>/.lustre_sim/volatile/`: restore targets ("volatile" files), committed into the
+//!   file at `action_end`.
+//!
+//! # Data version and dirtiness
+//! A file's data version is a counter kept in the index. It is bumped whenever the file's
+//! `(mtime ns, size)` stamp differs from the recorded one; this is checked by
+//! [`SimFs::refresh`], which every state query, release, archive start/end and listing calls.
+//! So a write to an archived file is noticed at the next state query, which then reports it
+//! `dirty` (the model sets `HS_DIRTY` on an `HS_EXISTS` file whose data version changed).
+//! A write that keeps both mtime and size (e.g. with `touch -d` afterwards) goes unnoticed.
+//!
+//! # Release and restore
+//! Release truncates the file to 0 and extends it back to its size (a sparse file that reads
+//! as zeros), then restores the mtime, so `stat` is unchanged. Restore writes into a volatile
+//! file; [`SimFs::commit_volatile`] copies its bytes into the file in place (the inode, hence
+//! the `.lustre/fid` link, is kept) and removes it — the stand-in for the layout swap.
+//!
+//! Regular files are placed on MDTs round-robin in the order they are first seen (a sorted
+//! walk); directories live on MDT0000.
+
+use std::collections::HashMap;
+use std::fs::{self, File, FileTimes, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use coordinatool_lustre::{HsmStates, LuFid};
+use tracing::debug;
+
+use crate::mdt::{Cluster, Errno, FileAttrs};
+
+/// Name of the directory holding the open-by-FID links (`.lustre/fid`).
+pub const DOT_LUSTRE: &str = ".lustre";
+/// Name of the simulator's hidden state directory.
+pub const STATE_DIR: &str = ".lustre_sim";
+/// FID of the mount root (Lustre's `FID_SEQ_ROOT`).
+pub const ROOT_FID: LuFid = LuFid::new(0x2_0000_0007, 1, 0);
+const INDEX_HEADER: &str = "# coordinatool-sim fid index v1";
+
+/// Errors of the file side.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// A filesystem call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The index file is corrupt.
+    #[error("{path}:{line}: {reason}")]
+    Index {
+        /// Index file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A path outside the simulated mount.
+    #[error("{0}: not inside the simulated mount")]
+    NotInMount(PathBuf),
+    /// A FID the simulator does not know.
+    #[error("unknown FID {0}")]
+    UnknownFid(LuFid),
+    /// Not a regular file.
+    #[error("{0}: not a regular file")]
+    NotRegular(PathBuf),
+    /// The model refused the operation.
+    #[error("{0}")]
+    Model(#[from] Errno),
+}
+
+impl FsError {
+    /// The errno a C caller would see.
+    pub fn errno(&self) -> Errno {
+        match self {
+            FsError::Io { source, .. } => Errno(source.raw_os_error().unwrap_or(libc::EIO)),
+            FsError::Index { .. } => Errno(libc::EIO),
+            FsError::NotInMount(_) => Errno(libc::EXDEV),
+            FsError::UnknownFid(_) => Errno::ENOENT,
+            FsError::NotRegular(_) => Errno::EINVAL,
+            FsError::Model(e) => *e,
+        }
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FsError + use<> {
+    let path = path.to_owned();
+    move |source| FsError::Io { op, path, source }
+}
+
+/// What the index keeps per file, besides the model's HSM attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    ino: u64,
+    dir: bool,
+    /// Path relative to the mount, as last seen.
+    path: PathBuf,
+    /// `(mtime ns, size)` at the last refresh.
+    stamp: (i128, u64),
+    /// Size to report while released.
+    size: u64,
+}
+
+fn stamp(md: &fs::Metadata) -> (i128, u64) {
+    (
+        i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+        md.size(),
+    )
+}
+
+fn escape(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '%' => o.push_str("%25"),
+            '\n' => o.push_str("%0A"),
+            _ => o.push(c),
+        }
+    }
+    o
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("%0A", "\n").replace("%25", "%")
+}
+
+/// The simulated mount: path ↔ FID mapping, open-by-FID links, release, volatile files.
+#[derive(Debug)]
+pub struct SimFs {
+    root: PathBuf,
+    entries: HashMap<LuFid, Entry>,
+    by_ino: HashMap<u64, LuFid>,
+    next_mdt: u32,
+}
+
+impl SimFs {
+    /// Opens (creating the hidden directories if needed) the simulated mount at `root`, loads
+    /// its index into `cluster`, and scans the tree for new or vanished files.
+    pub fn open(root: &Path, cluster: &mut Cluster) -> Result<SimFs, FsError> {
+        let root = root.canonicalize().map_err(io_err("open mount", root))?;
+        for d in [
+            root.join(DOT_LUSTRE).join("fid"),
+            root.join(STATE_DIR).join("volatile"),
+        ] {
+            fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+        }
+        let mut me = SimFs {
+            root,
+            entries: HashMap::new(),
+            by_ino: HashMap::new(),
+            next_mdt: 0,
+        };
+        me.load(cluster)?;
+        me.scan(0, cluster)?;
+        Ok(me)
+    }
+
+    /// The mount root (canonical).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join(STATE_DIR).join("index")
+    }
+
+    /// Path of the open-by-FID link of `fid`.
+    pub fn fid_link(&self, fid: LuFid) -> PathBuf {
+        self.root
+            .join(DOT_LUSTRE)
+            .join("fid")
+            .join(format!("{fid:#}"))
+    }
+
+    /// Path of the volatile file `fid`.
+    pub fn volatile_path(&self, fid: LuFid) -> PathBuf {
+        self.root
+            .join(STATE_DIR)
+            .join("volatile")
+            .join(format!("{fid:#}"))
+    }
+
+    fn load(&mut self, cluster: &mut Cluster) -> Result<(), FsError> {
+        let path = self.index_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        for (n, line) in text.lines().enumerate() {
+            if line.starts_with('#') || line.is_empty() {
+                if n == 0 && line != INDEX_HEADER {
+                    return Err(FsError::Index {
+                        path,
+                        line: 1,
+                        reason: format!("unknown header {line:?}"),
+                    });
+                }
+                continue;
+            }
+            let bad = |reason: String| FsError::Index {
+                path: path.clone(),
+                line: n + 1,
+                reason,
+            };
+            let f: Vec<&str> = line.splitn(12, ' ').collect();
+            if f.len() != 12 {
+                return Err(bad(format!("expected 12 fields, found {}", f.len())));
+            }
+            let num = |i: usize, what: &str| -> Result<u64, FsError> {
+                f[i].parse::<u64>()
+                    .map_err(|_| bad(format!("field {what}: not a number: {:?}", f[i])))
+            };
+            let fid: LuFid = f[0].parse().map_err(|e| bad(format!("field fid: {e}")))?;
+            let dir = match f[2] {
+                "d" => true,
+                "f" => false,
+                k => return Err(bad(format!("field kind: {k:?} is not f or d"))),
+            };
+            let states = u32::from_str_radix(f[3].trim_start_matches("0x"), 16)
+                .map_err(|_| bad(format!("field states: not hex: {:?}", f[3])))?;
+            let mtime = f[9]
+                .parse::<i128>()
+                .map_err(|_| bad(format!("field mtime: not a number: {:?}", f[9])))?;
+            let e = Entry {
+                ino: num(1, "ino")?,
+                dir,
+                path: PathBuf::from(unescape(f[11])),
+                stamp: (mtime, num(10, "size")?),
+                size: num(10, "size")?,
+            };
+            let attrs = FileAttrs {
+                states: HsmStates(states),
+                archive_id: num(4, "archive_id")? as u32,
+                uid: num(5, "uid")? as u32,
+                gid: num(6, "gid")? as u32,
+                data_version: num(7, "data_version")?,
+                archive_version: num(8, "archive_version")?,
+            };
+            if !dir {
+                cluster.put_file(fid, attrs);
+            } else if let Some(m) = cluster.mdt_mut(cluster.mdt_of(fid)) {
+                m.reserve_fid(fid);
+            }
+            self.by_ino.insert(e.ino, fid);
+            self.entries.insert(fid, e);
+        }
+        self.next_mdt = self.entries.values().filter(|e| !e.dir).count() as u32;
+        Ok(())
+    }
+
+    /// Writes the index (HSM attributes from `cluster`) atomically.
+    pub fn save(&self, cluster: &Cluster) -> Result<(), FsError> {
+        let path = self.index_path();
+        let tmp = path.with_extension("tmp");
+        let mut out = String::with_capacity(64 * self.entries.len() + 64);
+        out.push_str(INDEX_HEADER);
+        out.push('\n');
+        let mut fids: Vec<&LuFid> = self.entries.keys().collect();
+        fids.sort_unstable();
+        for fid in fids {
+            let e = &self.entries[fid];
+            let a = cluster.file(*fid).copied().unwrap_or_default();
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                out,
+                "{fid} {} {} {:#x} {} {} {} {} {} {} {} {}",
+                e.ino,
+                if e.dir { "d" } else { "f" },
+                a.states.bits(),
+                a.archive_id,
+                a.uid,
+                a.gid,
+                a.data_version,
+                a.archive_version,
+                e.stamp.0,
+                e.size,
+                escape(&e.path)
+            );
+        }
+        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(out.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+    }
+
+    /// Walks the mount: gives a FID (and an open-by-FID link) to every new regular file and
+    /// directory, follows renames, and unlinks from the model the files whose last name is
+    /// gone (only the `.lustre/fid` link is left).
+    pub fn scan(&mut self, now: u64, cluster: &mut Cluster) -> Result<(), FsError> {
+        let mut stack = vec![PathBuf::new()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(rel) = stack.pop() {
+            let dir = self.root.join(&rel);
+            let rd = fs::read_dir(&dir).map_err(io_err("read dir", &dir))?;
+            let mut names: Vec<_> = rd.filter_map(Result::ok).map(|e| e.file_name()).collect();
+            names.sort();
+            for name in names {
+                if rel.as_os_str().is_empty() && (name == DOT_LUSTRE || name == STATE_DIR) {
+                    continue;
+                }
+                let r = rel.join(&name);
+                let p = self.root.join(&r);
+                let md = match fs::symlink_metadata(&p) {
+                    Ok(m) => m,
+                    Err(_) => continue,
+                };
+                if md.is_dir() {
+                    stack.push(r.clone());
+                } else if !md.is_file() {
+                    continue;
+                }
+                seen.insert(md.ino());
+                self.track(&r, &md, cluster)?;
+            }
+        }
+        let gone: Vec<LuFid> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !seen.contains(&e.ino))
+            .map(|(f, _)| *f)
+            .collect();
+        for fid in gone {
+            let e = self.entries.remove(&fid).expect("listed above");
+            self.by_ino.remove(&e.ino);
+            let _ = fs::remove_file(self.fid_link(fid));
+            if !e.dir {
+                let _ = cluster.unlink_file(now, fid);
+            }
+            debug!(%fid, path = %e.path.display(), "file gone");
+        }
+        Ok(())
+    }
+
+    fn track(
+        &mut self,
+        rel: &Path,
+        md: &fs::Metadata,
+        cluster: &mut Cluster,
+    ) -> Result<LuFid, FsError> {
+        if let Some(fid) = self.by_ino.get(&md.ino()).copied() {
+            let e = self
+                .entries
+                .get_mut(&fid)
+                .expect("by_ino and entries agree");
+            if e.path != rel {
+                e.path = rel.to_owned();
+            }
+            return Ok(fid);
+        }
+        let dir = md.is_dir();
+        let mdt = if dir {
+            0
+        } else {
+            self.next_mdt = self.next_mdt.wrapping_add(1);
+            (self.next_mdt - 1) % cluster.mdts().len() as u32
+        };
+        let fid = cluster.alloc_fid(mdt);
+        if !dir {
+            let link = self.fid_link(fid);
+            let _ = fs::remove_file(&link);
+            fs::hard_link(self.root.join(rel), &link).map_err(io_err("link", &link))?;
+            cluster.put_file(
+                fid,
+                FileAttrs {
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    data_version: 1,
+                    ..FileAttrs::default()
+                },
+            );
+        }
+        self.by_ino.insert(md.ino(), fid);
+        self.entries.insert(
+            fid,
+            Entry {
+                ino: md.ino(),
+                dir,
+                path: rel.to_owned(),
+                stamp: stamp(md),
+                size: md.size(),
+            },
+        );
+        Ok(fid)
+    }
+
+    fn rel(&self, path: &Path) -> Result<PathBuf, FsError> {
+        let abs = if path.is_absolute() {
+            path.to_owned()
+        } else {
+            std::env::current_dir()
+                .map_err(io_err("getcwd", path))?
+                .join(path)
+        };
+        // Canonicalize the parent only, so the last component may be a file being created.
+        let parent = abs.parent().unwrap_or(&abs);
+        let canon = parent
+            .canonicalize()
+            .map_err(io_err("resolve", parent))?
+            .join(abs.file_name().unwrap_or_default());
+        let canon = if abs.file_name().is_none() {
+            abs.canonicalize().map_err(io_err("resolve", &abs))?
+        } else {
+            canon
+        };
+        canon
+            .strip_prefix(&self.root)
+            .map(Path::to_owned)
+            .map_err(|_| FsError::NotInMount(path.to_owned()))
+    }
+
+    /// `llapi_path2fid`: the FID of a file or directory of the mount (assigned on first use).
+    pub fn path2fid(&mut self, path: &Path, cluster: &mut Cluster) -> Result<LuFid, FsError> {
+        let rel = self.rel(path)?;
+        if rel.as_os_str().is_empty() {
+            return Ok(ROOT_FID);
+        }
+        if rel.starts_with(DOT_LUSTRE) {
+            // `.lustre/fid/<fid>` names the file itself.
+            let name = rel.file_name().unwrap_or_default().to_string_lossy();
+            if let Ok(fid) = name.parse::<LuFid>()
+                && self.entries.contains_key(&fid)
+            {
+                return Ok(fid);
+            }
+        }
+        let p = self.root.join(&rel);
+        let md = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+        self.track(&rel, &md, cluster)
+    }
+
+    /// `llapi_fid2path`: the path of `fid` relative to the mount (found again by inode if the
+    /// file was renamed).
+    pub fn fid2path(&mut self, fid: LuFid) -> Result<PathBuf, FsError> {
+        if fid == ROOT_FID {
+            return Ok(PathBuf::new());
+        }
+        let e = self.entries.get(&fid).ok_or(FsError::UnknownFid(fid))?;
+        let p = self.root.join(&e.path);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.ino() == e.ino) {
+            return Ok(e.path.clone());
+        }
+        let ino = e.ino;
+        let found = self.find_ino(ino)?;
+        match found {
+            Some(rel) => {
+                self.entries.get_mut(&fid).expect("present").path = rel.clone();
+                Ok(rel)
+            }
+            None => Err(FsError::UnknownFid(fid)),
+        }
+    }
+
+    fn find_ino(&self, ino: u64) -> Result<Option<PathBuf>, FsError> {
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let dir = self.root.join(&rel);
+            let rd = fs::read_dir(&dir).map_err(io_err("read dir", &dir))?;
+            for ent in rd.filter_map(Result::ok) {
+                let name = ent.file_name();
+                if rel.as_os_str().is_empty() && (name == DOT_LUSTRE || name == STATE_DIR) {
+                    continue;
+                }
+                let r = rel.join(&name);
+                let Ok(md) = ent.metadata() else { continue };
+                if md.ino() == ino {
+                    return Ok(Some(r));
+                }
+                if md.is_dir() {
+                    stack.push(r);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Re-reads the file's stamp; if it changed, bumps its data version (a write to an
+    /// `HS_EXISTS` file makes it dirty). Returns the current data version.
+    pub fn refresh(&mut self, fid: LuFid, cluster: &mut Cluster) -> Result<u64, FsError> {
+        let link = self.fid_link(fid);
+        let e = self.entries.get_mut(&fid).ok_or(FsError::UnknownFid(fid))?;
+        if e.dir {
+            return Err(FsError::NotRegular(e.path.clone()));
+        }
+        let md = fs::metadata(&link).map_err(io_err("stat", &link))?;
+        let attrs = *cluster.file(fid).ok_or(FsError::UnknownFid(fid))?;
+        let st = stamp(&md);
+        if st != e.stamp {
+            e.stamp = st;
+            e.size = md.size();
+            cluster.file_modified(fid, attrs.data_version + 1)?;
+            return Ok(attrs.data_version + 1);
+        }
+        Ok(attrs.data_version)
+    }
+
+    /// Apparent size of the file (kept while released).
+    pub fn size(&self, fid: LuFid) -> Option<u64> {
+        self.entries.get(&fid).map(|e| e.size)
+    }
+
+    /// `lfs hsm_release`: checks with the model (archived, clean, same data version), then
+    /// drops the data and keeps the size and mtime.
+    pub fn release(&mut self, fid: LuFid, cluster: &mut Cluster) -> Result<(), FsError> {
+        let dv = self.refresh(fid, cluster)?;
+        let was = cluster
+            .file(fid)
+            .is_some_and(|a| a.states.contains(HsmStates::RELEASED));
+        cluster.release(fid, dv)?;
+        if was {
+            return Ok(());
+        }
+        let link = self.fid_link(fid);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&link)
+            .map_err(io_err("open", &link))?;
+        let md = f.metadata().map_err(io_err("stat", &link))?;
+        let size = md.size();
+        let mtime = UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(md.mtime()).unwrap_or(0),
+                u32::try_from(md.mtime_nsec()).unwrap_or(0),
+            );
+        f.set_len(0)
+            .and_then(|()| f.set_len(size))
+            .and_then(|()| f.set_times(FileTimes::new().set_modified(mtime)))
+            .map_err(io_err("release", &link))?;
+        let md = f.metadata().map_err(io_err("stat", &link))?;
+        let e = self.entries.get_mut(&fid).expect("refresh found it");
+        e.stamp = stamp(&md);
+        e.size = size;
+        Ok(())
+    }
+
+    /// Creates an empty volatile file on MDT `mdt` (a restore target) and returns its FID; it
+    /// is reachable at [`SimFs::volatile_path`] and through `.lustre/fid/<fid>`.
+    pub fn create_volatile(&mut self, mdt: u32, cluster: &mut Cluster) -> Result<LuFid, FsError> {
+        let fid = cluster.alloc_fid(mdt);
+        let p = self.volatile_path(fid);
+        File::options()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .map_err(io_err("create", &p))?;
+        let link = self.fid_link(fid);
+        let _ = fs::remove_file(&link);
+        fs::hard_link(&p, &link).map_err(io_err("link", &link))?;
+        Ok(fid)
+    }
+
+    /// The layout swap of a successful restore: copies the volatile's bytes into `fid` in
+    /// place (the new content is not counted as a user write), then removes the volatile.
+    pub fn commit_volatile(&mut self, fid: LuFid, volatile: LuFid) -> Result<(), FsError> {
+        let vp = self.volatile_path(volatile);
+        let link = self.fid_link(fid);
+        let mut src = File::open(&vp).map_err(io_err("open", &vp))?;
+        let mut dst = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&link)
+            .map_err(io_err("open", &link))?;
+        io::copy(&mut src, &mut dst).map_err(io_err("copy", &link))?;
+        dst.sync_data().map_err(io_err("sync", &link))?;
+        let md = dst.metadata().map_err(io_err("stat", &link))?;
+        if let Some(e) = self.entries.get_mut(&fid) {
+            e.stamp = stamp(&md);
+            e.size = md.size();
+        }
+        self.discard_volatile(volatile);
+        Ok(())
+    }
+
+    /// Removes a volatile file (failed or abandoned restore).
+    pub fn discard_volatile(&mut self, volatile: LuFid) {
+        let _ = fs::remove_file(self.volatile_path(volatile));
+        let _ = fs::remove_file(self.fid_link(volatile));
+    }
+
+    /// Number of tracked files and directories.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
