@@ -47,6 +47,24 @@
 //!
 //! `Display` on [`ActiveRequest`] and [`ActionRecord`] prints the kernel's format (with every
 //! byte of `data`, so parsing the output gives the same value back).
+//!
+//! # Example
+//!
+//! ```rust
+//! use coordinatool_lustre::active_requests::parse_all;
+//!
+//! let text = "mdt.fs-MDT0000.hsm.active_requests=fid=[0x200005223:0x1cce:0x0] \
+//! dfid=[0x200005223:0x1cce:0x0] compound/cookie=0x0/0x617d23ef action=ARCHIVE archive#=1 \
+//! flags=0x0 extent=0x0-0xffffffffffffffff gid=0x0 data=[] canceled=0 uuid=3185ca0b done=0\n";
+//! let reqs = parse_all(text).unwrap();
+//! assert_eq!(reqs[0].cookie, 0x617d23ef);
+//! assert_eq!(reqs[0].mdt.as_deref(), Some("fs-MDT0000"));
+//! // Display prints the kernel's line back.
+//! assert_eq!(reqs[0].to_string(), text.split_once('=').unwrap().1.trim_end());
+//!
+//! let err = parse_all("fid=[0x1:0x2:0x0]\n").unwrap_err();
+//! assert_eq!(err.to_string(), "line 1: missing field `dfid`");
+//! ```
 
 use std::fmt;
 use std::str::FromStr;

@@ -23,6 +23,26 @@
 //!   module contains no `unsafe` code.
 //! * [`HsmUserRequest`] encodes `struct hsm_user_request`, the payload of a user request
 //!   (used to cancel requests).
+//!
+//! # Example
+//!
+//! ```rust
+//! use coordinatool_lustre::{HalView, HsmAction, HsmActionItem, HsmActionList, LuFid};
+//!
+//! let mut hal = HsmActionList::new("lustre", 1, 0);
+//! let fid = LuFid::new(0x200000401, 4, 0);
+//! hal.items.push(HsmActionItem::new(HsmAction::Archive, fid, 0x6913bb97));
+//! let bytes = hal.encode(); // exact kernel layout
+//! assert_eq!(bytes.len(), 112);
+//!
+//! let view = HalView::new(&bytes).unwrap(); // checks every length once
+//! for hai in view.items() {
+//!     let hai = hai.unwrap();
+//!     assert_eq!(hai.action().unwrap(), HsmAction::Archive);
+//!     assert_eq!((hai.offset(), hai.fid(), hai.cookie()), (40, fid, 0x6913bb97));
+//! }
+//! assert_eq!(HsmActionList::parse(&bytes).unwrap(), hal);
+//! ```
 
 use crate::action::{HsmAction, HsmUserAction};
 use crate::fid::LuFid;
