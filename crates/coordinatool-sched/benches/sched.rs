@@ -129,8 +129,8 @@ fn filled(cfg: &str, queued: u64) -> Engine {
     let mut e = Engine::new(config(cfg)).unwrap();
     for n in 0..queued {
         e.new_request(request(n, &data_for(n, cfg)), NOW).unwrap();
+        drain(&mut e);
     }
-    drain(&mut e);
     e
 }
 
@@ -144,8 +144,8 @@ fn intake_and_dispatch(c: &mut Criterion) {
                 let mut e = Engine::new(Config::default()).unwrap();
                 for r in reqs {
                     e.new_request(r, NOW).unwrap();
+                    drain(&mut e);
                 }
-                drain(&mut e);
                 e
             },
             BatchSize::PerIteration,

@@ -5,14 +5,15 @@ use crate::config::{Config, HashMode, HostMapping, ShareKey};
 use crate::hint::{
     Rng, data_contains_tag, djb2, fnv1a, parse_hint, rendezvous, valid_report_value,
 };
+use crate::index::KeyIndex;
 use crate::queue::{Fifo, Link, PartKey, QueueSet, Slot};
 use crate::status::{ClientDump, ClientStatus, DumpEntry, Status};
 use crate::types::{
     ClientId, ClientState, Ehlo, Kind, LockState, MIN_RECV_BYTES, PerKind, RecvLimits, Request,
     RequestKey, Time,
 };
-use coordinatool_lustre::{HsmAction, LuFid};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use coordinatool_lustre::HsmAction;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use tracing::{debug, info, warn};
 
 /// Host name of the placeholder that holds restores whose locate failed (upstream's name).
@@ -123,14 +124,6 @@ struct Req {
     loc: Loc,
     prio: i32,
     share: u64,
-    /// Original data when an upstream-mode consistent-hash mapping rewrote `r.data`.
-    orig_data: Option<Box<[u8]>>,
-}
-
-impl Req {
-    fn data(&self) -> &[u8] {
-        self.orig_data.as_deref().unwrap_or(&self.r.data)
-    }
 }
 
 #[derive(Debug)]
@@ -186,9 +179,9 @@ pub struct Engine {
     reqs: Vec<Option<Req>>,
     links: Vec<Link>,
     free_reqs: Vec<u32>,
-    /// (dfid, low 32 bits of cookie, high 32 bits): exact lookups, and the 32-bit fallback as
-    /// a range over the first two fields.
-    index: BTreeMap<(LuFid, u32, u32), u32>,
+    index: KeyIndex,
+    /// Original data of requests an upstream-mode consistent-hash mapping rewrote.
+    orig_data: HashMap<u32, Box<[u8]>>,
     sets: Vec<QueueSet>,
     free_sets: Vec<u32>,
     clients: Vec<ClientSlot>,
@@ -284,7 +277,8 @@ impl Engine {
             reqs: Vec::new(),
             links: Vec::new(),
             free_reqs: Vec::new(),
-            index: BTreeMap::new(),
+            index: KeyIndex::default(),
+            orig_data: HashMap::new(),
             sets: vec![QueueSet::default()],
             free_sets: Vec::new(),
             clients: Vec::new(),
@@ -327,7 +321,12 @@ impl Engine {
     /// The next action for the embedder, in the order they were produced.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let a = self.actions.pop_front();
+        if a.is_none() && self.actions.capacity() > 4096 {
+            // A burst (a big `queue`) must not pin its peak memory for good.
+            self.actions.shrink_to(64);
+        }
+        a
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next (`None`: no timer).
@@ -471,13 +470,15 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let c = self.client(client)?;
         let cl = self.cl_mut(c);
-        cl.limits = limits;
+        // Unlike upstream, a refused recv leaves the limits of the pending one alone, so a
+        // reply never exceeds the budget the client is waiting with.
         if cl.state != ClientState::Ready {
             return Err(EngineError::NotReady);
         }
         if limits.max_bytes < MIN_RECV_BYTES {
             return Err(EngineError::BufferTooSmall(limits.max_bytes));
         }
+        cl.limits = limits;
         cl.state = ClientState::Waiting;
         self.waiting.push_front(c);
         self.dispatch(c, now);
@@ -493,15 +494,22 @@ impl Engine {
             debug!(cookie = key.cookie, dfid = %key.dfid, "done for unknown key (double ack on cancel?)");
             return DoneOutcome::Unknown;
         };
-        let (dfid, owner) = {
+        let (dfid, owner, key_found) = {
             let r = self.rq(id);
-            (r.r.dfid, r.loc)
+            (r.r.dfid, r.loc, r.r.key())
         };
         self.report(id, ReportLine::Done { dfid, status });
         self.detach(id, false, now);
         let kind = self.rq(id).kind;
         self.done[kind.index()] += 1;
         if let Loc::Running { client } = owner {
+            // A cancel still waiting for this request is moot now: drop it.
+            let cl = self.cl_mut(client);
+            let before = cl.cancels.len();
+            cl.cancels.retain(|cn| cn.key() != key_found);
+            let dropped = (before - cl.cancels.len()) as u64;
+            self.pending_cancel -= dropped;
+            self.done_cancel += dropped;
             self.cl_mut(client).done[kind.index()] += 1;
             if self.cl(client).state == ClientState::Waiting {
                 self.dispatch(client, now);
@@ -782,7 +790,7 @@ impl Engine {
             let Some(r) = r else { continue };
             live += 1;
             let id = id as u32;
-            if self.index.get(&Self::index_key(r.r.key())) != Some(&id) {
+            if self.index.get(r.r.key()) != Some(id) {
                 return Err(format!("request {id} missing from the index"));
             }
             match r.loc {
@@ -961,12 +969,8 @@ impl Engine {
         }
     }
 
-    fn index_key(key: RequestKey) -> (LuFid, u32, u32) {
-        (key.dfid, key.cookie as u32, (key.cookie >> 32) as u32)
-    }
-
     fn lookup_exact(&self, key: RequestKey) -> Option<u32> {
-        self.index.get(&Self::index_key(key)).copied()
+        self.index.get(key)
     }
 
     fn lookup(&self, key: RequestKey) -> Option<u32> {
@@ -978,16 +982,11 @@ impl Engine {
         if high != 0 && high != 0xffff_ffff {
             return None;
         }
-        let low = key.cookie as u32;
-        let mut range = self
-            .index
-            .range((key.dfid, low, 0)..=(key.dfid, low, u32::MAX));
-        let first = range.next()?;
-        if range.next().is_some() {
-            warn!(cookie = key.cookie, dfid = %key.dfid, "done: truncated cookie matches several requests");
-            return None;
+        let found = self.index.get_truncated(key);
+        if found.is_none() {
+            warn!(cookie = key.cookie, dfid = %key.dfid, "done: truncated cookie matches no single request");
         }
-        Some(*first.1)
+        found
     }
 
     fn insert_req(&mut self, r: Request, kind: Kind) -> u32 {
@@ -999,14 +998,13 @@ impl Engine {
                     .map_or(0, |v| v.clamp(-100, 100))
             });
         let share = share_of(&self.cfg, &r);
-        let key = Self::index_key(r.key());
+        let key = r.key();
         let req = Req {
             r,
             kind,
             loc: Loc::Detached,
             prio,
             share,
-            orig_data: None,
         };
         let id = match self.free_reqs.pop() {
             Some(id) => {
@@ -1021,6 +1019,14 @@ impl Engine {
         };
         self.index.insert(key, id);
         id
+    }
+
+    /// The data as received (before any consistent-hash rewrite).
+    fn data_of(&self, id: u32) -> &[u8] {
+        match self.orig_data.get(&id) {
+            Some(d) => d,
+            None => &self.rq(id).r.data,
+        }
     }
 
     fn cfg_prio(&self, kind: Kind) -> i32 {
@@ -1051,7 +1057,7 @@ impl Engine {
 
     fn report_value(&self, id: u32) -> Option<String> {
         let needle = self.report_needle.as_ref()?;
-        let v = parse_hint(self.rq(id).data(), needle)?;
+        let v = parse_hint(self.data_of(id), needle)?;
         if !valid_report_value(v) {
             return None;
         }
@@ -1093,7 +1099,8 @@ impl Engine {
         }
         let req = self.reqs[id as usize].take().expect("live request");
         let key = req.r.key();
-        self.index.remove(&Self::index_key(key));
+        self.index.remove(key);
+        self.orig_data.remove(&id);
         self.locality.remove(&id);
         self.free_reqs.push(id);
         self.actions
@@ -1228,7 +1235,7 @@ impl Engine {
 
     fn map_archive(&mut self, id: u32, now: Time) -> Option<u32> {
         let mapping = {
-            let data = self.rq(id).data();
+            let data = self.data_of(id);
             self.cfg.host_mappings.iter().rev().position(|m| {
                 let tag = match m {
                     HostMapping::Tag { tag, .. } | HostMapping::ConsistentHash { tag, .. } => tag,
@@ -1265,7 +1272,7 @@ impl Engine {
                 mode,
             } => {
                 let (host, rewritten) = {
-                    let data = self.rq(id).data();
+                    let data = self.data_of(id);
                     let Some(v) = parse_hint(data, tag.as_bytes()) else {
                         warn!(tag = %tag, "archive_on_hosts_ch: value not found in hsm data");
                         return None;
@@ -1290,12 +1297,9 @@ impl Engine {
                     }
                 };
                 if let Some(d) = rewritten {
-                    let r = self.rq_mut(id);
-                    if r.orig_data.is_none() {
-                        r.orig_data = Some(std::mem::replace(&mut r.r.data, d));
-                    } else {
-                        r.r.data = d;
-                    }
+                    let r = self.reqs[id as usize].as_mut().expect("live request");
+                    let orig = std::mem::replace(&mut r.r.data, d);
+                    self.orig_data.entry(id).or_insert(orig);
                 }
                 Some(self.client_for_host(&host, now))
             }
@@ -1558,8 +1562,6 @@ impl Engine {
         let own = self.cl(c).set;
         let aging = self.cfg.priorities.aging_ms.saturating_mul(1_000_000);
         let mut excluded: Vec<(u32, u32)> = Vec::new();
-        let name = self.cl(c).name.to_string();
-
         while bytes + margin <= max_bytes {
             let mut best: Option<((i128, u64, bool), u32, u32)> = None;
             let cl = self.cl(c);
@@ -1611,14 +1613,11 @@ impl Engine {
             taken[kind.index()] += 1;
             self.detach(id, true, now);
             self.attach_running(c, id);
-            let dfid = self.rq(id).r.dfid;
-            self.report(
-                id,
-                ReportLine::Sent {
-                    dfid,
-                    client: name.clone(),
-                },
-            );
+            if self.report_needle.is_some() {
+                let dfid = self.rq(id).r.dfid;
+                let client = self.cl(c).name.to_string();
+                self.report(id, ReportLine::Sent { dfid, client });
+            }
             items.push(self.rq(id).r.clone());
         }
 

@@ -25,6 +25,7 @@ mod action;
 mod config;
 mod engine;
 pub mod hint;
+mod index;
 mod queue;
 mod status;
 mod types;

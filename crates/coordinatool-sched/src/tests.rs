@@ -1076,3 +1076,26 @@ fn status_lists_clients_and_dumps_queues() {
     assert_eq!(q.archive[0].data, "d");
     assert_eq!(st.pending.archive, 1);
 }
+
+#[test]
+fn refused_recv_does_not_change_the_pending_budget() {
+    let mut h = H::new(Config::default());
+    h.add(req(HsmAction::Restore, 1, 1, &[b'x'; 29]), t(0));
+    let m = h.mover("m", &[], t(0));
+    let lim = |max_bytes| RecvLimits {
+        max_bytes,
+        ..RecvLimits::default()
+    };
+    h.recv(m, lim(172), t(0));
+    assert!(
+        h.deliveries().is_empty(),
+        "173-byte item does not fit in 172"
+    );
+    assert_eq!(h.e.recv(m, lim(173), t(0)), Err(EngineError::NotReady));
+    assert!(h.deliveries().is_empty());
+    h.e.handle_timeout(t(1));
+    assert!(
+        h.deliveries().is_empty(),
+        "still answering the 172-byte recv"
+    );
+}
