@@ -17,6 +17,13 @@ pub enum DecodeError {
     /// The byte stream could not be split into objects.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The message is not UTF-8 (JSON text must be; binary `hai_data` travels in
+    /// `hai_data_b64`).
+    #[error("message is not valid UTF-8 (bad byte at offset {offset})")]
+    NotUtf8 {
+        /// Offset of the first invalid byte in the message.
+        offset: usize,
+    },
     /// The bytes are not a JSON object, or `"command"` is not a string.
     #[error("invalid JSON message: {0}")]
     Json(#[source] serde_json::Error),
@@ -78,12 +85,20 @@ fn write_json<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) {
     serde_json::to_writer(out, value).expect("serializing a protocol message cannot fail");
 }
 
-fn parse<'a, T: Deserialize<'a>>(command: Command, json: &'a [u8]) -> Result<T, DecodeError> {
-    serde_json::from_slice(json).map_err(|source| DecodeError::Invalid { command, source })
+fn parse<'a, T: Deserialize<'a>>(command: Command, json: &'a str) -> Result<T, DecodeError> {
+    serde_json::from_str(json).map_err(|source| DecodeError::Invalid { command, source })
+}
+
+/// Checks UTF-8 once for the whole message: serde_json then skips its per-string check.
+fn utf8(json: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(json).map_err(|e| DecodeError::NotUtf8 {
+        offset: e.valid_up_to(),
+    })
 }
 
 impl Message for Request {
     fn decode(json: &[u8]) -> Result<Self, DecodeError> {
+        let json = utf8(json)?;
         Ok(match find_command(json)? {
             Command::Ehlo => Request::Ehlo(parse(Command::Ehlo, json)?),
             Command::Recv => Request::Recv(parse(Command::Recv, json)?),
@@ -105,6 +120,7 @@ impl Message for Request {
 
 impl Message for Reply {
     fn decode(json: &[u8]) -> Result<Self, DecodeError> {
+        let json = utf8(json)?;
         Ok(match find_command(json)? {
             Command::Ehlo => Reply::Ehlo(parse(Command::Ehlo, json)?),
             Command::Recv => Reply::Recv(parse(Command::Recv, json)?),
@@ -154,8 +170,8 @@ impl Reply {
 /// parse needs it first, so a cheap byte walk over the top level finds it; anything
 /// unusual (escapes in keys, malformed JSON, a missing key) goes to serde_json, which gives
 /// the precise error.
-fn find_command(json: &[u8]) -> Result<Command, DecodeError> {
-    let name: Cow<'_, str> = match quick_command(json) {
+fn find_command(json: &str) -> Result<Command, DecodeError> {
+    let name: Cow<'_, str> = match quick_command(json.as_bytes()) {
         Some(name) => Cow::Borrowed(name),
         None => {
             #[derive(Deserialize)]
@@ -163,7 +179,7 @@ fn find_command(json: &[u8]) -> Result<Command, DecodeError> {
                 #[serde(borrow)]
                 command: Option<Cow<'a, str>>,
             }
-            let peek: Peek<'_> = serde_json::from_slice(json).map_err(DecodeError::Json)?;
+            let peek: Peek<'_> = serde_json::from_str(json).map_err(DecodeError::Json)?;
             peek.command.ok_or(DecodeError::MissingCommand)?
         }
     };
@@ -289,23 +305,23 @@ mod tests {
     #[test]
     fn find_command_falls_back_to_serde_for_escapes() {
         assert_eq!(
-            find_command(br#"{"comm\u0061nd":"queue"}"#).unwrap(),
+            find_command(r#"{"comm\u0061nd":"queue"}"#).unwrap(),
             Command::Queue
         );
         assert_eq!(
-            find_command(br#"{"command":"st\u0061tus"}"#).unwrap(),
+            find_command(r#"{"command":"st\u0061tus"}"#).unwrap(),
             Command::Status
         );
         assert!(matches!(
-            find_command(br#"{"x":{"command":"done"}}"#),
+            find_command(r#"{"x":{"command":"done"}}"#),
             Err(DecodeError::MissingCommand)
         ));
         assert!(matches!(
-            find_command(br#"{"command":5}"#),
+            find_command(r#"{"command":5}"#),
             Err(DecodeError::Json(_))
         ));
         assert!(matches!(
-            find_command(br#"{"a":1 x}"#),
+            find_command(r#"{"a":1 x}"#),
             Err(DecodeError::Json(_))
         ));
     }

@@ -54,9 +54,57 @@ struct Scan {
     escaped: bool,
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// High bit set in each byte of `v` that is zero; the lowest set bit is exact (borrows
+/// only create false positives above a true zero byte).
+#[inline(always)]
+const fn zero_bytes(v: u64) -> u64 {
+    v.wrapping_sub(LO) & !v & HI
+}
+
+/// Index of the first byte of `bytes[i..]` that may be `"` or `\\`, or `bytes.len()`.
+#[inline(always)]
+fn skip_inside(bytes: &[u8], mut i: usize) -> usize {
+    while let Some(word) = bytes.get(i..i + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("8-byte slice"));
+        let m = zero_bytes(x ^ (LO * b'"' as u64)) | zero_bytes(x ^ (LO * b'\\' as u64));
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && !matches!(bytes[i], b'"' | b'\\') {
+        i += 1;
+    }
+    i
+}
+
+/// Index of the first byte of `bytes[i..]` that may be `"`, `{`, `}`, `[` or `]`, or
+/// `bytes.len()`. May stop early on `Y`, `_`, `y` or DEL, which share the bracket bits
+/// (`b & 0xd9 == 0x59`); the caller checks the byte anyway.
+#[inline(always)]
+fn skip_outside(bytes: &[u8], mut i: usize) -> usize {
+    while let Some(word) = bytes.get(i..i + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("8-byte slice"));
+        let m = zero_bytes(x ^ (LO * b'"' as u64)) | zero_bytes((x & (LO * 0xd9)) ^ (LO * 0x59));
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && !matches!(bytes[i], b'"' | b'{' | b'}' | b'[' | b']') {
+        i += 1;
+    }
+    i
+}
+
 impl Scan {
     /// Scans `bytes`; returns the length up to and including the byte that closes the
     /// top-level object, or `None` if it is not closed within `bytes`.
+    ///
+    /// This is the decoder's hot loop: it looks at 8 bytes at a time (SWAR).
     #[inline]
     fn run(&mut self, bytes: &[u8]) -> Option<usize> {
         let n = bytes.len();
@@ -65,40 +113,46 @@ impl Scan {
             self.escaped = false;
             i = 1;
         }
-        while i < n {
-            if self.in_string {
-                while i < n {
-                    let b = bytes[i];
+        let mut depth = self.depth;
+        let mut in_string = self.in_string;
+        let result = loop {
+            if in_string {
+                i = skip_inside(bytes, i);
+                if i == n {
+                    break None;
+                }
+                i += 1;
+                if bytes[i - 1] == b'"' {
+                    in_string = false;
+                } else if i < n {
+                    // Backslash: the next byte is escaped, whatever it is.
                     i += 1;
-                    if b == b'"' {
-                        self.in_string = false;
-                        break;
-                    }
-                    if b == b'\\' {
-                        if i < n {
-                            i += 1;
-                        } else {
-                            self.escaped = true;
-                        }
-                    }
+                } else {
+                    self.escaped = true;
+                    break None;
                 }
             } else {
-                let b = bytes[i];
+                i = skip_outside(bytes, i);
+                if i == n {
+                    break None;
+                }
                 i += 1;
-                match b {
-                    b'"' => self.in_string = true,
-                    b'{' | b'[' => self.depth += 1,
+                match bytes[i - 1] {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => depth += 1,
                     b'}' | b']' => {
-                        self.depth -= 1;
-                        if self.depth == 0 {
-                            return Some(i);
+                        depth -= 1;
+                        if depth == 0 {
+                            break Some(i);
                         }
                     }
                     _ => {}
                 }
             }
-        }
-        None
+        };
+        self.depth = depth;
+        self.in_string = in_string;
+        result
     }
 }
 
@@ -389,6 +443,53 @@ mod tests {
                 Err(FrameError::NotAnObject { byte: b'7' })
             ]
         );
+    }
+
+    /// Byte-at-a-time reference for [`Scan::run`].
+    fn naive_end(bytes: &[u8]) -> Option<usize> {
+        let (mut depth, mut in_string, mut escaped) = (1u32, false, false);
+        for (i, &b) in bytes.iter().enumerate() {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+            } else {
+                match b {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn swar_scan_matches_naive_scan(
+            body in proptest::collection::vec(proptest::sample::select(
+                b"\"\\{}[]Y_y\x7fa0:, \xd9\x59\x5b\x7b".to_vec()), 0..80),
+            cut in 0usize..80,
+        ) {
+            let want = naive_end(&body);
+            let cut = cut.min(body.len());
+            let mut scan = Scan { depth: 1, ..Scan::default() };
+            let got = match scan.run(&body[..cut]) {
+                Some(k) => Some(k),
+                None => scan.run(&body[cut..]).map(|k| k + cut),
+            };
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

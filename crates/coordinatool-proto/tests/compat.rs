@@ -433,7 +433,7 @@ fn dispatch_errors_are_typed() {
     assert!(err.to_string().contains("floating point"), "{err}");
     assert!(matches!(
         Request::decode(b"{\"command\":\"lo\xffck\"}"),
-        Err(DecodeError::Json(_))
+        Err(DecodeError::NotUtf8 { offset: 14 })
     ));
 }
 
