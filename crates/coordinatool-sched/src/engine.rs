@@ -2,6 +2,7 @@
 
 use crate::action::{Action, Delivery, Locate, PersistOp, ReportEvent, ReportLine, RestoreLocator};
 use crate::config::{Config, HashMode, HostMapping, ShareKey};
+use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::hint::{
     Rng, data_contains_tag, djb2, fnv1a, parse_hint, rendezvous, valid_report_value,
 };
@@ -13,7 +14,7 @@ use crate::types::{
     RequestKey, Time,
 };
 use coordinatool_lustre::HsmAction;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use tracing::{debug, info, warn};
 
 /// Host name of the placeholder that holds restores whose locate failed (upstream's name).
@@ -181,12 +182,12 @@ pub struct Engine {
     free_reqs: Vec<u32>,
     index: KeyIndex,
     /// Original data of requests an upstream-mode consistent-hash mapping rewrote.
-    orig_data: HashMap<u32, Box<[u8]>>,
+    orig_data: FxHashMap<u32, Box<[u8]>>,
     sets: Vec<QueueSet>,
     free_sets: Vec<u32>,
     clients: Vec<ClientSlot>,
     free_clients: Vec<u32>,
-    by_name: HashMap<Box<str>, u32>,
+    by_name: FxHashMap<Box<str>, u32>,
     /// Clients with a pending `recv`, most recent first.
     waiting: VecDeque<u32>,
     expiries: BTreeSet<(Time, u32)>,
@@ -202,14 +203,14 @@ pub struct Engine {
     actions: VecDeque<Action>,
     rng: Rng,
     order: u64,
-    weights: HashMap<u64, u32>,
+    weights: FxHashMap<u64, u32>,
     default_weight: u32,
     prio_tag: Option<Vec<u8>>,
     report_needle: Option<Vec<u8>>,
-    report_refs: HashMap<Box<str>, u32>,
+    report_refs: FxHashMap<Box<str>, u32>,
     locator: Option<Box<dyn RestoreLocator>>,
     /// Locator answers per request slot (`None` = anywhere).
-    locality: HashMap<u32, Option<Box<str>>>,
+    locality: FxHashMap<u32, Option<Box<str>>>,
     dirty: bool,
 }
 
@@ -249,7 +250,7 @@ impl Engine {
                 return Err(ConfigError::NoHosts(tag.clone()));
             }
         }
-        let mut weights = HashMap::new();
+        let mut weights = FxHashMap::default();
         let mut default_weight = 1;
         if let Some(fs) = &cfg.fair_share {
             default_weight = fs.default_weight.max(1);
@@ -278,12 +279,12 @@ impl Engine {
             links: Vec::new(),
             free_reqs: Vec::new(),
             index: KeyIndex::default(),
-            orig_data: HashMap::new(),
+            orig_data: FxHashMap::default(),
             sets: vec![QueueSet::default()],
             free_sets: Vec::new(),
             clients: Vec::new(),
             free_clients: Vec::new(),
-            by_name: HashMap::new(),
+            by_name: FxHashMap::default(),
             waiting: VecDeque::new(),
             expiries: BTreeSet::new(),
             running: [0; 3],
@@ -299,9 +300,9 @@ impl Engine {
             order: 0,
             weights,
             default_weight,
-            report_refs: HashMap::new(),
+            report_refs: FxHashMap::default(),
             locator: None,
-            locality: HashMap::new(),
+            locality: FxHashMap::default(),
             dirty: false,
         })
     }
@@ -783,8 +784,8 @@ impl Engine {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut pending = [0u64; 3];
         let mut running = [0u64; 3];
-        let mut per_client: HashMap<u32, [u32; 3]> = HashMap::new();
-        let mut per_set: HashMap<u32, u64> = HashMap::new();
+        let mut per_client: FxHashMap<u32, [u32; 3]> = FxHashMap::default();
+        let mut per_set: FxHashMap<u32, u64> = FxHashMap::default();
         let mut live = 0usize;
         for (id, r) in self.reqs.iter().enumerate() {
             let Some(r) = r else { continue };
@@ -1415,7 +1416,7 @@ impl Engine {
 
     /// Reconciles the running list a client reports in `ehlo` with what the engine thinks it runs.
     fn reconcile(&mut self, c: u32, list: Vec<Request>, now: Time) {
-        let mut aside: HashSet<u32> = self.cl(c).running.iter(&self.links).collect();
+        let mut aside: FxHashSet<u32> = self.cl(c).running.iter(&self.links).collect();
         for item in list {
             let Some(kind) = Kind::of(item.action) else {
                 warn!(action = ?item.action, "ehlo: ignoring running item that cannot be scheduled");

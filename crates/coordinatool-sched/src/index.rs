@@ -1,18 +1,18 @@
 //! The request index: `(cookie, dfid)` → request slot, with the 32-bit cookie fallback.
 
+use crate::fxhash::FxHashMap;
 use crate::types::RequestKey;
 use coordinatool_lustre::LuFid;
-use std::collections::HashMap;
 
 const OVERFLOW: u32 = u32::MAX;
 
 /// Keyed by (dfid, low 32 bits of the cookie); the value carries the high 32 bits. Several
 /// requests sharing a dfid and low cookie bits (rare) move to `overflow`. One hash lookup per
 /// operation; a truncated cookie matches when its (dfid, low bits) entry is unique.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct KeyIndex {
-    map: HashMap<(LuFid, u32), (u32, u32)>,
-    overflow: HashMap<(LuFid, u32), Vec<(u32, u32)>>,
+    map: FxHashMap<(LuFid, u32), (u32, u32)>,
+    overflow: FxHashMap<(LuFid, u32), Vec<(u32, u32)>>,
     len: usize,
 }
 

@@ -24,6 +24,7 @@
 mod action;
 mod config;
 mod engine;
+mod fxhash;
 pub mod hint;
 mod index;
 mod queue;

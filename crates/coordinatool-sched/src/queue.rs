@@ -2,8 +2,9 @@
 //! (kind, priority, archive id, hal flags) and, inside a partition, into fair-share flows
 //! ordered by virtual time. Every operation is O(1) or O(log flows); nothing scans a queue.
 
+use crate::fxhash::FxHashMap;
 use crate::types::{Kind, Time};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 pub(crate) const NIL: u32 = u32::MAX;
 
@@ -137,7 +138,7 @@ pub(crate) struct Partition {
     pub(crate) len: u64,
     /// Last time the partition was served or became non-empty (for aging).
     pub(crate) since: Time,
-    flow_of: HashMap<u64, u32>,
+    flow_of: FxHashMap<u64, u32>,
     flows: Vec<Flow>,
     ready: BTreeSet<(u64, u32)>,
     vclock: u64,
@@ -149,7 +150,7 @@ impl Partition {
             key,
             len: 0,
             since: Time(0),
-            flow_of: HashMap::new(),
+            flow_of: FxHashMap::default(),
             flows: Vec::new(),
             ready: BTreeSet::new(),
             vclock: 0,
@@ -177,7 +178,7 @@ pub(crate) struct Slot {
 /// A set of partitions: the global queue, or one client's own queue.
 #[derive(Debug, Default)]
 pub(crate) struct QueueSet {
-    index: HashMap<PartKey, u32>,
+    index: FxHashMap<PartKey, u32>,
     pub(crate) parts: Vec<Partition>,
     /// Non-empty partitions (small: kinds × priorities × archive ids × flags in use).
     pub(crate) active: Vec<u32>,
