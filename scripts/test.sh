@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=()
 command -v cc >/dev/null || need_pkgs+=(gcc)
-[ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
+# bindgen (the bindings drift test) needs libclang itself; libclang-cpp in the base image is not it.
+dpkg -s libclang-dev >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
+# The Redis store tests start their own redis-server on a loopback port.
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "== installing ${need_pkgs[*]}"
