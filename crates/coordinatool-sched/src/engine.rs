@@ -1,6 +1,7 @@
 //! The engine state machine.
 
 use crate::action::{Action, Delivery, Locate, PersistOp, ReportEvent, ReportLine, RestoreLocator};
+use crate::batch::{BatchSlot, Groups, NO_SLOT};
 use crate::config::{Config, HashMode, HostMapping, ShareKey};
 use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::hint::{
@@ -8,7 +9,7 @@ use crate::hint::{
 };
 use crate::index::KeyIndex;
 use crate::queue::{Fifo, Link, PartKey, QueueSet, Slot};
-use crate::status::{ClientDump, ClientStatus, DumpEntry, Status};
+use crate::status::{BatchStatus, ClientDump, ClientStatus, DumpEntry, Status};
 use crate::types::{
     ClientId, ClientState, Ehlo, Kind, LockState, MIN_RECV_BYTES, PerKind, RecvLimits, Request,
     RequestKey, Time,
@@ -22,6 +23,9 @@ pub const LOCATE_FAILED_HOST: &str = "phobos_error_dummy_host";
 
 /// Set index of the global queue.
 const GLOBAL: u32 = 0;
+
+/// Marks a batch slot among dispatch candidates (real set indexes are much smaller).
+const SLOT_SET: u32 = u32::MAX;
 
 /// Errors returned to the client that sent a command.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -114,8 +118,17 @@ pub enum DoneOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Loc {
     Detached,
-    Queued { set: u32, slot: Slot },
-    Running { client: u32 },
+    Queued {
+        set: u32,
+        slot: Slot,
+    },
+    Running {
+        client: u32,
+    },
+    /// Waiting in a batch group.
+    Grouped {
+        group: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -125,6 +138,8 @@ struct Req {
     loc: Loc,
     prio: i32,
     share: u64,
+    /// Batch slot of the owning client it was sent from ([`NO_SLOT`] if none).
+    slot: u8,
 }
 
 #[derive(Debug)]
@@ -140,6 +155,7 @@ struct Client {
     running: Fifo,
     set: Option<u32>,
     cancels: VecDeque<Request>,
+    slots: Vec<BatchSlot>,
     /// Ordering stamp for status (most recent first).
     order: u64,
 }
@@ -191,6 +207,9 @@ pub struct Engine {
     /// Clients with a pending `recv`, most recent first.
     waiting: VecDeque<u32>,
     expiries: BTreeSet<(Time, u32)>,
+    groups: Groups,
+    /// Batch slot deadlines: (when, client, slot).
+    batch_deadlines: BTreeSet<(Time, u32, u8)>,
     running: [u64; 3],
     pending: [u64; 3],
     done: [u64; 3],
@@ -287,6 +306,8 @@ impl Engine {
             by_name: FxHashMap::default(),
             waiting: VecDeque::new(),
             expiries: BTreeSet::new(),
+            groups: Groups::default(),
+            batch_deadlines: BTreeSet::new(),
             running: [0; 3],
             pending: [0; 3],
             done: [0; 3],
@@ -333,7 +354,12 @@ impl Engine {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next (`None`: no timer).
     /// Upstream never arms its timer less than a second ahead; rate-limiting is the embedder's choice.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.expiries.first().map(|&(t, _)| t)
+        let grace = self.expiries.first().map(|&(t, _)| t);
+        let batch = self.batch_deadlines.first().map(|&(t, _, _)| t);
+        match (grace, batch) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ----------------------------------------------------------------- getters
@@ -406,6 +432,7 @@ impl Engine {
             running: Fifo::default(),
             set: None,
             cancels: VecDeque::new(),
+            slots: vec![BatchSlot::default(); self.slot_count()],
             order: 0,
         });
         self.handle(idx)
@@ -676,6 +703,26 @@ impl Engine {
             info!(client = %self.cl(c).name, "grace period expired, re-queuing its requests");
             self.free_client(c, now);
         }
+        while let Some(&(t, c, i)) = self.batch_deadlines.first() {
+            if t > now {
+                break;
+            }
+            self.batch_deadlines.pop_first();
+            let slot = &mut self.cl_mut(c).slots[i as usize];
+            slot.deadline = None;
+            let Some(g) = slot.group else { continue };
+            let empty = self.groups.get(g).fifo.len == 0;
+            let slot = &self.cl(c).slots[i as usize];
+            if slot.expired(empty, now) {
+                // Released at once (upstream waited for the owner's next recv): other
+                // movers may claim the leftovers, which keep their host routing and age.
+                self.release_slot(c, i);
+            } else {
+                // The idle deadline passed while archives still wait: only the max counts now.
+                let max = slot.expire_max;
+                self.set_slot_deadline(c, i, max);
+            }
+        }
         self.dirty = true;
         self.flush(now);
     }
@@ -738,14 +785,44 @@ impl Engine {
         };
         let dump_set = |s: Option<u32>| {
             PerKind::from_array(Kind::ALL.map(|k| {
-                match s {
-                    Some(s) => self.sets[s as usize]
-                        .iter_kind(&self.links, k)
-                        .map(entry)
-                        .collect(),
-                    None => Vec::new(),
+                let Some(s) = s else { return Vec::new() };
+                let mut v: Vec<DumpEntry> = self.sets[s as usize]
+                    .iter_kind(&self.links, k)
+                    .map(entry)
+                    .collect();
+                if k == Kind::Archive {
+                    // Unowned batch groups of this queue.
+                    for g in self.groups.of_target(s) {
+                        let group = self.groups.get(g);
+                        if group.owner.is_none() {
+                            v.extend(group.fifo.iter(&self.links).map(entry));
+                        }
+                    }
                 }
+                v
             }))
+        };
+        let batches = |cl: &Client| -> Vec<BatchStatus> {
+            cl.slots
+                .iter()
+                .map(|sl| {
+                    let group = sl.group.map(|g| self.groups.get(g));
+                    BatchStatus {
+                        hint: group.map(|g| {
+                            let end = g.hint.iter().position(|&b| b == 0).unwrap_or(g.hint.len());
+                            String::from_utf8_lossy(&g.hint[..end]).into_owned()
+                        }),
+                        current_count: sl.current,
+                        expire_idle: group.map(|_| sl.expire_idle),
+                        expire_max: group.and(sl.expire_max),
+                        waiting_archive: dump.then(|| {
+                            group.map_or_else(Vec::new, |g| {
+                                g.fifo.iter(&self.links).map(entry).collect()
+                            })
+                        }),
+                    }
+                })
+                .collect()
         };
         let clients = connected
             .into_iter()
@@ -755,7 +832,7 @@ impl Engine {
                 state: cl.state,
                 current: PerKind::from_array(cl.current),
                 done: PerKind::from_array(cl.done),
-                batches: Vec::new(),
+                batches: batches(cl),
                 disconnected_at: cl.disconnected_at.filter(|_| !cl.connected()),
                 dump: dump.then(|| ClientDump {
                     active: cl.running.iter(&self.links).map(entry).collect(),
@@ -786,6 +863,7 @@ impl Engine {
         let mut running = [0u64; 3];
         let mut per_client: FxHashMap<u32, [u32; 3]> = FxHashMap::default();
         let mut per_set: FxHashMap<u32, u64> = FxHashMap::default();
+        let mut per_slot: FxHashMap<(u32, u8), u32> = FxHashMap::default();
         let mut live = 0usize;
         for (id, r) in self.reqs.iter().enumerate() {
             let Some(r) = r else { continue };
@@ -811,7 +889,47 @@ impl Engine {
                         return Err(format!("request {id} runs on freed client {client}"));
                     }
                     per_client.entry(client).or_default()[r.kind.index()] += 1;
+                    if r.slot != NO_SLOT {
+                        *per_slot.entry((client, r.slot)).or_default() += 1;
+                    }
                 }
+                Loc::Grouped { group } => {
+                    pending[r.kind.index()] += 1;
+                    if r.kind != Kind::Archive {
+                        return Err(format!("non-archive request {id} in a batch group"));
+                    }
+                    match self.groups.slab.get(group as usize) {
+                        Some(Some(g)) if g.fifo.iter(&self.links).any(|x| x == id) => {}
+                        _ => return Err(format!("request {id} not in its group {group}")),
+                    }
+                }
+            }
+        }
+        for (g, group) in self.groups.slab.iter().enumerate() {
+            let Some(group) = group else { continue };
+            let g = g as u32;
+            for id in group.fifo.iter(&self.links) {
+                if self.rq(id).loc != (Loc::Grouped { group: g }) {
+                    return Err(format!("group {g} lists request {id} located elsewhere"));
+                }
+            }
+            let listed = self.groups.unowned.contains(&(group.target, group.seq, g));
+            match group.owner {
+                None if group.fifo.len == 0 => return Err(format!("empty unowned group {g} kept")),
+                None if !listed => return Err(format!("unowned group {g} not claimable")),
+                Some(_) if listed => return Err(format!("owned group {g} listed as unowned")),
+                Some((c, i)) => {
+                    let ok = self
+                        .clients
+                        .get(c as usize)
+                        .and_then(|s| s.client.as_ref())
+                        .and_then(|cl| cl.slots.get(i as usize))
+                        .is_some_and(|sl| sl.group == Some(g));
+                    if !ok {
+                        return Err(format!("group {g} owner ({c}, {i}) does not hold it"));
+                    }
+                }
+                None => {}
             }
         }
         if live != self.index.len() {
@@ -861,6 +979,35 @@ impl Engine {
             }
             if let Some(s) = cl.set {
                 used_sets.push(s);
+            }
+            for (i, sl) in cl.slots.iter().enumerate() {
+                let n = per_slot.get(&(idx, i as u8)).copied().unwrap_or(0);
+                if n != sl.current {
+                    return Err(format!(
+                        "client {} slot {i} current {} recount {n}",
+                        cl.name, sl.current
+                    ));
+                }
+                if let Some(g) = sl.group
+                    && self
+                        .groups
+                        .slab
+                        .get(g as usize)
+                        .and_then(|x| x.as_ref())
+                        .and_then(|x| x.owner)
+                        != Some((idx, i as u8))
+                {
+                    return Err(format!(
+                        "client {} slot {i} holds group {g} it does not own",
+                        cl.name
+                    ));
+                }
+                if sl
+                    .deadline
+                    .is_some_and(|t| !self.batch_deadlines.contains(&(t, idx, i as u8)))
+                {
+                    return Err(format!("client {} slot {i} deadline not armed", cl.name));
+                }
             }
         }
         for &s in &used_sets {
@@ -1006,6 +1153,7 @@ impl Engine {
             loc: Loc::Detached,
             prio,
             share,
+            slot: NO_SLOT,
         };
         let id = match self.free_reqs.pop() {
             Some(id) => {
@@ -1121,16 +1269,26 @@ impl Engine {
                 self.pending[kind.index()] -= 1;
             }
             Loc::Running { client } => {
+                let slot = self.rq(id).slot;
                 let cl = self.clients[client as usize]
                     .client
                     .as_mut()
                     .expect("owner");
                 cl.running.remove(&mut self.links, id);
                 cl.current[kind.index()] -= 1;
+                if let Some(s) = cl.slots.get_mut(slot as usize) {
+                    s.current -= 1;
+                }
                 self.running[kind.index()] -= 1;
             }
+            Loc::Grouped { group } => {
+                self.groups.remove(&mut self.links, group, id, served, now);
+                self.pending[kind.index()] -= 1;
+            }
         }
-        self.rq_mut(id).loc = Loc::Detached;
+        let r = self.rq_mut(id);
+        r.loc = Loc::Detached;
+        r.slot = NO_SLOT;
     }
 
     fn enqueue(&mut self, set: u32, id: u32, front: bool, now: Time) {
@@ -1206,6 +1364,7 @@ impl Engine {
             running: Fifo::default(),
             set: None,
             cancels: VecDeque::new(),
+            slots: vec![BatchSlot::default(); self.slot_count()],
             order,
         });
         self.by_name.insert(name.into(), c);
@@ -1222,15 +1381,123 @@ impl Engine {
             Kind::Restore => self.locate_restore(id, now),
             Kind::Remove => None,
         };
-        match target {
+        let set = match target {
             Some(c) => {
-                let s = self.client_set(c);
                 let dfid = self.rq(id).r.dfid;
                 let client = self.cl(c).name.to_string();
                 self.report(id, ReportLine::Assign { dfid, client });
-                self.enqueue(s, id, front, now);
+                self.client_set(c)
             }
-            None => self.enqueue(GLOBAL, id, front, now),
+            None => GLOBAL,
+        };
+        if kind == Kind::Archive && self.slot_count() > 0 {
+            self.enqueue_grouped(set, id, now);
+        } else {
+            self.enqueue(set, id, front, now);
+        }
+    }
+
+    fn slot_count(&self) -> usize {
+        let b = &self.cfg.batching;
+        if b.idle_secs == 0 {
+            0
+        } else {
+            b.slots_per_client.min(u32::from(NO_SLOT) - 1) as usize
+        }
+    }
+
+    /// Batching: the archive joins the group of its hint in its target queue; if a slot owns
+    /// that group, the slot's idle deadline is pushed back (upstream's "active slot").
+    fn enqueue_grouped(&mut self, set: u32, id: u32, now: Time) {
+        let (aid, flags) = {
+            let r = &self.rq(id).r;
+            (r.archive_id, r.hal_flags)
+        };
+        let hint = &self.reqs[id as usize]
+            .as_ref()
+            .expect("live request")
+            .r
+            .data;
+        let g = self.groups.get_or_create(set, aid, flags, hint, now);
+        self.groups.push(&mut self.links, g, id, now);
+        self.pending[Kind::Archive.index()] += 1;
+        self.rq_mut(id).loc = Loc::Grouped { group: g };
+        if let Some((c, i)) = self.groups.get(g).owner {
+            let slot = &self.cl(c).slots[i as usize];
+            if !slot.expired(false, now) {
+                self.touch_slot(c, i, now);
+            }
+        }
+    }
+
+    /// Pushes a slot's idle deadline to now + idle.
+    fn touch_slot(&mut self, c: u32, i: u8, now: Time) {
+        let idle = now.add_nanos(self.cfg.batching.idle_secs.saturating_mul(1_000_000_000));
+        self.cl_mut(c).slots[i as usize].expire_idle = idle;
+        let next = self.cl(c).slots[i as usize].next_deadline();
+        self.set_slot_deadline(c, i, next);
+    }
+
+    fn set_slot_deadline(&mut self, c: u32, i: u8, when: Option<Time>) {
+        let slot = &mut self.clients[c as usize]
+            .client
+            .as_mut()
+            .expect("client")
+            .slots[i as usize];
+        if slot.deadline == when {
+            return;
+        }
+        if let Some(old) = slot.deadline.take() {
+            self.batch_deadlines.remove(&(old, c, i));
+        }
+        if let Some(t) = when {
+            slot.deadline = Some(t);
+            self.batch_deadlines.insert((t, c, i));
+        }
+    }
+
+    fn release_slot(&mut self, c: u32, i: u8) {
+        self.set_slot_deadline(c, i, None);
+        let slot = &mut self.cl_mut(c).slots[i as usize];
+        if let Some(g) = slot.group.take() {
+            slot.expire_max = None;
+            slot.expire_idle = Time(0);
+            self.groups.release(g);
+        }
+    }
+
+    /// Batch refill (§4.9 step 1) through the unowned-group index: each free or expired slot
+    /// of `c` claims the oldest group it can run, from its own queue first, then the global one.
+    fn refill_slots(&mut self, c: u32, now: Time) {
+        let cl = self.cl(c);
+        let k = Kind::Archive.index();
+        if cl.limits.max_archive.is_some_and(|m| cl.current[k] >= m) {
+            // It could not send any of it: do not hold a group others could run.
+            return;
+        }
+        let own = cl.set;
+        for i in 0..cl.slots.len() as u8 {
+            let slot = &self.cl(c).slots[i as usize];
+            if let Some(g) = slot.group {
+                let empty = self.groups.get(g).fifo.len == 0;
+                if !slot.expired(empty, now) {
+                    continue;
+                }
+                self.release_slot(c, i);
+            }
+            let cl = self.cl(c);
+            let accept = |a: u32| cl.accepts(a);
+            let found = own
+                .and_then(|s| self.groups.oldest_unowned(s, accept))
+                .or_else(|| self.groups.oldest_unowned(GLOBAL, accept));
+            let Some(g) = found else { break };
+            self.groups.claim(g, (c, i));
+            let b = self.cfg.batching;
+            let slot = &mut self.cl_mut(c).slots[i as usize];
+            slot.group = Some(g);
+            slot.expire_max =
+                (b.max_secs > 0).then(|| now.add_nanos(b.max_secs.saturating_mul(1_000_000_000)));
+            self.touch_slot(c, i, now);
         }
     }
 
@@ -1392,6 +1659,19 @@ impl Engine {
             n.current[kind.index()] += 1;
             self.rq_mut(id).loc = Loc::Running { client: c };
         }
+        // Slots (hint, deadlines, running counts) move with their groups: counts stay exact.
+        for i in 0..self.cl(old).slots.len() as u8 {
+            let deadline = self.cl(old).slots[i as usize].deadline;
+            self.set_slot_deadline(old, i, None);
+            if let Some(g) = self.cl(old).slots[i as usize].group {
+                self.groups.get_mut(g).owner = Some((c, i));
+            }
+            let slot = std::mem::take(&mut self.cl_mut(old).slots[i as usize]);
+            if let Some(s) = self.cl_mut(c).slots.get_mut(i as usize) {
+                *s = slot;
+            }
+            self.set_slot_deadline(c, i, deadline);
+        }
         let o = self.cl_mut(old);
         let set = o.set.take();
         let cancels = std::mem::take(&mut o.cancels);
@@ -1469,10 +1749,16 @@ impl Engine {
             self.actions
                 .push_back(Action::Persist(PersistOp::Unassigned { key }));
         }
+        for i in 0..self.cl(c).slots.len() as u8 {
+            self.release_slot(c, i);
+        }
         let mut queued: Vec<u32> = Vec::new();
         if let Some(s) = self.cl_mut(c).set.take() {
             for k in Kind::ALL {
                 queued.extend(self.sets[s as usize].iter_kind(&self.links, k));
+            }
+            for g in self.groups.of_target(s) {
+                queued.extend(self.groups.get(g).fifo.iter(&self.links));
             }
             for &id in &queued {
                 self.detach(id, false, now);
@@ -1560,7 +1846,14 @@ impl Engine {
             }
         });
         let mut taken = [0u64; 3];
+        if self.slot_count() > 0 {
+            self.refill_slots(c, now);
+        }
         let own = self.cl(c).set;
+        // Per-slot cap: max_archive spread over the slots (rounded up, never 0 for unlimited).
+        let nslots = self.slot_count() as u32;
+        let slot_cap = limits.max_archive.map(|m| m.div_ceil(nslots.max(1)));
+        let archive_prio = self.cfg.priorities.archive;
         let aging = self.cfg.priorities.aging_ms.saturating_mul(1_000_000);
         let mut excluded: Vec<(u32, u32)> = Vec::new();
         while bytes + margin <= max_bytes {
@@ -1596,10 +1889,45 @@ impl Engine {
                     }
                 }
             }
+            // Batch slots compete as archive sources (set index SLOT_SET marks them).
+            let k = Kind::Archive.index();
+            let archive_ok =
+                taken[k] < quota[k] && limits.max_archive.is_none_or(|m| cl.current[k] < m);
+            for (i, slot) in cl.slots.iter().enumerate() {
+                let Some(g) = slot.group else { continue };
+                let group = self.groups.get(g);
+                if !archive_ok
+                    || group.fifo.len == 0
+                    || slot_cap.is_some_and(|cap| slot.current >= cap)
+                    || fixed.is_some_and(|f| f != (group.archive_id, group.flags))
+                    || excluded.contains(&(SLOT_SET, i as u32))
+                {
+                    continue;
+                }
+                let age = now.since(group.since);
+                let score = if aging > 0 {
+                    (
+                        i128::from(archive_prio) * i128::from(aging) + i128::from(age),
+                        0,
+                        true,
+                    )
+                } else {
+                    (i128::from(archive_prio), age, true)
+                };
+                if best.is_none_or(|(b, _, _)| score > b) {
+                    best = Some((score, SLOT_SET, i as u32));
+                }
+            }
             let Some((_, set, p)) = best else { break };
-            let (id, _) = self.sets[set as usize].parts[p as usize]
-                .peek()
-                .expect("active partition is non-empty");
+            let id = if set == SLOT_SET {
+                let g = self.cl(c).slots[p as usize].group.expect("slot group");
+                self.groups.get(g).fifo.head
+            } else {
+                self.sets[set as usize].parts[p as usize]
+                    .peek()
+                    .expect("active partition is non-empty")
+                    .0
+            };
             let (cost, kind, aid, flags) = {
                 let r = self.rq(id);
                 (r.r.budget_cost(), r.kind, r.r.archive_id, r.r.hal_flags)
@@ -1614,6 +1942,12 @@ impl Engine {
             taken[kind.index()] += 1;
             self.detach(id, true, now);
             self.attach_running(c, id);
+            if set == SLOT_SET {
+                let i = p as u8;
+                self.rq_mut(id).slot = i;
+                self.cl_mut(c).slots[i as usize].current += 1;
+                self.touch_slot(c, i, now);
+            }
             if self.report_needle.is_some() {
                 let dfid = self.rq(id).r.dfid;
                 let client = self.cl(c).name.to_string();

@@ -22,6 +22,7 @@
 #![doc = include_str!("../README.md")]
 
 mod action;
+mod batch;
 mod config;
 mod engine;
 mod fxhash;

@@ -1099,3 +1099,148 @@ fn refused_recv_does_not_change_the_pending_budget() {
         "still answering the 172-byte recv"
     );
 }
+
+fn batching(idle: u64, max: u64, slots: u32) -> Config {
+    Config {
+        spread: false,
+        batching: Batching {
+            idle_secs: idle,
+            max_secs: max,
+            slots_per_client: slots,
+        },
+        ..Config::default()
+    }
+}
+
+fn datas(d: &Delivery) -> Vec<&[u8]> {
+    d.items.iter().map(|r| &*r.data).collect()
+}
+
+#[test]
+fn batching_keeps_one_hint_on_one_mover() {
+    let mut h = H::new(batching(10, 0, 1));
+    for n in 0..6 {
+        let hint: &[u8] = if n % 2 == 0 { b"tape=A" } else { b"tape=B" };
+        h.add(req(HsmAction::Archive, n, 1, hint), t(0));
+    }
+    let a = h.mover("a", &[], t(0));
+    let b = h.mover("b", &[], t(0));
+    h.recv(a, RecvLimits::default(), t(0));
+    h.recv(b, RecvLimits::default(), t(0));
+    let d = h.deliveries();
+    assert_eq!(d.len(), 2);
+    assert_eq!(datas(&d[0]), vec![b"tape=A"; 3]);
+    assert_eq!(datas(&d[1]), vec![b"tape=B"; 3]);
+    // A new A archive goes to the slot holding A, even though b is waiting.
+    h.recv(b, RecvLimits::default(), t(1));
+    h.add(req(HsmAction::Archive, 10, 1, b"tape=A"), t(1));
+    assert!(h.deliveries().is_empty(), "b must not take A's archive");
+    h.recv(a, RecvLimits::default(), t(1));
+    let d = h.deliveries();
+    assert_eq!((d[0].client, datas(&d[0])), (a, vec![&b"tape=A"[..]]));
+    let st = h.e.status(false);
+    let sa = st.clients.iter().find(|c| c.client_id == "a").unwrap();
+    assert_eq!(sa.batches.len(), 1);
+    assert_eq!(sa.batches[0].hint.as_deref(), Some("tape=A"));
+    assert_eq!(sa.batches[0].current_count, 4);
+    assert_eq!(sa.batches[0].expire_idle, Some(t(11)));
+}
+
+#[test]
+fn batch_slot_idle_expiry_frees_it_for_another_hint() {
+    let mut h = H::new(batching(10, 0, 1));
+    h.add(req(HsmAction::Archive, 1, 1, b"A"), t(0));
+    let a = h.mover("a", &[], t(0));
+    h.recv(a, RecvLimits::default(), t(0));
+    h.drain();
+    h.add(req(HsmAction::Archive, 2, 1, b"B"), t(1));
+    h.recv(a, RecvLimits::default(), t(1));
+    assert!(
+        h.deliveries().is_empty(),
+        "slot reserved for A during its idle slice"
+    );
+    assert_eq!(h.e.poll_timeout(), Some(t(10)));
+    h.e.handle_timeout(t(10));
+    let d = h.deliveries();
+    assert_eq!(datas(&d[0]), vec![&b"B"[..]]);
+}
+
+#[test]
+fn batch_slot_max_slice_releases_leftovers_to_other_movers() {
+    let mut h = H::new(batching(100, 5, 1));
+    for n in 0..4 {
+        h.add(req(HsmAction::Archive, n, 1, b"A"), t(0));
+    }
+    let a = h.mover("a", &[], t(0));
+    h.recv(a, limits(Some(1), None, None), t(0));
+    assert_eq!(h.deliveries()[0].items.len(), 1);
+    let b = h.mover("b", &[], t(1));
+    h.recv(b, RecvLimits::default(), t(1));
+    assert!(h.deliveries().is_empty(), "A belongs to a's slot");
+    h.e.handle_timeout(t(5));
+    let d = h.deliveries();
+    assert_eq!((d[0].client, d[0].items.len()), (b, 3));
+}
+
+#[test]
+fn batch_per_slot_cap_splits_max_archive() {
+    let mut h = H::new(batching(10, 0, 2));
+    for n in 0..8 {
+        let hint: &[u8] = if n < 4 { b"A" } else { b"B" };
+        h.add(req(HsmAction::Archive, n, 1, hint), t(0));
+    }
+    let a = h.mover("a", &[], t(0));
+    h.recv(a, limits(Some(4), None, None), t(0));
+    let d = h.deliveries();
+    let mut got = datas(&d[0]);
+    got.sort();
+    assert_eq!(got, vec![&b"A"[..], b"A", b"B", b"B"], "cap 2 per slot");
+}
+
+#[test]
+fn batch_slots_follow_a_reconnecting_mover() {
+    let mut h = H::new(batching(10, 0, 1));
+    for n in 0..3 {
+        h.add(req(HsmAction::Archive, n, 1, b"A"), t(0));
+    }
+    let a = h.mover("a", &[], t(0));
+    h.recv(a, limits(Some(1), None, None), t(0));
+    let first = h.deliveries()[0].items[0].clone();
+    h.e.disconnect(a, t(1)).unwrap();
+    let a2 = h.e.connect("a:2", t(2));
+    h.e.ehlo(
+        a2,
+        Ehlo {
+            id: Some("a".into()),
+            archive_ids: vec![],
+            running: vec![first.clone()],
+        },
+        t(2),
+    )
+    .unwrap();
+    h.drain();
+    let st = h.e.status(false);
+    assert_eq!(st.clients[0].batches[0].current_count, 1);
+    h.e.done(a2, first.key(), 0, t(3));
+    h.recv(a2, limits(Some(1), None, None), t(3));
+    let d = h.deliveries();
+    assert_eq!(d[0].client, a2);
+    assert_eq!(h.e.status(false).clients[0].batches[0].current_count, 1);
+}
+
+#[test]
+fn batching_with_host_mapping_keeps_routing() {
+    let mut cfg = batching(10, 0, 1);
+    cfg.host_mappings = vec![HostMapping::Tag {
+        tag: "tag=n0".into(),
+        hosts: hosts(&["mover0"]),
+    }];
+    let mut h = H::new(cfg);
+    let other = h.mover("other", &[], t(0));
+    h.recv(other, RecvLimits::default(), t(0));
+    h.add(req(HsmAction::Archive, 1, 1, b"tag=n0"), t(0));
+    assert!(h.deliveries().is_empty());
+    let m0 = h.mover("mover0", &[], t(1));
+    h.recv(m0, RecvLimits::default(), t(1));
+    assert_eq!(h.deliveries()[0].client, m0);
+}

@@ -423,6 +423,10 @@ impl World {
             if self.live.is_empty() {
                 break;
             }
+            // Batch slices must be allowed to end for other hints to get a slot.
+            self.now = self.now.add_nanos(3 * SEC);
+            self.e.handle_timeout(self.now);
+            self.drain(false)?;
             for slot in 0..SLOTS {
                 let c = self.movers[slot].conn.unwrap();
                 if self.e.client_state(c) == Some(ClientState::Ready) {
@@ -466,6 +470,13 @@ fn config(variant: u8) -> Config {
             default_weight: 1,
         });
     }
+    if variant & 8 != 0 {
+        cfg.batching = Batching {
+            idle_secs: 2,
+            max_secs: u64::from(variant & 1) * 4,
+            slots_per_client: 1 + u32::from(variant & 2 != 0),
+        };
+    }
     if variant & 4 != 0 {
         cfg.spread = false;
         cfg.priorities.aging_ms = 0;
@@ -477,7 +488,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_event_sequences_keep_invariants(variant in 0u8..8, ops in prop::collection::vec(op(), 1..120)) {
+    fn random_event_sequences_keep_invariants(variant in 0u8..16, ops in prop::collection::vec(op(), 1..120)) {
         let mut w = World::new(config(variant));
         for op in ops {
             w.step(op)?;
