@@ -1,9 +1,5 @@
-//! `coordinatool-server`: the coordinatool daemon (work in progress, see issue 6).
+//! `coordinatool-server`: the coordinatool daemon (see the library crate).
 
-fn main() {
-    eprintln!(
-        "coordinatool-server {}: the server is not implemented yet (issue 6)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    coordinatool_server::run_main()
 }
