@@ -70,6 +70,7 @@ fn request(n: u64, data: &[u8]) -> Request {
 fn data_for(n: u64, cfg: &str) -> Vec<u8> {
     match cfg {
         "hosts" => format!("grouping=g{}", n % 1000).into_bytes(),
+        "batch" => format!("tape=t{}", n % 1000).into_bytes(),
         _ => Vec::new(),
     }
 }
@@ -91,6 +92,13 @@ fn config(name: &str) -> Config {
                 hosts: (0..100).map(|i| format!("mover{i}")).collect(),
                 mode: Default::default(),
             }]
+        }
+        "batch" => {
+            cfg.batching = coordinatool_sched::Batching {
+                idle_secs: 60,
+                max_secs: 600,
+                slots_per_client: 2,
+            }
         }
         _ => {}
     }
@@ -183,7 +191,7 @@ fn intake_and_dispatch(c: &mut Criterion) {
 /// archive (`recv` with a one-archive limit), and reports it done. Three events, queue depth kept.
 fn per_event(c: &mut Criterion) {
     let mut g = c.benchmark_group("cycle_new_recv_done");
-    for cfg in ["plain", "fair", "hosts"] {
+    for cfg in ["plain", "fair", "hosts", "batch"] {
         for queued in [10_000u64, 1_000_000] {
             let mut e = filled(cfg, queued);
             let m = movers(&mut e, 100);

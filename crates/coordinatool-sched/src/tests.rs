@@ -1244,3 +1244,46 @@ fn batching_with_host_mapping_keeps_routing() {
     h.recv(m0, RecvLimits::default(), t(1));
     assert_eq!(h.deliveries()[0].client, m0);
 }
+
+mod fair_share_ratios {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// With every user backlogged, each user's share of the first K dispatches is its
+        /// weight's share, within one request per user.
+        #[test]
+        fn service_follows_weights(weights in prop::collection::vec(1u32..6, 2..5), k in 20usize..120) {
+            let users = weights.len();
+            let mut h = H::new(Config {
+                spread: false,
+                fair_share: Some(FairShare {
+                    key: ShareKey::Uid,
+                    weights: weights.iter().enumerate().map(|(u, w)| (u.to_string(), *w)).collect(),
+                    default_weight: 1,
+                }),
+                ..Config::default()
+            });
+            // Users arrive one after the other, each with a backlog larger than K.
+            for u in 0..users {
+                for i in 0..k as u64 {
+                    let mut r = archive(u as u64 * 1000 + i);
+                    r.owner = Some(Owner { uid: u as u32, gid: 0, projid: 0 });
+                    h.add(r, t(0));
+                }
+            }
+            let m = h.mover("m", &[], t(0));
+            h.recv(m, limits(Some(k as u32), None, None), t(0));
+            let d = h.deliveries();
+            prop_assert_eq!(d[0].items.len(), k);
+            let total: u32 = weights.iter().sum();
+            for (u, w) in weights.iter().enumerate() {
+                let got = d[0].items.iter().filter(|r| r.owner.unwrap().uid == u as u32).count() as f64;
+                let want = k as f64 * f64::from(*w) / f64::from(total);
+                prop_assert!((got - want).abs() <= 1.0 + 1e-9, "user {u} weight {w}: {got} vs {want:.2}");
+            }
+        }
+    }
+}

@@ -86,6 +86,7 @@ struct World {
     assigned: HashMap<RequestKey, String>,
     lock: LockState,
     peer: u32,
+    host_mapped: bool,
 }
 
 fn name(slot: usize) -> String {
@@ -95,6 +96,7 @@ fn name(slot: usize) -> String {
 impl World {
     fn new(cfg: Config) -> Self {
         World {
+            host_mapped: !cfg.host_mappings.is_empty(),
             e: Engine::new(cfg).unwrap(),
             now: Time(1_700_000_000 * SEC),
             movers: (0..SLOTS).map(|_| Mover::default()).collect(),
@@ -163,6 +165,12 @@ impl World {
                             "{:?} delivered while a mover still runs it",
                             r.key()
                         );
+                        if self.host_mapped
+                            && r.action == HsmAction::Archive
+                            && r.data.starts_with(b"tag=h")
+                        {
+                            prop_assert!(slot < 2, "archive for hosts m0/m1 delivered to m{slot}");
+                        }
                         kinds.insert(Kind::of(r.action).unwrap());
                     }
                     let st = self.e.status(false);
