@@ -638,15 +638,29 @@ fn parse_base0(s: &str) -> Result<u64, String> {
     if digits.is_empty() {
         return Err("expected a number".into());
     }
-    if !digits.bytes().all(|c| (c as char).is_digit(radix)) {
-        let base = match radix {
-            16 => "hexadecimal",
-            8 => "octal",
-            _ => "decimal",
+    // One pass: digit check and accumulation with overflow detection.
+    let mut n: u64 = 0;
+    for c in digits.bytes() {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => u8::MAX,
         };
-        return Err(format!("not a {base} number"));
+        if u32::from(d) >= radix {
+            let base = match radix {
+                16 => "hexadecimal",
+                8 => "octal",
+                _ => "decimal",
+            };
+            return Err(format!("not a {base} number"));
+        }
+        n = n
+            .checked_mul(u64::from(radix))
+            .and_then(|n| n.checked_add(u64::from(d)))
+            .ok_or_else(|| String::from("number does not fit in 64 bits"))?;
     }
-    u64::from_str_radix(digits, radix).map_err(|_| "number does not fit in 64 bits".into())
+    Ok(n)
 }
 
 fn num_u64(field: &'static str, v: &str) -> Result<u64, ParseErrorKind> {

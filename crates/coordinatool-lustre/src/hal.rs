@@ -299,23 +299,32 @@ impl HsmActionItem {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let hai_len = u32::try_from(self.hai_len()).unwrap_or(u32::MAX);
         out.reserve(self.encoded_len());
-        out.extend_from_slice(&hai_len.to_le_bytes());
-        out.extend_from_slice(&self.action.code().to_le_bytes());
-        put_fid(out, &self.fid);
-        put_fid(out, &self.dfid);
-        out.extend_from_slice(&self.extent.offset.to_le_bytes());
-        out.extend_from_slice(&self.extent.length.to_le_bytes());
-        out.extend_from_slice(&self.cookie.to_le_bytes());
-        out.extend_from_slice(&self.gid.to_le_bytes());
+        // Fill the fixed part on the stack and append it once.
+        let mut fixed = [0u8; HAI_FIXED_LEN];
+        fixed[0..4].copy_from_slice(&hai_len.to_le_bytes());
+        fixed[4..8].copy_from_slice(&self.action.code().to_le_bytes());
+        fixed[8..24].copy_from_slice(&fid_bytes(&self.fid));
+        fixed[24..40].copy_from_slice(&fid_bytes(&self.dfid));
+        fixed[40..48].copy_from_slice(&self.extent.offset.to_le_bytes());
+        fixed[48..56].copy_from_slice(&self.extent.length.to_le_bytes());
+        fixed[56..64].copy_from_slice(&self.cookie.to_le_bytes());
+        fixed[64..72].copy_from_slice(&self.gid.to_le_bytes());
+        out.extend_from_slice(&fixed);
         out.extend_from_slice(&self.data);
         pad8(out, self.hai_len());
     }
 }
 
+fn fid_bytes(fid: &LuFid) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..8].copy_from_slice(&fid.seq.to_le_bytes());
+    b[8..12].copy_from_slice(&fid.oid.to_le_bytes());
+    b[12..16].copy_from_slice(&fid.ver.to_le_bytes());
+    b
+}
+
 fn put_fid(out: &mut Vec<u8>, fid: &LuFid) {
-    out.extend_from_slice(&fid.seq.to_le_bytes());
-    out.extend_from_slice(&fid.oid.to_le_bytes());
-    out.extend_from_slice(&fid.ver.to_le_bytes());
+    out.extend_from_slice(&fid_bytes(fid));
 }
 
 /// Appends the zero bytes that round `written` up to a multiple of 8.
