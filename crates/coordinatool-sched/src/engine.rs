@@ -2,12 +2,11 @@
 
 use crate::action::{Action, Delivery, Locate, PersistOp, ReportEvent, ReportLine, RestoreLocator};
 use crate::batch::{BatchSlot, Groups, NO_SLOT};
-use crate::config::{Config, HashMode, HostMapping, ShareKey};
+use crate::config::Config;
 use crate::fxhash::{FxHashMap, FxHashSet};
-use crate::hint::{
-    Rng, data_contains_tag, djb2, fnv1a, parse_hint, rendezvous, valid_report_value,
-};
+use crate::hint::{Rng, parse_hint, valid_report_value};
 use crate::index::KeyIndex;
+use crate::policy::{ConfigPolicy, Placement, Policy, Share};
 use crate::queue::{Fifo, Link, PartKey, QueueSet, Slot};
 use crate::status::{BatchStatus, ClientDump, ClientStatus, DumpEntry, Status};
 use crate::types::{
@@ -138,6 +137,7 @@ struct Req {
     loc: Loc,
     prio: i32,
     share: u64,
+    weight: u32,
     /// Batch slot of the owning client it was sent from ([`NO_SLOT`] if none).
     slot: u8,
 }
@@ -222,15 +222,13 @@ pub struct Engine {
     actions: VecDeque<Action>,
     rng: Rng,
     order: u64,
-    weights: FxHashMap<u64, u32>,
-    default_weight: u32,
-    prio_tag: Option<Vec<u8>>,
     report_needle: Option<Vec<u8>>,
     report_refs: FxHashMap<Box<str>, u32>,
     locator: Option<Box<dyn RestoreLocator>>,
     /// Locator answers per request slot (`None` = anywhere).
     locality: FxHashMap<u32, Option<Box<str>>>,
     dirty: bool,
+    policy: Box<dyn Policy>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -245,50 +243,20 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn share_of(cfg: &Config, r: &Request) -> u64 {
-    let Some(fs) = &cfg.fair_share else { return 0 };
-    match &fs.key {
-        ShareKey::ArchiveId => u64::from(r.archive_id),
-        ShareKey::DataTag(tag) => parse_hint(&r.data, tag.as_bytes()).map_or(u64::MAX, fnv1a),
-        ShareKey::Uid => r.owner.map_or(u64::MAX, |o| u64::from(o.uid)),
-        ShareKey::Gid => r.owner.map_or(u64::MAX, |o| u64::from(o.gid)),
-        ShareKey::ProjId => r.owner.map_or(u64::MAX, |o| u64::from(o.projid)),
-    }
-}
-
 impl Engine {
     /// Builds an engine. `now` is unused today but keeps the constructor in line with the
     /// other inputs.
     pub fn new(cfg: Config) -> Result<Self, ConfigError> {
-        for m in &cfg.host_mappings {
-            let (tag, hosts) = match m {
-                HostMapping::Tag { tag, hosts } => (tag, hosts),
-                HostMapping::ConsistentHash { tag, hosts, .. } => (tag, hosts),
-            };
-            if hosts.is_empty() {
-                return Err(ConfigError::NoHosts(tag.clone()));
-            }
-        }
-        let mut weights = FxHashMap::default();
-        let mut default_weight = 1;
-        if let Some(fs) = &cfg.fair_share {
-            default_weight = fs.default_weight.max(1);
-            for (k, w) in &fs.weights {
-                if *w == 0 {
-                    return Err(ConfigError::ZeroWeight(k.clone()));
-                }
-                let share = match fs.key {
-                    ShareKey::DataTag(_) => fnv1a(k.as_bytes()),
-                    _ => k
-                        .parse::<u64>()
-                        .map_err(|_| ConfigError::BadWeightKey(k.clone()))?,
-                };
-                weights.insert(share, *w);
-            }
-        }
-        Ok(Engine {
+        let policy = ConfigPolicy::new(&cfg)?;
+        Ok(Self::with_policy(cfg, Box::new(policy)))
+    }
+
+    /// Builds an engine whose ordering and placement come from `policy` instead of the
+    /// built-in [`ConfigPolicy`] (the config's host mappings, priorities and fair share are
+    /// then unused; grace, batching, reporting, spread and aging still apply).
+    pub fn with_policy(cfg: Config, policy: Box<dyn Policy>) -> Self {
+        Engine {
             rng: Rng::new(cfg.seed),
-            prio_tag: cfg.priorities.tag.clone().map(String::into_bytes),
             report_needle: cfg
                 .reporting_hint
                 .as_ref()
@@ -319,13 +287,12 @@ impl Engine {
             shutdown_sent: false,
             actions: VecDeque::new(),
             order: 0,
-            weights,
-            default_weight,
             report_refs: FxHashMap::default(),
             locator: None,
             locality: FxHashMap::default(),
             dirty: false,
-        })
+            policy,
+        }
     }
 
     /// Installs the restore-locality hook (upstream's Phobos locate).
@@ -1138,14 +1105,8 @@ impl Engine {
     }
 
     fn insert_req(&mut self, r: Request, kind: Kind) -> u32 {
-        let prio = self.cfg_prio(kind)
-            + self.prio_tag.as_ref().map_or(0, |t| {
-                parse_hint(&r.data, t)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.trim().parse::<i32>().ok())
-                    .map_or(0, |v| v.clamp(-100, 100))
-            });
-        let share = share_of(&self.cfg, &r);
+        let prio = self.policy.priority(&r, kind);
+        let Share { key: share, weight } = self.policy.share(&r);
         let key = r.key();
         let req = Req {
             r,
@@ -1153,6 +1114,7 @@ impl Engine {
             loc: Loc::Detached,
             prio,
             share,
+            weight: weight.max(1),
             slot: NO_SLOT,
         };
         let id = match self.free_reqs.pop() {
@@ -1175,15 +1137,6 @@ impl Engine {
         match self.orig_data.get(&id) {
             Some(d) => d,
             None => &self.rq(id).r.data,
-        }
-    }
-
-    fn cfg_prio(&self, kind: Kind) -> i32 {
-        let p = &self.cfg.priorities;
-        match kind {
-            Kind::Restore => p.restore,
-            Kind::Remove => p.remove,
-            Kind::Archive => p.archive,
         }
     }
 
@@ -1292,7 +1245,7 @@ impl Engine {
     }
 
     fn enqueue(&mut self, set: u32, id: u32, front: bool, now: Time) {
-        let (key, share) = {
+        let (key, share, weight) = {
             let r = self.rq(id);
             (
                 PartKey {
@@ -1302,13 +1255,9 @@ impl Engine {
                     flags: r.r.hal_flags,
                 },
                 r.share,
+                r.weight,
             )
         };
-        let weight = self
-            .weights
-            .get(&share)
-            .copied()
-            .unwrap_or(self.default_weight);
         let slot =
             self.sets[set as usize].push(&mut self.links, key, (share, weight), id, front, now);
         self.pending[key.kind.index()] += 1;
@@ -1376,10 +1325,33 @@ impl Engine {
     /// Placement (§4.8): host mapping for archives, restore locality, else the global queue.
     fn place(&mut self, id: u32, front: bool, now: Time) {
         let kind = self.rq(id).kind;
-        let target = match kind {
-            Kind::Archive => self.map_archive(id, now),
-            Kind::Restore => self.locate_restore(id, now),
-            Kind::Remove => None,
+        // The policy always sees the original data (upstream re-hashed rewritten data).
+        if let Some(orig) = self.orig_data.remove(&id) {
+            self.rq_mut(id).r.data = orig;
+        }
+        let placement = {
+            let by_name = &self.by_name;
+            let clients = &self.clients;
+            let view = |name: &str| {
+                by_name
+                    .get(name)
+                    .and_then(|&c| clients[c as usize].client.as_ref())
+                    .map(|cl| cl.state)
+            };
+            let r = &self.reqs[id as usize].as_ref().expect("live request").r;
+            self.policy.place(r, kind, &view)
+        };
+        let target = match placement {
+            Placement::Host { host, data } => {
+                if let Some(d) = data {
+                    let r = self.rq_mut(id);
+                    let orig = std::mem::replace(&mut r.r.data, d);
+                    self.orig_data.insert(id, orig);
+                }
+                Some(self.client_for_host(&host, now))
+            }
+            Placement::Anywhere if kind == Kind::Restore => self.locate_restore(id, now),
+            Placement::Anywhere => None,
         };
         let set = match target {
             Some(c) => {
@@ -1498,79 +1470,6 @@ impl Engine {
             slot.expire_max =
                 (b.max_secs > 0).then(|| now.add_nanos(b.max_secs.saturating_mul(1_000_000_000)));
             self.touch_slot(c, i, now);
-        }
-    }
-
-    fn map_archive(&mut self, id: u32, now: Time) -> Option<u32> {
-        let mapping = {
-            let data = self.data_of(id);
-            self.cfg.host_mappings.iter().rev().position(|m| {
-                let tag = match m {
-                    HostMapping::Tag { tag, .. } | HostMapping::ConsistentHash { tag, .. } => tag,
-                };
-                data_contains_tag(data, tag.as_bytes())
-            })?
-        };
-        let m = self.cfg.host_mappings.len() - 1 - mapping;
-        match &self.cfg.host_mappings[m] {
-            HostMapping::Tag { hosts, .. } => {
-                let n = hosts.len();
-                let r = self.rng.below(n);
-                let order = (0..n).map(|i| (r + i) % n);
-                let pick = order
-                    .clone()
-                    .find(|&i| {
-                        self.by_name
-                            .get(hosts[i].as_str())
-                            .is_some_and(|&c| self.cl(c).connected())
-                    })
-                    .or_else(|| {
-                        order
-                            .clone()
-                            .find(|&i| self.by_name.contains_key(hosts[i].as_str()))
-                    })
-                    .unwrap_or(r);
-                let host = hosts[pick].clone();
-                Some(self.client_for_host(&host, now))
-            }
-            HostMapping::ConsistentHash {
-                tag,
-                hash_count,
-                hosts,
-                mode,
-            } => {
-                let (host, rewritten) = {
-                    let data = self.data_of(id);
-                    let Some(v) = parse_hint(data, tag.as_bytes()) else {
-                        warn!(tag = %tag, "archive_on_hosts_ch: value not found in hsm data");
-                        return None;
-                    };
-                    match mode {
-                        HashMode::Rendezvous => (hosts[rendezvous(v, hosts)?].clone(), None),
-                        HashMode::Upstream if *hash_count > 0 => {
-                            let nv = (djb2(v) % u64::from(*hash_count)).to_string();
-                            let host =
-                                hosts[(djb2(nv.as_bytes()) % hosts.len() as u64) as usize].clone();
-                            let start = v.as_ptr() as usize - data.as_ptr() as usize;
-                            let end = start + v.len();
-                            let mut d = Vec::with_capacity(data.len() + nv.len());
-                            d.extend_from_slice(&data[..start]);
-                            d.extend_from_slice(nv.as_bytes());
-                            d.extend_from_slice(&data[end..]);
-                            (host, Some(d.into_boxed_slice()))
-                        }
-                        HashMode::Upstream => {
-                            (hosts[(djb2(v) % hosts.len() as u64) as usize].clone(), None)
-                        }
-                    }
-                };
-                if let Some(d) = rewritten {
-                    let r = self.reqs[id as usize].as_mut().expect("live request");
-                    let orig = std::mem::replace(&mut r.r.data, d);
-                    self.orig_data.entry(id).or_insert(orig);
-                }
-                Some(self.client_for_host(&host, now))
-            }
         }
     }
 

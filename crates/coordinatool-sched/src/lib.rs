@@ -28,6 +28,7 @@ mod engine;
 mod fxhash;
 pub mod hint;
 mod index;
+mod policy;
 mod queue;
 mod status;
 mod types;
@@ -38,6 +39,7 @@ pub use engine::{
     CancelOutcome, ConfigError, DoneOutcome, Engine, EngineError, Intake, IntakeError,
     LOCATE_FAILED_HOST, QueueSummary,
 };
+pub use policy::{ConfigPolicy, Placement, Policy, Share};
 pub use status::{BatchStatus, ClientDump, ClientStatus, DumpEntry, Status};
 pub use types::{
     ClientId, ClientState, Ehlo, HAI_HEADER_LEN, Kind, LockState, MIN_RECV_BYTES, Owner, PerKind,

@@ -1287,3 +1287,63 @@ mod fair_share_ratios {
         }
     }
 }
+
+/// A custom policy: removes run only on "cleaner", priority from the owner's uid.
+struct CustomPolicy;
+
+impl Policy for CustomPolicy {
+    fn priority(&self, r: &Request, _kind: Kind) -> i32 {
+        r.owner.map_or(0, |o| o.uid as i32)
+    }
+    fn share(&self, _r: &Request) -> Share {
+        Share { key: 0, weight: 1 }
+    }
+    fn place(
+        &mut self,
+        _r: &Request,
+        kind: Kind,
+        client: &dyn Fn(&str) -> Option<ClientState>,
+    ) -> Placement {
+        if kind == Kind::Remove {
+            // The view reports the state of known ids.
+            let _ = client("cleaner");
+            Placement::Host {
+                host: "cleaner".into(),
+                data: None,
+            }
+        } else {
+            Placement::Anywhere
+        }
+    }
+}
+
+#[test]
+fn custom_policy_orders_and_places() {
+    let mut h = H {
+        e: Engine::with_policy(
+            Config {
+                spread: false,
+                ..Config::default()
+            },
+            Box::new(CustomPolicy),
+        ),
+        log: Vec::new(),
+    };
+    for (n, uid) in [(1, 1), (2, 5), (3, 3)] {
+        let mut r = archive(n);
+        r.owner = Some(Owner {
+            uid,
+            gid: 0,
+            projid: 0,
+        });
+        h.add(r, t(0));
+    }
+    h.add(req(HsmAction::Remove, 4, 1, b""), t(0));
+    let m = h.mover("m", &[], t(0));
+    h.recv(m, RecvLimits::default(), t(0));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1002, 0x1003, 0x1001]);
+    assert_eq!(h.e.pending().remove, 1, "the remove waits for 'cleaner'");
+    let c = h.mover("cleaner", &[], t(1));
+    h.recv(c, RecvLimits::default(), t(1));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1004]);
+}
