@@ -57,6 +57,11 @@
 //! # Ok::<(), coordinatool_proto::DecodeError>(())
 //! ```
 
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod codec;
 mod frame;
 mod hai;

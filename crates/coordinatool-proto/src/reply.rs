@@ -49,14 +49,18 @@ impl Reply {
 
     /// A success reply with no payload (`{"command": "<command>"}`).
     pub fn ok(command: Command) -> Self {
-        Self::error(command, 0, None::<String>)
+        Self::with_status(command, 0, None)
     }
 
     /// An error reply for `command`: `status` is a positive errno (the sign of a negative
-    /// one is dropped), `message` goes to the `error` key.
-    pub fn error(command: Command, status: i32, message: impl Into<Option<String>>) -> Self {
+    /// one is dropped), `message` goes to the `error` key (omitted when empty).
+    pub fn error(command: Command, status: i32, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::with_status(command, status, (!message.is_empty()).then_some(message))
+    }
+
+    fn with_status(command: Command, status: i32, error: Option<String>) -> Self {
         let status = status.saturating_abs();
-        let error = message.into();
         match command {
             Command::Ehlo => Reply::Ehlo(AckReply { status, error }),
             Command::Done => Reply::Done(AckReply { status, error }),

@@ -297,11 +297,7 @@ fn recv_limits_unlimited_is_minus_one_and_zero_is_kept() {
 
 #[test]
 fn error_statuses_are_positive() {
-    let r = Reply::error(
-        Command::Queue,
-        -22,
-        Some("Error while parsing hsm action items".to_owned()),
-    );
+    let r = Reply::error(Command::Queue, -22, "Error while parsing hsm action items");
     assert_eq!(
         text(&r),
         r#"{"command":"queue","status":22,"error":"Error while parsing hsm action items"}"#
@@ -321,7 +317,7 @@ fn error_statuses_are_positive() {
             .unwrap();
     assert_eq!((r.command(), r.status()), (Command::Done, 22));
     for cmd in Command::ALL {
-        let r = Reply::error(cmd, 17, Some("x".to_owned()));
+        let r = Reply::error(cmd, 17, "x");
         assert_eq!(
             (r.command(), r.status(), r.error_message()),
             (cmd, 17, Some("x"))
