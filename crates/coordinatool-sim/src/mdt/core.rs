@@ -96,6 +96,12 @@ pub struct Mdt {
     /// Cookie → key of the non-CANCEL record carrying it.
     by_cookie: HashMap<u64, u64>,
     waiting: BTreeSet<u64>,
+    /// The WAITING records that are RESTOREs (for the queue-jump rule).
+    waiting_restores: BTreeSet<u64>,
+    /// Keys of STARTED records (housekeeping checks only these for timeouts).
+    started: BTreeSet<u64>,
+    /// `(change time, key)` of records that became final, in time order (grace purge).
+    finished: VecDeque<(u64, u64)>,
     active: HashMap<u64, Active>,
     active_order: u64,
     /// Active items per action: archive, restore, remove.
@@ -178,6 +184,9 @@ impl Mdt {
             },
             by_cookie: HashMap::new(),
             waiting: BTreeSet::new(),
+            waiting_restores: BTreeSet::new(),
+            started: BTreeSet::new(),
+            finished: VecDeque::new(),
             active: HashMap::new(),
             active_order: 0,
             counts: [0; 3],
@@ -483,11 +492,7 @@ impl Mdt {
             }
         }
         for key in requeue {
-            if let Some(r) = self.log.get_mut(&key) {
-                r.status = AgentReqStatus::Waiting;
-                r.change = now;
-                self.waiting.insert(key);
-            }
+            self.set_status(key, AgentReqStatus::Waiting, now);
         }
         self.last_housekeeping = 0;
         self.state = CdtState::Running;
@@ -563,16 +568,15 @@ impl Mdt {
             }
         }
         self.outbox.extend(out);
-        for r in self.log.values_mut() {
-            if !r.status.is_final() {
-                if r.item.action == HsmAction::Restore {
-                    self.restore_locks.remove(&r.item.fid);
-                }
-                r.status = AgentReqStatus::Canceled;
-                r.change = now;
+        let live: Vec<u64> = self.waiting.iter().chain(&self.started).copied().collect();
+        for key in live {
+            if let Some(r) = self.log.get(&key)
+                && r.item.action == HsmAction::Restore
+            {
+                self.restore_locks.remove(&r.item.fid);
             }
+            self.set_status(key, AgentReqStatus::Canceled, now);
         }
-        self.waiting.clear();
     }
 
     // ---------------------------------------------------------------- agents
@@ -668,7 +672,49 @@ impl Mdt {
             },
         );
         self.waiting.insert(key);
+        if self.log[&key].item.action == HsmAction::Restore {
+            self.waiting_restores.insert(key);
+        }
         key
+    }
+
+    /// The one place a record's status changes: keeps the waiting/started/finished indexes.
+    fn set_status(&mut self, key: u64, status: AgentReqStatus, now: u64) {
+        let Some(r) = self.log.get_mut(&key) else {
+            return;
+        };
+        let old = r.status;
+        r.status = status;
+        r.change = now;
+        let restore = r.item.action == HsmAction::Restore;
+        match old {
+            AgentReqStatus::Waiting => {
+                self.waiting.remove(&key);
+                if restore {
+                    self.waiting_restores.remove(&key);
+                }
+            }
+            AgentReqStatus::Started => {
+                self.started.remove(&key);
+            }
+            _ => {}
+        }
+        match status {
+            AgentReqStatus::Waiting => {
+                self.waiting.insert(key);
+                if restore {
+                    self.waiting_restores.insert(key);
+                }
+            }
+            AgentReqStatus::Started => {
+                self.started.insert(key);
+            }
+            _ => {
+                if !old.is_final() {
+                    self.finished.push_back((now, key));
+                }
+            }
+        }
     }
 
     fn cancel_target(&self, fid: LuFid) -> Option<(u64, u32)> {
@@ -831,34 +877,34 @@ impl Mdt {
         let timeout = u64::from(self.tunables.active_request_timeout);
         let grace = u64::from(self.tunables.grace_delay);
         let mut expired = Vec::new();
-        let mut purge = Vec::new();
-        for (key, r) in &self.log {
-            match r.status {
-                AgentReqStatus::Started => {
-                    let last = self
-                        .active
-                        .get(&r.item.cookie)
-                        .filter(|a| a.key == *key || a.cancel_key == Some(*key))
-                        .map_or(r.change, |a| a.last);
-                    if now > last + timeout {
-                        expired.push(*key);
-                    }
-                }
-                AgentReqStatus::Waiting => {}
-                _ => {
-                    if r.change + grace < now {
-                        purge.push(*key);
-                    }
-                }
+        for key in &self.started {
+            let r = &self.log[key];
+            let last = self
+                .active
+                .get(&r.item.cookie)
+                .filter(|a| a.key == *key || a.cancel_key == Some(*key))
+                .map_or(r.change, |a| a.last);
+            if now > last + timeout {
+                expired.push(*key);
             }
         }
         for key in expired {
             self.time_out(now, key);
         }
-        for key in purge {
-            if let Some(r) = self.log.remove(&key) {
-                if self.by_cookie.get(&r.item.cookie) == Some(&key) {
-                    self.by_cookie.remove(&r.item.cookie);
+        // Final records are queued in the order they became final, i.e. by change time.
+        while let Some(&(t, key)) = self.finished.front() {
+            if t + grace >= now {
+                break;
+            }
+            self.finished.pop_front();
+            if let Some(r) = self.log.get(&key)
+                && r.status.is_final()
+                && r.change == t
+            {
+                let cookie = r.item.cookie;
+                self.log.remove(&key);
+                if self.by_cookie.get(&cookie) == Some(&key) {
+                    self.by_cookie.remove(&cookie);
                 }
             }
         }
@@ -871,8 +917,7 @@ impl Mdt {
         let cookie = r.item.cookie;
         let fid = r.item.fid;
         let action = r.item.action;
-        r.status = AgentReqStatus::Canceled;
-        r.change = now;
+        self.set_status(key, AgentReqStatus::Canceled, now);
         debug!(mdt = %self.name, cookie, %fid, "request timed out");
         let linked = self
             .active
@@ -903,51 +948,13 @@ impl Mdt {
         }
         let mut batches: Vec<Batch> = Vec::new();
         let mut picked = 0u64;
-        let mut restore_jumped = false;
         let empty_hal = hal_size_for(&self.fsname, []);
+        let mut limit_at = None;
         for &key in &self.waiting {
             let r = &self.log[&key];
             let item_sz = align8(r.item.hai_len());
             if active + picked >= max {
-                if r.item.action != HsmAction::Restore || restore_jumped {
-                    if housekeeping {
-                        continue;
-                    }
-                    break;
-                }
-                // One RESTORE per scan jumps the queue.
-                restore_jumped = true;
-                if let Some(b) = batches
-                    .iter_mut()
-                    .rev()
-                    .find(|b| b.archive_id == r.archive_id && !b.keys.is_empty())
-                {
-                    while let Some(k) = b.keys.pop() {
-                        b.size -= align8(self.log[&k].item.hai_len());
-                        picked -= 1;
-                        if b.size + item_sz <= HAL_MAX_SIZE {
-                            break;
-                        }
-                    }
-                    b.keys.push(key);
-                    b.size += item_sz;
-                    b.flags = r.flags;
-                    picked += 1;
-                } else if housekeeping && let Some(last) = batches.pop() {
-                    picked -= last.keys.len() as u64;
-                    batches.push(Batch {
-                        archive_id: r.archive_id,
-                        flags: r.flags,
-                        keys: vec![key],
-                        size: empty_hal + item_sz,
-                    });
-                    picked += 1;
-                } else {
-                    break;
-                }
-                if housekeeping {
-                    continue;
-                }
+                limit_at = Some(key);
                 break;
             }
             let slot = batches
@@ -972,6 +979,46 @@ impl Mdt {
             b.size += item_sz;
             b.flags = r.flags;
             picked += 1;
+        }
+        // The budget is used up: one RESTORE per scan still jumps the queue, the one at the
+        // limit (any scan) or the next waiting one (housekeeping scans keep walking).
+        let jumper = limit_at.and_then(|at| {
+            if self.log[&at].item.action == HsmAction::Restore {
+                Some(at)
+            } else if housekeeping {
+                self.waiting_restores.range(at..).next().copied()
+            } else {
+                None
+            }
+        });
+        if let Some(key) = jumper {
+            let r = &self.log[&key];
+            let item_sz = align8(r.item.hai_len());
+            if let Some(b) = batches
+                .iter_mut()
+                .rev()
+                .find(|b| b.archive_id == r.archive_id && !b.keys.is_empty())
+            {
+                // It replaces the last picked item(s) of a batch of its archive id.
+                while let Some(k) = b.keys.pop() {
+                    b.size -= align8(self.log[&k].item.hai_len());
+                    if b.size + item_sz <= HAL_MAX_SIZE {
+                        break;
+                    }
+                }
+                b.keys.push(key);
+                b.size += item_sz;
+                b.flags = r.flags;
+            } else if housekeeping {
+                // Otherwise a housekeeping scan drops the whole last batch to make room.
+                batches.pop();
+                batches.push(Batch {
+                    archive_id: r.archive_id,
+                    flags: r.flags,
+                    keys: vec![key],
+                    size: empty_hal + item_sz,
+                });
+            }
         }
         for b in batches {
             if self.active.len() as u64 >= max {
@@ -1020,33 +1067,26 @@ impl Mdt {
                     Some(f) => compatible(action, f, r.archive_id),
                 };
                 if !ok {
-                    r.status = AgentReqStatus::Failed;
-                    r.change = now;
-                    self.waiting.remove(&key);
+                    debug!(mdt = %self.name, %fid, cookie = r.item.cookie, "item failed at dispatch");
+                    self.set_status(key, AgentReqStatus::Failed, now);
                     if action == HsmAction::Restore {
                         self.restore_locks.remove(&fid);
                     }
-                    debug!(mdt = %self.name, %fid, cookie = r.item.cookie, "item failed at dispatch");
                     continue;
                 }
             }
-            r.status = AgentReqStatus::Started;
-            r.change = now;
             let archive_id = r.archive_id;
             let flags = r.flags;
             let item = r.item.clone();
-            self.waiting.remove(&key);
+            self.set_status(key, AgentReqStatus::Started, now);
             match action {
                 HsmAction::Cancel => {
                     if let Some(t) = self.active.get_mut(&item.cookie) {
                         t.canceled = true;
                         t.cancel_key = Some(key);
                         let tkey = t.key;
-                        if let Some(tr) = self.log.get_mut(&tkey)
-                            && !tr.status.is_final()
-                        {
-                            tr.status = AgentReqStatus::Canceled;
-                            tr.change = now;
+                        if self.log.get(&tkey).is_some_and(|tr| !tr.status.is_final()) {
+                            self.set_status(tkey, AgentReqStatus::Canceled, now);
                         }
                     }
                 }
@@ -1114,12 +1154,12 @@ impl Mdt {
                 if let Some(s) = count_slot(a.item.action) {
                     self.counts[s] -= 1;
                 }
-                if let Some(r) = self.log.get_mut(&a.key)
-                    && r.status == AgentReqStatus::Started
+                if self
+                    .log
+                    .get(&a.key)
+                    .is_some_and(|r| r.status == AgentReqStatus::Started)
                 {
-                    r.status = AgentReqStatus::Waiting;
-                    r.change = now;
-                    self.waiting.insert(a.key);
+                    self.set_status(a.key, AgentReqStatus::Waiting, now);
                 }
             }
         }
@@ -1256,14 +1296,8 @@ impl Mdt {
             self.restore_locks.remove(&a.item.fid);
         }
         let target = a.cancel_key.unwrap_or(a.key);
-        if let Some(r) = self.log.get_mut(&target)
-            && !r.status.is_final()
-        {
-            r.status = status;
-            r.change = now;
-            if status == AgentReqStatus::Waiting {
-                self.waiting.insert(target);
-            }
+        if self.log.get(&target).is_some_and(|r| !r.status.is_final()) {
+            self.set_status(target, status, now);
         }
         trace!(mdt = %self.name, cookie = p.cookie, status = status.name(), "completed");
         self.wake = true;

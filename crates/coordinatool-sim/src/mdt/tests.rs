@@ -1002,3 +1002,34 @@ fn listings_parse_back_with_the_lustre_parser() {
     // The HAL encodes to exactly the size the batching accounted for.
     assert_eq!(d[0].to_hal().encode().len(), d[0].hal_size());
 }
+
+#[test]
+fn restore_of_other_archive_jumps_only_in_housekeeping_scans() {
+    let mut e = Env::new(1);
+    e.c.register(UUID_A, &[]).unwrap();
+    let r = e.file(0);
+    let mut a = *e.c.file(r).unwrap();
+    a.states = HsmStates::EXISTS | HsmStates::ARCHIVED | HsmStates::RELEASED;
+    a.archive_id = 2;
+    e.c.put_file(r, a);
+    e.tick(); // housekeeping at T0
+    let f: Vec<LuFid> = (0..7).map(|_| e.file(0)).collect();
+    e.req(HsmUserAction::Archive, 1, &f).unwrap();
+    e.req(HsmUserAction::Restore, 0, &[r]).unwrap();
+    // Event scan: the budget ends on an archive; the restore further down waits.
+    let d = e.advance(1);
+    assert_eq!(d.len(), 1);
+    assert!(d[0].items.iter().all(|i| i.action == HsmAction::Archive));
+    assert_eq!(d[0].items.len(), 3);
+    for it in &d[0].items {
+        e.end(it.fid, it.cookie, 0).unwrap();
+    }
+    // Housekeeping scan (loop_period 10): the archive-1 batch is dropped for the restore.
+    e.now = T0 + 10;
+    let d = e.tick();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].archive_id, 2);
+    assert_eq!(d[0].items.len(), 1);
+    assert_eq!(d[0].items[0].fid, r);
+    assert_eq!(e.c.mdt(0).unwrap().waiting_count(), 4);
+}
