@@ -4,8 +4,11 @@
 //! they call [`run_main`]. Everything else lives in modules usable from tests and benches:
 //!
 //! * [`config`]: command line, config file, environment and sysconfig files, as upstream.
+//! * [`store`]: the [`Store`](store::Store) trait with the embedded (redb) and Redis
+//!   implementations; one group commit per turn of the event loop.
 
 pub mod config;
+pub mod store;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,132 @@
+//! Helpers shared by the store tests.
+
+use coordinatool_lustre::{HsmAction, LuFid};
+use coordinatool_sched::{Request, Time};
+
+/// A request with a distinct key per `cookie`.
+pub(crate) fn request(cookie: u64, action: HsmAction, data: &[u8]) -> Request {
+    let fid = LuFid::new(0x200000401, cookie as u32, 0);
+    Request {
+        action,
+        cookie,
+        dfid: fid,
+        fid,
+        extent_offset: 0,
+        extent_length: u64::MAX,
+        gid: 0,
+        archive_id: 1,
+        hal_flags: 0,
+        data: data.into(),
+        timestamp: Time(1_000 + cookie),
+        mdt_index: None,
+        owner: None,
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ct-server-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A private `redis-server` on a free loopback port, killed on drop.
+pub(crate) struct RedisServer {
+    pub(crate) port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one, or returns `None` (after a loud message) when `redis-server` is not
+    /// installed.
+    pub(crate) fn start() -> Option<Self> {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!(
+                "\n*** SKIPPED: redis-server is not installed (apt-get install redis-server); \
+                 the Redis store is NOT tested ***\n"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = RedisServer { port, child: None };
+        s.restart();
+        Some(s)
+    }
+
+    /// Starts (again) on the same port, with an empty database.
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        for _ in 0..500 {
+            if let Ok(mut c) = self.client().get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Kills the server (like a crash).
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub(crate) fn client(&self) -> redis::Client {
+        redis::Client::open(redis::ConnectionAddr::Tcp("127.0.0.1".into(), self.port)).unwrap()
+    }
+
+    pub(crate) fn con(&self) -> redis::Connection {
+        self.client().get_connection().unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
