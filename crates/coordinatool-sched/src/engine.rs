@@ -1526,6 +1526,8 @@ impl Engine {
         self.free_req(id);
         self.done_cancel += 1;
         self.actions.push_back(Action::ReportCancelled { cancel });
+        // It may have been what blocked a waiting client (too big for its budget).
+        self.dirty = true;
     }
 
     fn unwait(&mut self, c: u32) {
