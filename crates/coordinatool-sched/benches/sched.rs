@@ -191,8 +191,15 @@ fn intake_and_dispatch(c: &mut Criterion) {
 /// archive (`recv` with a one-archive limit), and reports it done. Three events, queue depth kept.
 fn per_event(c: &mut Criterion) {
     let mut g = c.benchmark_group("cycle_new_recv_done");
+    // 10M queued needs about 2.5 GB and a long fill: opt in with SCHED_BENCH_10M=1.
+    let ten_m = std::env::var_os("SCHED_BENCH_10M").is_some();
     for cfg in ["plain", "fair", "hosts", "batch"] {
-        for queued in [10_000u64, 1_000_000] {
+        let depths: &[u64] = if ten_m && cfg == "plain" {
+            &[10_000, 1_000_000, 10_000_000]
+        } else {
+            &[10_000, 1_000_000]
+        };
+        for &queued in depths {
             let mut e = filled(cfg, queued);
             let m = movers(&mut e, 100);
             drain(&mut e);

@@ -228,6 +228,9 @@ pub struct Engine {
     /// Locator answers per request slot (`None` = anywhere).
     locality: FxHashMap<u32, Option<Box<str>>>,
     dirty: bool,
+    /// Some waiting client found a queue head too big for its budget: when another client
+    /// takes work, waiting clients are offered everything again (the head may be gone).
+    hol_blocked: bool,
     policy: Box<dyn Policy>,
 }
 
@@ -291,6 +294,7 @@ impl Engine {
             locator: None,
             locality: FxHashMap::default(),
             dirty: false,
+            hol_blocked: false,
             policy,
         }
     }
@@ -1153,8 +1157,69 @@ impl Engine {
         let id = self.insert_req(req, kind);
         self.report_new(id);
         self.place(id, false, now);
-        self.dirty = true;
+        self.wake_for(id, now);
         Ok(Intake::New)
+    }
+
+    /// Offers one newly queued request to the waiting clients that could take it.
+    ///
+    /// Every waiting client was offered everything queued before, so only this request can
+    /// change what they get: a request pinned to a host wakes that host only, a shared one
+    /// wakes waiting clients (most recent first, cheap checks before a full dispatch) until
+    /// one takes it. This keeps intake O(1) in the number of blocked waiting clients in the
+    /// pinned cases instead of re-running every waiting client.
+    fn wake_for(&mut self, id: u32, now: Time) {
+        if self.lock != LockState::Unlocked || self.waiting.is_empty() {
+            return;
+        }
+        let (loc, kind, aid) = {
+            let r = self.rq(id);
+            (r.loc, r.kind, r.r.archive_id)
+        };
+        let shared = match loc {
+            Loc::Queued { set, .. } if set != GLOBAL => {
+                self.dispatch(self.sets[set as usize].owner, now);
+                return;
+            }
+            Loc::Grouped { group } => {
+                let g = self.groups.get(group);
+                if let Some((c, _)) = g.owner {
+                    self.dispatch(c, now);
+                    return;
+                }
+                if g.target != GLOBAL {
+                    self.dispatch(self.sets[g.target as usize].owner, now);
+                    return;
+                }
+                true
+            }
+            Loc::Queued { .. } => true,
+            Loc::Running { .. } | Loc::Detached => return,
+        };
+        debug_assert!(shared);
+        let k = kind.index();
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let c = self.waiting[i];
+            let cl = self.cl(c);
+            let could = cl.accepts(aid)
+                && cl.limits.max(kind).is_none_or(|m| cl.current[k] < m)
+                && (!matches!(loc, Loc::Grouped { .. })
+                    || cl.slots.iter().any(|sl| match sl.group {
+                        None => true,
+                        Some(g) => sl.expired(self.groups.get(g).fifo.len == 0, now),
+                    }));
+            if could {
+                self.dispatch(c, now);
+                if !matches!(self.rq(id).loc, Loc::Queued { .. } | Loc::Grouped { .. }) {
+                    return;
+                }
+            }
+            // A served client left the list; otherwise move on.
+            if self.waiting.get(i) == Some(&c) {
+                i += 1;
+            }
+        }
     }
 
     fn report_value(&self, id: u32) -> Option<String> {
@@ -1292,6 +1357,7 @@ impl Engine {
             }
         };
         self.cl_mut(c).set = Some(s);
+        self.sets[s as usize].owner = c;
         s
     }
 
@@ -1584,6 +1650,9 @@ impl Engine {
         for (d, o) in n.done.iter_mut().zip(done) {
             *d += o;
         }
+        if let Some(s) = set {
+            self.sets[s as usize].owner = c;
+        }
         self.expiries.retain(|&(_, e)| e != old);
         self.release_client_slot(old);
     }
@@ -1692,16 +1761,18 @@ impl Engine {
 
     /// Serves every waiting client if something changed.
     fn flush(&mut self, now: Time) {
-        if !self.dirty {
-            return;
-        }
-        self.dirty = false;
         if self.lock != LockState::Unlocked {
             return;
         }
-        let waiting: Vec<u32> = self.waiting.iter().copied().collect();
-        for c in waiting {
-            self.dispatch(c, now);
+        // Re-runs only while a delivery may have unblocked someone: each round serves at
+        // least one waiting client, so this ends.
+        while self.dirty {
+            self.dirty = false;
+            self.hol_blocked = false;
+            let waiting: Vec<u32> = self.waiting.iter().copied().collect();
+            for c in waiting {
+                self.dispatch(c, now);
+            }
         }
     }
 
@@ -1836,6 +1907,9 @@ impl Engine {
             if bytes + cost > max_bytes {
                 // Too big for what is left of this reply: try other partitions.
                 excluded.push((set, p));
+                if items.is_empty() {
+                    self.hol_blocked = true;
+                }
                 continue;
             }
             fixed = Some((aid, flags));
@@ -1861,6 +1935,9 @@ impl Engine {
             return;
         };
         debug_assert!(!items.is_empty());
+        if self.hol_blocked {
+            self.dirty = true;
+        }
         self.cl_mut(c).state = ClientState::Ready;
         self.unwait(c);
         let client = self.handle(c);

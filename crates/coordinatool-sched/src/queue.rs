@@ -183,6 +183,8 @@ pub(crate) struct QueueSet {
     /// Non-empty partitions (small: kinds × priorities × archive ids × flags in use).
     pub(crate) active: Vec<u32>,
     pub(crate) len_by_kind: [u64; 3],
+    /// Client index owning this set (unused for the global set).
+    pub(crate) owner: u32,
 }
 
 impl QueueSet {

@@ -172,6 +172,15 @@ impl<T> PerKind<T> {
             archive,
         }
     }
+
+    /// A reference to the value of one kind.
+    pub fn get_ref(&self, kind: Kind) -> &T {
+        match kind {
+            Kind::Restore => &self.restore,
+            Kind::Remove => &self.remove,
+            Kind::Archive => &self.archive,
+        }
+    }
 }
 
 impl<T: Copy> PerKind<T> {

@@ -87,6 +87,9 @@ struct World {
     lock: LockState,
     peer: u32,
     host_mapped: bool,
+    batching: bool,
+    by_key: HashMap<RequestKey, Request>,
+    archives: Vec<Vec<u32>>,
 }
 
 fn name(slot: usize) -> String {
@@ -97,6 +100,9 @@ impl World {
     fn new(cfg: Config) -> Self {
         World {
             host_mapped: !cfg.host_mappings.is_empty(),
+            batching: cfg.batching.idle_secs > 0,
+            by_key: HashMap::new(),
+            archives: vec![Vec::new(); SLOTS],
             e: Engine::new(cfg).unwrap(),
             now: Time(1_700_000_000 * SEC),
             movers: (0..SLOTS).map(|_| Mover::default()).collect(),
@@ -208,6 +214,67 @@ impl World {
         for k in &self.live {
             prop_assert!(self.e.request_owner(*k).is_some());
         }
+        self.check_work_conserving()
+    }
+
+    /// No waiting client is left waiting while a queued request it could take (its archive
+    /// id, a free slot of that kind, within its budget) sits in the global queue or its own.
+    /// Batch slots legitimately hold work back for a time slice, so batching runs skip this.
+    fn check_work_conserving(&self) -> Result<(), TestCaseError> {
+        if self.batching || self.lock != LockState::Unlocked {
+            return Ok(());
+        }
+        let st = self.e.status(true);
+        let global = st.queues.as_ref().unwrap();
+        for (slot, m) in self.movers.iter().enumerate() {
+            let Some(c) = m.conn else { continue };
+            if self.e.client_state(c) != Some(ClientState::Waiting) {
+                continue;
+            }
+            let lim = m.limits.unwrap();
+            let cs = st
+                .clients
+                .iter()
+                .find(|x| x.client_id == name(slot))
+                .unwrap();
+            let own = &cs.dump.as_ref().unwrap().waiting;
+            for k in Kind::ALL {
+                if lim.max(k).is_some_and(|mx| cs.current.get(k) >= mx) {
+                    continue;
+                }
+                let queued: Vec<&Request> = global
+                    .get_ref(k)
+                    .iter()
+                    .chain(own.get_ref(k))
+                    .map(|e| {
+                        &self.by_key[&RequestKey {
+                            cookie: e.cookie,
+                            dfid: e.dfid,
+                        }]
+                    })
+                    .filter(|r| {
+                        self.archives[slot].is_empty()
+                            || self.archives[slot].contains(&r.archive_id)
+                    })
+                    .collect();
+                // Documented limit: an item larger than this client's whole budget at the head
+                // of a queue blocks that queue for this client (other clients can take it).
+                if queued
+                    .iter()
+                    .any(|r| r.budget_cost() > u64::from(lim.max_bytes))
+                {
+                    continue;
+                }
+                if let Some(r) = queued.first() {
+                    prop_assert!(
+                        false,
+                        "m{slot} waits while {:?} ({k:?}, archive {}) is queued",
+                        r.key(),
+                        r.archive_id
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -221,18 +288,20 @@ impl World {
             .e
             .connect(&format!("10.0.0.{slot}:{}", self.peer), self.now);
         let running = self.movers[slot].running.clone();
+        let archives_sent = archives.clone();
         self.e
             .ehlo(
                 c,
                 Ehlo {
                     id: Some(name(slot)),
-                    archive_ids: archives,
+                    archive_ids: archives.clone(),
                     running,
                 },
                 self.now,
             )
             .unwrap();
         self.movers[slot].conn = Some(c);
+        self.archives[slot] = archives_sent;
         self.movers[slot].limits = None;
         // The mover keeps running what it listed; the engine now agrees it owns all of it.
         self.drain(true)?;
@@ -292,6 +361,7 @@ impl World {
                     owner: None,
                 };
                 self.all.push(r.clone());
+                self.by_key.insert(r.key(), r.clone());
                 prop_assert_eq!(self.e.new_request(r, self.now), Ok(Intake::New));
             }
             Op::Duplicate(i) => {
