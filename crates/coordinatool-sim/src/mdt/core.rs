@@ -265,6 +265,19 @@ impl Mdt {
             .collect()
     }
 
+    /// One active request by cookie.
+    pub fn active_request(&self, cookie: u64) -> Option<ActiveInfo> {
+        self.active.get(&cookie).map(|a| ActiveInfo {
+            item: a.item.clone(),
+            archive_id: a.archive_id,
+            flags: a.flags,
+            canceled: a.canceled,
+            agent: a.agent.clone(),
+            done: a.done_bytes(),
+            last_progress: a.last,
+        })
+    }
+
     /// Number of active items.
     pub fn active_count(&self) -> u64 {
         self.active.len() as u64

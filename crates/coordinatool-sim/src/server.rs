@@ -1,0 +1,645 @@
+//! The simulator daemon: one per simulated filesystem, holding the MDT model and the file
+//! side behind the Unix socket of [`crate::rpc`].
+//!
+//! Threads: an accept loop, one thread per connection (request/response, or a copytool stream
+//! reader that notices the copytool going away), one writer per copytool stream (so a
+//! copytool that stops reading blocks only its own pipe, as in the kernel), and a ticker that
+//! runs the coordinators. The wall clock is read in one place, [`now_secs`]. The ticker runs a
+//! scan as soon as a request, completion or registration asks for one (the real coordinator
+//! waits for its next 1-second wake-up), and every second otherwise; every 10 seconds it
+//! rescans the mount for unlinked files and saves the FID index if something changed.
+//!
+//! A client that crashes mid-call only loses its own connection: its half-read request is
+//! dropped, and a copytool stream that closes is removed from its mount's broadcast group.
+
+use std::collections::HashMap;
+use std::io::{self, Write as _};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coordinatool_lustre::{HsmAction, HsmProgressFlags, HsmUserAction};
+use tracing::{debug, info, warn};
+
+use crate::fs::{FsError, SimFs};
+use crate::mdt::{Caller, Cluster, Errno, HsmExtent, Progress, UserRequest};
+use crate::rpc::{self, Fid, Reply, Request, Response, RpcError};
+
+/// Epoch seconds now: the daemon's only clock read.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Daemon settings.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Filesystem name (`lustre` by default; at most 8 characters like Lustre's).
+    pub fsname: String,
+    /// Number of MDTs (2 by default).
+    pub mdts: u32,
+    /// Start the coordinators enabled (`hsm_control=enabled`), the default.
+    pub enabled: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            fsname: "lustre".to_owned(),
+            mdts: 2,
+            enabled: true,
+        }
+    }
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The mount directory could not be prepared.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The socket could not be bound.
+    #[error("bind {path}: {source}")]
+    Bind {
+        /// Socket path.
+        path: PathBuf,
+        /// OS error.
+        source: io::Error,
+    },
+    /// Invalid option.
+    #[error("invalid option: {0}")]
+    Option(String),
+}
+
+struct StreamTx {
+    id: u64,
+    tx: Sender<Arc<Vec<u8>>>,
+}
+
+struct Core {
+    cluster: Cluster,
+    fs: SimFs,
+    /// Copytool streams per client mount UUID.
+    streams: HashMap<String, Vec<StreamTx>>,
+    next_stream: u64,
+    dirty: bool,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    kick: Condvar,
+    stop: AtomicBool,
+    mount: PathBuf,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panicking handler must not take the whole daemon down with a poisoned lock.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running daemon; [`Daemon::stop`] shuts it down (also on drop).
+pub struct Daemon {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    socket: PathBuf,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("mount", &self.shared.mount)
+            .finish()
+    }
+}
+
+impl Daemon {
+    /// Prepares `mount` (FID index, `.lustre/fid`), binds its socket and starts serving.
+    pub fn start(mount: &Path, opts: &ServeOptions) -> Result<Daemon, ServeError> {
+        if opts.fsname.is_empty() || opts.fsname.len() > 8 || opts.fsname.contains(['.', '/', '-'])
+        {
+            return Err(ServeError::Option(format!(
+                "fsname {:?}: 1 to 8 characters, no '.', '/' or '-'",
+                opts.fsname
+            )));
+        }
+        if opts.mdts == 0 || opts.mdts > 16 {
+            return Err(ServeError::Option(format!(
+                "mdts {}: between 1 and 16",
+                opts.mdts
+            )));
+        }
+        let now = now_secs();
+        let mut cluster = if opts.enabled {
+            Cluster::new_enabled(&opts.fsname, opts.mdts, now)
+        } else {
+            Cluster::new(&opts.fsname, opts.mdts)
+        };
+        let fs = SimFs::open(mount, &mut cluster)?;
+        let mount = fs.root().to_owned();
+        let socket = rpc::socket_path(&mount);
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(|source| ServeError::Bind {
+            path: socket.clone(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                cluster,
+                fs,
+                streams: HashMap::new(),
+                next_stream: 0,
+                dirty: true,
+            }),
+            kick: Condvar::new(),
+            stop: AtomicBool::new(false),
+            mount: mount.clone(),
+        });
+        info!(mount = %mount.display(), fsname = %opts.fsname, mdts = opts.mdts, "simulated Lustre serving");
+        let s1 = shared.clone();
+        let accept = thread::Builder::new()
+            .name("sim-accept".into())
+            .spawn(move || accept_loop(&s1, listener))
+            .expect("spawning a thread");
+        let s2 = shared.clone();
+        let ticker = thread::Builder::new()
+            .name("sim-cdt".into())
+            .spawn(move || ticker_loop(&s2))
+            .expect("spawning a thread");
+        Ok(Daemon {
+            shared,
+            threads: vec![accept, ticker],
+            socket,
+        })
+    }
+
+    /// The mount root served.
+    pub fn mount(&self) -> &Path {
+        &self.shared.mount
+    }
+
+    /// Runs `f` on the model and file side (tests, embedding).
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut Cluster, &mut SimFs) -> R) -> R {
+        let mut core = self.shared.lock();
+        let core = &mut *core;
+        let r = f(&mut core.cluster, &mut core.fs);
+        core.dirty = true;
+        self.shared.kick.notify_all();
+        r
+    }
+
+    /// Stops: copytools get `KUC_MSG_SHUTDOWN`, the index is saved, the socket removed.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if self.shared.stop.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut core = self.shared.lock();
+            let msg = Arc::new(rpc::kuc_shutdown().to_vec());
+            for s in core.streams.values().flatten() {
+                let _ = s.tx.send(msg.clone());
+            }
+            core.streams.clear();
+            if let Err(e) = core.fs.save(&core.cluster) {
+                warn!(error = %e, "saving the FID index");
+            }
+        }
+        self.shared.kick.notify_all();
+        // Wake the accept loop.
+        let _ = UnixStream::connect(&self.socket);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: UnixListener) {
+    for conn in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match conn {
+            Ok(stream) => {
+                let s = shared.clone();
+                let _ = thread::Builder::new()
+                    .name("sim-conn".into())
+                    .spawn(move || connection(&s, stream));
+            }
+            Err(e) => warn!(error = %e, "accept"),
+        }
+    }
+}
+
+fn ticker_loop(shared: &Arc<Shared>) {
+    let mut last_scan = 0u64;
+    let mut last_save = 0u64;
+    let mut core = shared.lock();
+    while !shared.stop.load(Ordering::SeqCst) {
+        let now = now_secs();
+        core.cluster.tick(now);
+        deliver(&mut core, now);
+        if now >= last_scan + 10 {
+            last_scan = now;
+            let c = &mut *core;
+            if let Err(e) = c.fs.scan(now, &mut c.cluster) {
+                warn!(error = %e, "rescanning the mount");
+            }
+            c.dirty = true;
+        }
+        if core.dirty && now >= last_save + 2 {
+            last_save = now;
+            core.dirty = false;
+            if let Err(e) = core.fs.save(&core.cluster) {
+                warn!(error = %e, "saving the FID index");
+            }
+        }
+        if core.cluster.wants_scan() {
+            continue;
+        }
+        core = shared
+            .kick
+            .wait_timeout(core, Duration::from_millis(1000))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// Writes pending HALs into the copytool streams of their agent's mount (broadcast, §6).
+fn deliver(core: &mut Core, now: u64) {
+    while let Some(d) = core.cluster.poll_dispatch() {
+        let msg = Arc::new(rpc::kuc_action_list(&d.to_hal().encode()));
+        let streams = core.streams.entry(d.agent.to_string()).or_default();
+        streams.retain(|s| s.tx.send(msg.clone()).is_ok());
+        if streams.is_empty() {
+            debug!(agent = %d.agent, "no copytool stream left: agent unregistered");
+            core.cluster.send_failed(now, &d, Errno::EPIPE);
+        }
+    }
+}
+
+fn connection(shared: &Arc<Shared>, mut stream: UnixStream) {
+    loop {
+        let req: Request = match rpc::read_frame(&mut stream) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(RpcError::Json(e)) => {
+                debug!(error = %e, "bad request");
+                let _ = rpc::write_frame(&mut stream, &Response::Err(libc::EPROTO));
+                return;
+            }
+            Err(_) => return,
+        };
+        if let Request::Register { uuid, archives } = &req {
+            let r = {
+                let mut core = shared.lock();
+                core.cluster.register(uuid, archives)
+            };
+            shared.kick.notify_all();
+            match r {
+                Ok(()) => {
+                    if rpc::write_frame(&mut stream, &Response::Ok(Reply::Unit)).is_ok() {
+                        copytool_stream(shared, stream, uuid);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    if rpc::write_frame(&mut stream, &Response::Err(e.code())).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let resp = {
+            let mut core = shared.lock();
+            let r = handle(&mut core, &shared.mount, req);
+            core.dirty = true;
+            r
+        };
+        shared.kick.notify_all();
+        if rpc::write_frame(&mut stream, &resp).is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves one registered copytool: a writer thread feeds it KUC messages while this thread
+/// waits for the connection to close.
+fn copytool_stream(shared: &Arc<Shared>, stream: UnixStream, uuid: &str) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let (tx, rx) = mpsc::channel::<Arc<Vec<u8>>>();
+    let id = {
+        let mut core = shared.lock();
+        core.next_stream += 1;
+        let id = core.next_stream;
+        core.streams
+            .entry(uuid.to_owned())
+            .or_default()
+            .push(StreamTx { id, tx });
+        id
+    };
+    debug!(uuid, id, "copytool stream registered");
+    let w = thread::Builder::new()
+        .name("sim-kuc".into())
+        .spawn(move || {
+            for msg in rx {
+                if writer.write_all(&msg).is_err() {
+                    break;
+                }
+            }
+        });
+    // Nothing more is expected from the copytool: EOF (or an error) means it is gone.
+    let mut buf = [0u8; 64];
+    let mut reader = &stream;
+    while matches!(io::Read::read(&mut reader, &mut buf), Ok(n) if n > 0) {}
+    {
+        let mut core = shared.lock();
+        if let Some(v) = core.streams.get_mut(uuid) {
+            v.retain(|s| s.id != id);
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    if let Ok(w) = w {
+        let _ = w.join();
+    }
+    debug!(uuid, id, "copytool stream closed");
+}
+
+fn fs_err(e: FsError) -> i32 {
+    e.errno().code()
+}
+
+fn handle(core: &mut Core, mount: &Path, req: Request) -> Response {
+    match handle_inner(core, mount, req) {
+        Ok(r) => Response::Ok(r),
+        Err(e) => Response::Err(e),
+    }
+}
+
+fn handle_inner(core: &mut Core, mount: &Path, req: Request) -> Result<Reply, i32> {
+    let now = now_secs();
+    let Core { cluster, fs, .. } = core;
+    match req {
+        Request::Hello => Ok(Reply::Hello {
+            fsname: cluster.fsname().to_owned(),
+            mdts: cluster.mdts().len() as u32,
+        }),
+        Request::Register { .. } => Err(libc::EPROTO),
+        Request::Unregister { uuid } => {
+            cluster.unregister(&uuid);
+            Ok(Reply::Unit)
+        }
+        Request::CopyStart {
+            fid: Fid(fid),
+            cookie,
+            offset,
+            archive,
+        } => {
+            let mut version = 0;
+            if archive {
+                match fs.refresh(fid, cluster) {
+                    Ok(v) => version = v,
+                    Err(e) => {
+                        // The kernel reports the failure as a completed, retryable error.
+                        let err = fs_err(e);
+                        let p = Progress {
+                            fid,
+                            cookie,
+                            extent: HsmExtent::new(offset, 0),
+                            flags: HsmProgressFlags::COMPLETED | HsmProgressFlags::RETRY,
+                            errval: err as u16,
+                            data_version: None,
+                        };
+                        let _ = cluster.progress(now, &p);
+                        return Err(err);
+                    }
+                }
+            }
+            let p = Progress {
+                fid,
+                cookie,
+                extent: HsmExtent::new(offset, 0),
+                flags: HsmProgressFlags::default(),
+                errval: 0,
+                data_version: None,
+            };
+            cluster.progress(now, &p).map_err(Errno::code)?;
+            Ok(Reply::DataVersion { version })
+        }
+        Request::Progress {
+            fid: Fid(fid),
+            cookie,
+            offset,
+            length,
+            flags,
+            errval,
+            start_data_version,
+        } => {
+            let flags = HsmProgressFlags(flags);
+            let completed = flags.contains(HsmProgressFlags::COMPLETED);
+            let mdt = cluster.mdt_of(fid);
+            let active = cluster.mdt(mdt).and_then(|m| m.active_request(cookie));
+            let mut p = Progress {
+                fid,
+                cookie,
+                extent: HsmExtent::new(offset, length),
+                flags,
+                errval,
+                data_version: None,
+            };
+            let mut busy = false;
+            if completed
+                && errval == 0
+                && let Some(a) = &active
+                && a.item.action == HsmAction::Archive
+            {
+                let v = fs.refresh(a.item.fid, cluster).map_err(fs_err)?;
+                if start_data_version.is_some_and(|s| s != v) {
+                    // File changed while being archived: EBUSY without RETRY.
+                    p.errval = libc::EBUSY as u16;
+                    p.flags = HsmProgressFlags::COMPLETED;
+                    busy = true;
+                } else {
+                    p.data_version = Some(v);
+                }
+            }
+            let is_restore = active
+                .as_ref()
+                .is_some_and(|a| a.item.action == HsmAction::Restore);
+            let file = active.as_ref().map(|a| a.item.fid);
+            let r = cluster.progress_with(now, &p, |f, vol| {
+                if f == vol {
+                    return Err(Errno::ENOENT);
+                }
+                fs.commit_volatile(f, vol).map_err(|e| e.errno())
+            });
+            if completed && is_restore && file != Some(fid) {
+                // Failed restores leave their volatile behind; a committed one is gone already.
+                fs.discard_volatile(fid);
+            }
+            r.map_err(Errno::code)?;
+            if busy {
+                return Err(libc::EBUSY);
+            }
+            Ok(Reply::Unit)
+        }
+        Request::HsmRequest {
+            action,
+            archive_id,
+            flags,
+            items,
+            data,
+            uid,
+            gid,
+        } => {
+            let action = HsmUserAction::from_code(action).ok_or(libc::EINVAL)?;
+            for (Fid(f), _, _) in &items {
+                // Notice writes before deciding what is needed (dirty files).
+                let _ = fs.refresh(*f, cluster);
+            }
+            let req = UserRequest {
+                action,
+                archive_id,
+                flags,
+                items: items
+                    .iter()
+                    .map(|(Fid(f), o, l)| (*f, HsmExtent::new(*o, *l)))
+                    .collect(),
+                data,
+            };
+            cluster
+                .request(now, Caller { uid, gid }, &req)
+                .map_err(Errno::code)?;
+            Ok(Reply::Unit)
+        }
+        Request::Release { fid: Fid(fid) } => {
+            fs.release(fid, cluster).map_err(fs_err)?;
+            Ok(Reply::Unit)
+        }
+        Request::Path2Fid { path } => {
+            let p = if path.is_absolute() {
+                path
+            } else {
+                mount.join(path)
+            };
+            let fid = fs.path2fid(&p, cluster).map_err(fs_err)?;
+            Ok(Reply::Fid { fid: Fid(fid) })
+        }
+        Request::Fid2Path { fid: Fid(fid) } => {
+            let path = fs.fid2path(fid).map_err(fs_err)?;
+            Ok(Reply::Path { path })
+        }
+        Request::FidMdt { fid: Fid(fid) } => Ok(Reply::Index {
+            index: cluster.mdt_of(fid),
+        }),
+        Request::StateGet { fid: Fid(fid) } => {
+            if cluster.file(fid).is_none() {
+                // Directories have no HSM attributes; unknown FIDs are ENOENT.
+                fs.fid2path(fid).map_err(fs_err)?;
+                return Ok(Reply::State {
+                    states: 0,
+                    archive_id: 0,
+                });
+            }
+            fs.refresh(fid, cluster).map_err(fs_err)?;
+            let a = cluster.file(fid).ok_or(libc::ENOENT)?;
+            Ok(Reply::State {
+                states: a.states.bits(),
+                archive_id: a.archive_id,
+            })
+        }
+        Request::StateSet {
+            fid: Fid(fid),
+            set,
+            clear,
+            archive_id,
+            uid,
+        } => {
+            let _ = fs.refresh(fid, cluster);
+            cluster
+                .state_set(Caller { uid, gid: uid }, fid, set, clear, archive_id)
+                .map_err(Errno::code)?;
+            Ok(Reply::Unit)
+        }
+        Request::CurrentAction { fid: Fid(fid) } => {
+            let a = cluster.current_action(fid).map_err(Errno::code)?;
+            Ok(Reply::Action {
+                state: a.state as u32,
+                action: a.action.code(),
+                offset: a.location.offset,
+                length: a.location.length,
+            })
+        }
+        Request::CreateVolatile { mdt } => {
+            let fid = fs
+                .create_volatile(u32::try_from(mdt).unwrap_or(0), cluster)
+                .map_err(fs_err)?;
+            Ok(Reply::Volatile {
+                fid: Fid(fid),
+                path: fs.volatile_path(fid),
+            })
+        }
+        Request::DiscardVolatile { fid: Fid(fid) } => {
+            fs.discard_volatile(fid);
+            Ok(Reply::Unit)
+        }
+        Request::GetParam { pattern, show_name } => cluster
+            .get_param(&pattern, show_name)
+            .map(|text| Reply::Text { text })
+            .map_err(Errno::code),
+        Request::SetParam { pattern, value } => Ok(Reply::SetParam {
+            results: cluster
+                .set_param(now, &pattern, &value)
+                .into_iter()
+                .map(|(n, r)| (n, r.err().map_or(0, Errno::code)))
+                .collect(),
+        }),
+    }
+}
+
+/// Runs a daemon until SIGINT or SIGTERM (the `serve` command).
+pub fn serve(mount: &Path, opts: &ServeOptions) -> Result<(), ServeError> {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        // A copytool dying mid-write must not kill the daemon.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let d = Daemon::start(mount, opts)?;
+    while !STOP.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    info!("stopping");
+    d.stop();
+    Ok(())
+}

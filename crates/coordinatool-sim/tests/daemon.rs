@@ -1,0 +1,355 @@
+//! The daemon end to end over its Unix socket: a fake copytool (raw protocol) and the
+//! `lfs`/`lctl` commands.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use coordinatool_lustre::HsmAction;
+use coordinatool_lustre::hal::HsmActionList;
+use coordinatool_sim::cli::{self, Io};
+use coordinatool_sim::rpc::{self, Client, Fid, Reply, Request, RpcError};
+use coordinatool_sim::server::{Daemon, ServeOptions};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "cts-d-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(f: fn(&[String], &mut Io<'_>) -> i32, args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut stdin: &[u8] = b"";
+    let rc = f(
+        &args,
+        &mut Io {
+            stdin: &mut stdin,
+            out: &mut out,
+            err: &mut err,
+        },
+    );
+    (
+        rc,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+fn read_kuc(s: &mut UnixStream) -> (u8, u16, Vec<u8>) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hdr = [0u8; 8];
+    s.read_exact(&mut hdr).unwrap();
+    assert_eq!(u16::from_le_bytes([hdr[0], hdr[1]]), rpc::KUC_MAGIC);
+    let len = u16::from_le_bytes([hdr[6], hdr[7]]) as usize;
+    let mut body = vec![0u8; len - 8];
+    s.read_exact(&mut body).unwrap();
+    (hdr[2], u16::from_le_bytes([hdr[4], hdr[5]]), body)
+}
+
+fn call(mount: &Path, r: Request) -> Result<Reply, RpcError> {
+    Client::connect(mount).unwrap().call(&r)
+}
+
+fn lctl(mount: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut v = vec!["--mount", mount.to_str().unwrap()];
+    v.extend_from_slice(args);
+    run(cli::lctl, &v)
+}
+
+fn state(path: &Path) -> String {
+    let (rc, out, err) = run(cli::lfs, &["hsm_state", path.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    out
+}
+
+#[test]
+fn archive_release_restore_through_the_daemon() {
+    let t = TempDir::new();
+    let file = t.0.join("data.bin");
+    let content: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    fs::write(&file, &content).unwrap();
+    let d = Daemon::start(&t.0, &ServeOptions::default()).unwrap();
+    let mount = d.mount().to_owned();
+    let file = mount.join("data.bin");
+    let uuid = "6a1b2c3d-0000-4000-8000-000000000001";
+    let mut ct = Client::connect(&mount)
+        .unwrap()
+        .register(uuid, &[1])
+        .unwrap();
+
+    let f = file.to_str().unwrap();
+    assert_eq!(run(cli::lfs, &["hsm_archive", "--data", "tag=m", f]).0, 0);
+    let (transport, msgtype, body) = read_kuc(&mut ct);
+    assert_eq!(
+        (transport, msgtype),
+        (rpc::KUC_TRANSPORT_HSM, rpc::HMT_ACTION_LIST)
+    );
+    let hal = HsmActionList::parse(&body).unwrap();
+    assert_eq!(hal.fsname, "lustre");
+    assert_eq!(hal.archive_id, 1);
+    let hai = hal.items[0].clone();
+    assert_eq!(hai.action, HsmAction::Archive);
+    assert_eq!(hai.data, b"tag=m");
+    // The HAI's FID opens the file through .lustre/fid.
+    let by_fid = mount.join(".lustre/fid").join(format!("{:#}", hai.fid));
+    assert_eq!(fs::read(&by_fid).unwrap(), content);
+    let (_, out, _) = run(cli::lfs, &["hsm_action", f]);
+    assert_eq!(out, format!("{f}: ARCHIVE running (0 bytes moved)\n"));
+
+    let Reply::DataVersion { version } = call(
+        &mount,
+        Request::CopyStart {
+            fid: Fid(hai.fid),
+            cookie: hai.cookie,
+            offset: 0,
+            archive: true,
+        },
+    )
+    .unwrap() else {
+        panic!("no data version")
+    };
+    call(
+        &mount,
+        Request::Progress {
+            fid: Fid(hai.fid),
+            cookie: hai.cookie,
+            offset: 0,
+            length: content.len() as u64,
+            flags: 0,
+            errval: 0,
+            start_data_version: None,
+        },
+    )
+    .unwrap();
+    let (_, act, _) = lctl(&mount, &["get_param", "-n", "mdt.*.hsm.active_requests"]);
+    assert!(act.contains(&format!("uuid={uuid} done=50000")), "{act}");
+    call(
+        &mount,
+        Request::Progress {
+            fid: Fid(hai.fid),
+            cookie: hai.cookie,
+            offset: 0,
+            length: u64::MAX,
+            flags: 1,
+            errval: 0,
+            start_data_version: Some(version),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        state(&file),
+        format!("{f}: (0x00000009) exists archived, archive_id:1\n")
+    );
+    // A second completion of the same cookie: ENOENT.
+    let again = call(
+        &mount,
+        Request::Progress {
+            fid: Fid(hai.fid),
+            cookie: hai.cookie,
+            offset: 0,
+            length: 0,
+            flags: 1,
+            errval: 0,
+            start_data_version: None,
+        },
+    );
+    assert_eq!(again.unwrap_err().errno(), libc::ENOENT);
+
+    assert_eq!(run(cli::lfs, &["hsm_release", f]).0, 0);
+    assert_eq!(
+        state(&file),
+        format!("{f}: (0x0000000d) released exists archived, archive_id:1\n")
+    );
+    assert_eq!(fs::metadata(&file).unwrap().len(), content.len() as u64);
+
+    assert_eq!(run(cli::lfs, &["hsm_restore", f]).0, 0);
+    let (_, _, body) = read_kuc(&mut ct);
+    let hai = HsmActionList::parse(&body).unwrap().items[0].clone();
+    assert_eq!(hai.action, HsmAction::Restore);
+    let Reply::Index { index } = call(&mount, Request::FidMdt { fid: Fid(hai.fid) }).unwrap()
+    else {
+        panic!()
+    };
+    let Reply::Volatile { fid: vol, path } =
+        call(&mount, Request::CreateVolatile { mdt: index as i32 }).unwrap()
+    else {
+        panic!()
+    };
+    call(
+        &mount,
+        Request::CopyStart {
+            fid: Fid(hai.fid),
+            cookie: hai.cookie,
+            offset: 0,
+            archive: false,
+        },
+    )
+    .unwrap();
+    fs::write(&path, &content).unwrap();
+    call(
+        &mount,
+        Request::Progress {
+            fid: vol,
+            cookie: hai.cookie,
+            offset: 0,
+            length: u64::MAX,
+            flags: 1,
+            errval: 0,
+            start_data_version: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(fs::read(&file).unwrap(), content);
+    assert_eq!(
+        state(&file),
+        format!("{f}: (0x00000009) exists archived, archive_id:1\n")
+    );
+    // Writing makes it dirty (noticed at the next state query).
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    assert_eq!(
+        state(&file),
+        format!("{f}: (0x0000000b) exists dirty archived, archive_id:1\n")
+    );
+    let (rc, _, err) = run(cli::lfs, &["hsm_release", f]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err,
+        format!("Cannot send HSM request (use of {f}): Operation not permitted\n")
+    );
+    d.stop();
+    // Shutdown reaches the copytool as KUC_MSG_SHUTDOWN.
+    let (transport, msgtype, body) = read_kuc(&mut ct);
+    assert_eq!(
+        (transport, msgtype, body.len()),
+        (rpc::KUC_TRANSPORT_GENERIC, rpc::KUC_MSG_SHUTDOWN, 0)
+    );
+}
+
+#[test]
+fn lctl_and_lfs_errors_and_crashing_clients() {
+    let t = TempDir::new();
+    fs::write(t.0.join("a"), b"x").unwrap();
+    fs::create_dir(t.0.join("dir")).unwrap();
+    let d = Daemon::start(&t.0, &ServeOptions::default()).unwrap();
+    let mount = d.mount().to_owned();
+    // A client that dies mid-frame does not disturb the daemon.
+    {
+        let mut s = UnixStream::connect(rpc::socket_path(&mount)).unwrap();
+        s.write_all(&100u32.to_le_bytes()).unwrap();
+        s.write_all(b"{\"op\":").unwrap();
+    }
+    {
+        let mut s = UnixStream::connect(rpc::socket_path(&mount)).unwrap();
+        s.write_all(&3u32.to_le_bytes()).unwrap();
+        s.write_all(b"xyz").unwrap();
+        let r: rpc::Response = rpc::read_frame(&mut s).unwrap().unwrap();
+        assert_eq!(r, rpc::Response::Err(libc::EPROTO));
+    }
+    let (rc, out, _) = lctl(&mount, &["get_param", "mdt.lustre-MDT0000.hsm_control"]);
+    assert_eq!(
+        (rc, out.as_str()),
+        (0, "mdt.lustre-MDT0000.hsm_control=enabled\n")
+    );
+    let (rc, out, _) = lctl(&mount, &["set_param", "mdt.*.hsm.max_requests=100"]);
+    assert_eq!(rc, 0);
+    assert_eq!(
+        out,
+        "mdt.lustre-MDT0000.hsm.max_requests=100\nmdt.lustre-MDT0001.hsm.max_requests=100\n"
+    );
+    let (rc, _, err) = lctl(
+        &mount,
+        &["set_param", "mdt.lustre-MDT0000.hsm.loop_period=0"],
+    );
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err,
+        "error: set_param: setting mdt.lustre-MDT0000.hsm.loop_period=0: Invalid argument\n"
+    );
+    let (rc, _, err) = lctl(&mount, &["get_param", "mdt.*.hsm.nope"]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err,
+        "error: get_param: param_path 'mdt.*.hsm.nope': No such file or directory\n"
+    );
+    let dir = mount.join("dir");
+    let (rc, _, err) = run(cli::lfs, &["hsm_archive", dir.to_str().unwrap()]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err,
+        format!("error: \"{}\" is not a regular file\n", dir.display())
+    );
+    let a = mount.join("a");
+    let (rc, _, err) = run(
+        cli::lfs,
+        &["hsm_restore", "--archive", "1", a.to_str().unwrap()],
+    );
+    assert_eq!(rc, 1);
+    assert!(err.contains("unrecognized option"), "{err}");
+    // No copytool: requests wait, hsm_action says so.
+    assert_eq!(
+        run(cli::lfs, &["hsm_archive", "-a", "2", a.to_str().unwrap()]).0,
+        0
+    );
+    let (_, out, _) = run(cli::lfs, &["hsm_action", a.to_str().unwrap()]);
+    assert_eq!(
+        out,
+        format!("{}: ARCHIVE waiting (from 0 to EOF)\n", a.display())
+    );
+    let (_, out, _) = lctl(&mount, &["get_param", "-n", "mdt.*.hsm.actions"]);
+    assert!(out.contains("action=ARCHIVE archive#=2 flags=0x0 extent=0x0-0xffffffffffffffff gid=0x0 datalen=0 status=WAITING data=[]"), "{out}");
+    // A copytool that goes away: its agent is unregistered at the next send, work waits.
+    let ct = Client::connect(&mount)
+        .unwrap()
+        .register("gone", &[5])
+        .unwrap();
+    drop(ct);
+    let (_, out, _) = lctl(&mount, &["get_param", "-n", "mdt.*.hsm.agents"]);
+    assert_eq!(
+        out,
+        "uuid=gone archive_id=5 requests=[current:0 ok:0 errors:0]\n".repeat(2)
+    );
+    // The daemon notices the closed stream asynchronously; the first send after that fails
+    // with EPIPE and unregisters the agent from the file's MDT (the other MDT keeps it).
+    let one = "uuid=gone archive_id=5 requests=[current:0 ok:0 errors:0]\n";
+    let mut n = 0;
+    loop {
+        assert_eq!(
+            run(cli::lfs, &["hsm_archive", "-a", "5", a.to_str().unwrap()]).0,
+            0
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let (_, out, _) = lctl(&mount, &["get_param", "-n", "mdt.*.hsm.agents"]);
+        if out == one {
+            break;
+        }
+        n += 1;
+        assert!(n < 200, "agent never unregistered: {out}");
+    }
+    let (_, out, _) = lctl(&mount, &["get_param", "-n", "mdt.*.hsm.actions"]);
+    assert!(out.contains("status=WAITING"), "{out}");
+    d.stop();
+}
