@@ -565,10 +565,48 @@ pub fn lctl(args: &[String], io: &mut Io<'_>) -> i32 {
     rc
 }
 
+/// `coordinatool-sim cat FILE...`: reads files the way an application on a Lustre client
+/// would: a released file first triggers an implicit restore and the read blocks until the
+/// restore is done (or fails with `ENODATA` under the NonBlockingRestore policy).
+pub fn cat(files: &[String], io: &mut Io<'_>) -> i32 {
+    let mut rc = 0;
+    for f in files {
+        let p = Path::new(f);
+        let r = connect_for(p).and_then(|(mut c, _)| {
+            let fid = fid_of(&mut c, p).map_err(strerror)?;
+            loop {
+                c.call(&Request::ImplicitRestore { fid: Fid(fid) })
+                    .map_err(|e| strerror(errno_of(&e)))?;
+                match c.call(&Request::StateGet { fid: Fid(fid) }) {
+                    Ok(Reply::State { states, .. })
+                        if !HsmStates(states).contains(HsmStates::RELEASED) =>
+                    {
+                        break;
+                    }
+                    Ok(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+                    Err(e) => return Err(strerror(errno_of(&e))),
+                }
+            }
+            std::fs::read(p).map_err(|e| e.to_string())
+        });
+        match r {
+            Ok(bytes) => {
+                let _ = io.out.write_all(&bytes);
+            }
+            Err(m) => {
+                let _ = writeln!(io.err, "cat: {f}: {m}");
+                rc = 1;
+            }
+        }
+    }
+    rc
+}
+
 const USAGE: &str = "usage:
   coordinatool-sim serve <mountdir> [--mdts N] [--fsname NAME] [--disabled]
   coordinatool-sim lfs hsm_{archive,restore,release,remove,cancel,state,action,set,clear} ...
-  coordinatool-sim lctl {get_param [-n] PATTERN... | set_param NAME=VALUE...}
+  coordinatool-sim lctl [--mount DIR] {get_param [-n] PATTERN... | set_param NAME=VALUE...}
+  coordinatool-sim cat FILE...   (read; a released file is restored first)
 (also runs as `lfs` or `lctl` when invoked under that name)";
 
 /// The whole `coordinatool-sim` command line (`argv` including the program name).
@@ -591,6 +629,7 @@ pub fn main_with_args(argv: &[String], io: &mut Io<'_>) -> i32 {
     match argv.get(1).map(String::as_str) {
         Some("lfs") => lfs(&argv[2..], io),
         Some("lctl") => lctl(&argv[2..], io),
+        Some("cat") => cat(&argv[2..], io),
         Some("serve") => {
             let mut opts = ServeOptions::default();
             let mut mount = None;

@@ -163,6 +163,13 @@ pub enum Request {
         /// Requesting group.
         gid: u32,
     },
+    /// I/O on a released file: records the implicit RESTORE the kernel would (`hr_flags` =
+    /// `HSM_REQ_BLOCKING`, whole file). Replies `Unit` (the caller then waits until the file
+    /// is no longer released), `ENODATA` under the NonBlockingRestore policy.
+    ImplicitRestore {
+        /// The file.
+        fid: Fid,
+    },
     /// `lfs hsm_release`.
     Release {
         /// The file.

@@ -22,7 +22,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coordinatool_lustre::{HsmAction, HsmProgressFlags, HsmUserAction};
+use coordinatool_lustre::action::HsmRequestFlags;
+use coordinatool_lustre::{HsmAction, HsmProgressFlags, HsmStates, HsmUserAction};
 use tracing::{debug, info, warn};
 
 use crate::fs::{FsError, SimFs};
@@ -528,6 +529,25 @@ fn handle_inner(core: &mut Core, mount: &Path, req: Request) -> Result<Reply, i3
             };
             cluster
                 .request(now, Caller { uid, gid }, &req)
+                .map_err(Errno::code)?;
+            Ok(Reply::Unit)
+        }
+        Request::ImplicitRestore { fid: Fid(fid) } => {
+            let _ = fs.refresh(fid, cluster);
+            let released = cluster
+                .file(fid)
+                .ok_or(libc::ENOENT)?
+                .states
+                .contains(HsmStates::RELEASED);
+            if !released {
+                return Ok(Reply::Unit);
+            }
+            let req = UserRequest {
+                flags: u64::from(HsmRequestFlags::REQ_BLOCKING.bits()),
+                ..UserRequest::whole_files(HsmUserAction::Restore, 0, &[fid])
+            };
+            cluster
+                .request(now, Caller::ROOT, &req)
                 .map_err(Errno::code)?;
             Ok(Reply::Unit)
         }

@@ -353,3 +353,70 @@ fn lctl_and_lfs_errors_and_crashing_clients() {
     assert!(out.contains("status=WAITING"), "{out}");
     d.stop();
 }
+
+#[test]
+fn reading_a_released_file_restores_it_first() {
+    let t = TempDir::new();
+    let content = b"released then read back".to_vec();
+    fs::write(t.0.join("f"), &content).unwrap();
+    let d = Daemon::start(&t.0, &ServeOptions::default()).unwrap();
+    let mount = d.mount().to_owned();
+    let file = mount.join("f");
+    let f = file.to_str().unwrap().to_owned();
+    // Archive and release through the model directly.
+    let fid = d.with_state(|c, sfs| {
+        let fid = sfs.path2fid(&file, c).unwrap();
+        let mut a = *c.file(fid).unwrap();
+        a.states =
+            coordinatool_lustre::HsmStates::EXISTS | coordinatool_lustre::HsmStates::ARCHIVED;
+        a.archive_id = 1;
+        a.archive_version = sfs.refresh(fid, c).unwrap();
+        c.put_file(fid, a);
+        sfs.release(fid, c).unwrap();
+        fid
+    });
+    let mut ct = Client::connect(&mount)
+        .unwrap()
+        .register("ct", &[])
+        .unwrap();
+    let reader = std::thread::spawn(move || run(cli::cat, &[f.as_str()]));
+    // The copytool sees a blocking restore and serves it.
+    let (_, _, body) = read_kuc(&mut ct);
+    let hal = HsmActionList::parse(&body).unwrap();
+    assert_eq!(hal.flags, 4, "HSM_REQ_BLOCKING");
+    let hai = hal.items[0].clone();
+    assert_eq!((hai.action, hai.fid), (HsmAction::Restore, fid));
+    let Reply::Volatile { fid: vol, path } =
+        call(&mount, Request::CreateVolatile { mdt: -1 }).unwrap()
+    else {
+        panic!()
+    };
+    fs::write(&path, &content).unwrap();
+    call(
+        &mount,
+        Request::Progress {
+            fid: vol,
+            cookie: hai.cookie,
+            offset: 0,
+            length: u64::MAX,
+            flags: 1,
+            errval: 0,
+            start_data_version: None,
+        },
+    )
+    .unwrap();
+    let (rc, out, err) = reader.join().unwrap();
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out.as_bytes(), &content[..]);
+    // Under NonBlockingRestore the read fails at once with ENODATA.
+    d.with_state(|c, sfs| {
+        for (_, r) in c.set_param(0, "mdt.*.hsm.policy", "+NBR") {
+            r.unwrap();
+        }
+        sfs.release(fid, c).unwrap();
+    });
+    let (rc, _, err) = run(cli::cat, &[file.to_str().unwrap()]);
+    assert_eq!(rc, 1);
+    assert_eq!(err, format!("cat: {}: No data available\n", file.display()));
+    d.stop();
+}
