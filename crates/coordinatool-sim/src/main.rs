@@ -1,4 +1,5 @@
 //! `coordinatool-sim`: the simulated Lustre daemon and its `lfs`/`lctl` commands.
+//! Logs go to stderr; `COORDINATOOL_SIM_LOG` takes a tracing filter (default `info`).
 
 use std::io;
 
