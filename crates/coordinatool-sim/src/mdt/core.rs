@@ -769,6 +769,9 @@ impl Mdt {
             HsmUserAction::Cancel => HsmAction::Cancel,
             HsmUserAction::Release | HsmUserAction::None => return Err(Errno::EINVAL),
         };
+        if req.items.is_empty() {
+            return Ok(());
+        }
         if req.items.iter().any(|(f, _)| !fid_is_sane(*f)) {
             return Err(Errno::EINVAL);
         }

@@ -176,6 +176,8 @@ fn nbr_policy_returns_enodata_but_records() {
     e.c.set_param(e.now, "mdt.*.hsm.policy", "+NBR");
     assert_eq!(e.req(HsmUserAction::Restore, 0, &[f]), Err(Errno::ENODATA));
     assert_eq!(e.c.mdt(0).unwrap().waiting_count(), 1);
+    // An empty request is a no-op returning 0, even for RESTORE under NBR.
+    assert_eq!(e.req(HsmUserAction::Restore, 0, &[]), Ok(()));
     // A second restore of the same file is dropped by the layout lock.
     assert_eq!(e.req(HsmUserAction::Restore, 0, &[f]), Err(Errno::ENODATA));
     assert_eq!(e.c.mdt(0).unwrap().waiting_count(), 1);
@@ -1032,4 +1034,27 @@ fn restore_of_other_archive_jumps_only_in_housekeeping_scans() {
     assert_eq!(d[0].items.len(), 1);
     assert_eq!(d[0].items[0].fid, r);
     assert_eq!(e.c.mdt(0).unwrap().waiting_count(), 4);
+}
+
+#[test]
+fn multi_mdt_request_is_split_and_first_error_returned() {
+    let mut e = Env::new(2);
+    let a = e.file(0);
+    let b = e.file(1);
+    let ghost = LuFid::new(FID_SEQ_BASE + FID_SEQ_STRIDE, 999, 0);
+    // MDT0 records its item; MDT1 fails on the unknown file after recording b.
+    assert_eq!(
+        e.req(HsmUserAction::Archive, 1, &[a, b, ghost]),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(e.c.mdt(0).unwrap().waiting_count(), 1);
+    assert_eq!(e.c.mdt(1).unwrap().waiting_count(), 1);
+    // Progress is routed by FID: a cookie of MDT1 is unknown on MDT0 and vice versa.
+    e.c.register(UUID_A, &[]).unwrap();
+    let d = e.tick();
+    assert_eq!(d.len(), 2);
+    let on1 = d.iter().find(|d| d.mdt == 1).unwrap().items[0].clone();
+    assert_eq!(on1.fid, b);
+    assert_eq!(e.end(b, on1.cookie, 0), Ok(()));
+    assert_eq!(e.end(a, on1.cookie + 1000, 0), Err(Errno::ENOENT));
 }
