@@ -72,6 +72,16 @@ pub enum ConfigError {
     /// A zero fair-share weight.
     #[error("fair-share weight of {0:?} must be at least 1")]
     ZeroWeight(String),
+    /// A config-file value that does not parse.
+    #[error("config key {key}: bad value {value:?}: {reason}")]
+    BadValue {
+        /// The key (as written).
+        key: String,
+        /// The value (as written).
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// Result of registering a request.

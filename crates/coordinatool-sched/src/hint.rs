@@ -69,11 +69,17 @@ fn mix64(mut z: u64) -> u64 {
 /// Rendezvous (highest random weight) hashing: the index of the host with the highest score
 /// for `value`. Adding or removing a host only moves the values that host wins or won.
 pub fn rendezvous<S: AsRef<str>>(value: &[u8], hosts: &[S]) -> Option<usize> {
+    let hashed: Vec<u64> = hosts.iter().map(|h| fnv1a(h.as_ref().as_bytes())).collect();
+    rendezvous_hashed(value, &hashed)
+}
+
+/// [`rendezvous`] with the hosts' FNV-1a hashes computed once by the caller.
+pub(crate) fn rendezvous_hashed(value: &[u8], host_hashes: &[u64]) -> Option<usize> {
     let v = fnv1a(value);
-    hosts
+    host_hashes
         .iter()
         .enumerate()
-        .max_by_key(|(i, h)| (mix64(v ^ fnv1a(h.as_ref().as_bytes())), usize::MAX - i))
+        .max_by_key(|&(i, &h)| (mix64(v ^ h), usize::MAX - i))
         .map(|(i, _)| i)
 }
 

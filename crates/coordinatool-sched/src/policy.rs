@@ -4,7 +4,7 @@
 use crate::config::{Config, HashMode, HostMapping, ShareKey};
 use crate::engine::ConfigError;
 use crate::fxhash::FxHashMap;
-use crate::hint::{Rng, data_contains_tag, djb2, fnv1a, parse_hint, rendezvous};
+use crate::hint::{Rng, data_contains_tag, djb2, fnv1a, parse_hint, rendezvous_hashed};
 use crate::types::{ClientState, Kind, Request};
 use tracing::warn;
 
@@ -63,6 +63,8 @@ pub struct ConfigPolicy {
     weights: FxHashMap<u64, u32>,
     default_weight: u32,
     mappings: Vec<HostMapping>,
+    /// FNV-1a hashes of each mapping's hosts, for rendezvous hashing.
+    host_hashes: Vec<Vec<u64>>,
     rng: Rng,
 }
 
@@ -104,6 +106,16 @@ impl ConfigPolicy {
             default_weight,
             // Upstream builds its list by head insertion: the last line is checked first.
             mappings: cfg.host_mappings.iter().rev().cloned().collect(),
+            host_hashes: cfg
+                .host_mappings
+                .iter()
+                .rev()
+                .map(|m| match m {
+                    HostMapping::Tag { hosts, .. } | HostMapping::ConsistentHash { hosts, .. } => {
+                        hosts.iter().map(|h| fnv1a(h.as_bytes())).collect()
+                    }
+                })
+                .collect(),
             rng: Rng::new(cfg.seed),
         })
     }
@@ -151,7 +163,7 @@ impl Policy for ConfigPolicy {
             return Placement::Anywhere;
         }
         let data = &*r.data;
-        let Some(m) = self.mappings.iter().find(|m| {
+        let Some((mi, m)) = self.mappings.iter().enumerate().find(|(_, m)| {
             let tag = match m {
                 HostMapping::Tag { tag, .. } | HostMapping::ConsistentHash { tag, .. } => tag,
             };
@@ -190,7 +202,7 @@ impl Policy for ConfigPolicy {
                 };
                 let n = hosts.len() as u64;
                 let (host, data) = match mode {
-                    HashMode::Rendezvous => match rendezvous(v, hosts) {
+                    HashMode::Rendezvous => match rendezvous_hashed(v, &self.host_hashes[mi]) {
                         Some(i) => (hosts[i].clone(), None),
                         None => return Placement::Anywhere,
                     },
