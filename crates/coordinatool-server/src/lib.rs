@@ -6,8 +6,11 @@
 //! * [`config`]: command line, config file, environment and sysconfig files, as upstream.
 //! * [`store`]: the [`Store`](store::Store) trait with the embedded (redb) and Redis
 //!   implementations; one group commit per turn of the event loop.
+//! * [`report`]: report files (`new/assign/sent/progress/done/cancel`) and their deletion
+//!   schedule.
 
 pub mod config;
+pub mod report;
 pub mod store;
 
 use std::process::ExitCode;

@@ -237,122 +237,153 @@ impl Drop for RedisStore {
     }
 }
 
-/// Page through a hash with `HSCAN … COUNT n`, calling `f` on every (field, value).
-async fn hscan(
-    con: &mut MultiplexedConnection,
-    hash: &str,
-    count: usize,
-    mut f: impl FnMut(Vec<u8>, Vec<u8>),
-) -> Result<(), String> {
-    let mut cursor = "0".to_string();
-    loop {
-        let (next, items): (String, Vec<Vec<u8>>) = redis::cmd("HSCAN")
-            .arg(hash)
-            .arg(&cursor)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(con)
-            .await
-            .map_err(|e| format!("HSCAN {hash}: {e}"))?;
-        let mut it = items.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            f(k, v);
+/// One `HSCAN` page: which hash (0 requests, 1 assigned, 2 reports) and its items,
+/// field and value alternating.
+type Page = (u8, Vec<Vec<u8>>);
+
+/// Fetches every page of the three hashes, in order, into `tx`. Runs on the store's
+/// runtime while the caller's thread decodes, so fetching and decoding overlap.
+async fn fetch_pages(opts: RedisOptions, tx: std::sync::mpsc::SyncSender<Result<Page, String>>) {
+    let r = async {
+        let mut con = connect(&opts).await?;
+        for (i, hash) in [REQUESTS_HASH, ASSIGNED_HASH, REPORTS_HASH]
+            .into_iter()
+            .enumerate()
+        {
+            let mut cursor = "0".to_string();
+            loop {
+                let (next, items): (String, Vec<Vec<u8>>) = redis::cmd("HSCAN")
+                    .arg(hash)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(opts.scan_count)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| format!("HSCAN {hash}: {e}"))?;
+                if tx.send(Ok((i as u8, items))).is_err() {
+                    return Ok(());
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
+            }
         }
-        if next == "0" {
-            return Ok(());
-        }
-        cursor = next;
+        Ok::<(), String>(())
+    }
+    .await;
+    if let Err(e) = r {
+        let _ = tx.send(Err(e));
     }
 }
 
-async fn load_all(opts: RedisOptions) -> Result<Recovery, String> {
-    let mut con = connect(&opts).await?;
+/// Builds the recovery from the pages (HSCAN may return an entry twice: de-duplicated by
+/// key). Returns the stale assignment fields to delete.
+fn decode_pages(
+    rx: std::sync::mpsc::Receiver<Result<Page, String>>,
+) -> Result<(Recovery, Vec<Vec<u8>>), String> {
     let mut out = Recovery::default();
-    // HSCAN may return an entry twice: index by key.
     let mut index: HashMap<[u8; KEY_LEN], usize> = HashMap::new();
-    let mut requests = Vec::new();
-    let corrupt = &mut out.corrupt;
-    hscan(&mut con, REQUESTS_HASH, opts.scan_count, |field, value| {
-        let shown = || String::from_utf8_lossy(&field).into_owned();
-        let Some(key) = key_from_field(&field) else {
-            corrupt.push(CorruptEntry {
-                table: REQUESTS_HASH,
-                key: shown(),
-                reason: "field is not 48 hex characters".into(),
-            });
-            return;
-        };
-        let kb = key_bytes(&key);
-        if index.contains_key(&kb) {
-            return;
-        }
-        let reason = match serde_json::from_slice::<WireHai>(&value) {
-            Err(e) => format!("invalid JSON hai: {e}"),
-            Ok(w)
-                if !matches!(
-                    w.action,
-                    HsmAction::Archive | HsmAction::Restore | HsmAction::Remove
-                ) =>
-            {
-                format!("action {} cannot be queued", w.action.code())
-            }
-            Ok(w) if w.archive_id == 0 => "hal_archive_id is 0".into(),
-            Ok(w) if w.cookie != key.cookie || w.dfid != key.dfid => {
-                "the value's cookie and dfid do not match the field".into()
-            }
-            Ok(w) => {
-                index.insert(kb, requests.len());
-                requests.push(Recovered {
-                    request: request_from_wire(w),
-                    assigned: None,
-                });
-                return;
-            }
-        };
-        corrupt.push(CorruptEntry {
-            table: REQUESTS_HASH,
-            key: shown(),
-            reason,
-        });
-    })
-    .await?;
     let mut stale: Vec<Vec<u8>> = Vec::new();
-    hscan(&mut con, ASSIGNED_HASH, opts.scan_count, |field, value| {
-        let slot = key_from_field(&field).and_then(|k| index.get(&key_bytes(&k)).copied());
-        match (slot, String::from_utf8(value)) {
-            (Some(i), Ok(client)) => requests[i].assigned = Some(client),
-            (Some(_), Err(_)) => out.corrupt.push(CorruptEntry {
-                table: ASSIGNED_HASH,
-                key: String::from_utf8_lossy(&field).into_owned(),
-                reason: "client id is not UTF-8: request left unassigned".into(),
-            }),
-            (None, _) => stale.push(field),
+    for page in rx {
+        let (hash, items) = page?;
+        let mut it = items.into_iter();
+        while let (Some(field), Some(value)) = (it.next(), it.next()) {
+            match hash {
+                0 => decode_request(&mut out, &mut index, field, &value),
+                1 => {
+                    let slot =
+                        key_from_field(&field).and_then(|k| index.get(&key_bytes(&k)).copied());
+                    match (slot, String::from_utf8(value)) {
+                        (Some(i), Ok(client)) => out.requests[i].assigned = Some(client),
+                        (Some(_), Err(_)) => out.corrupt.push(CorruptEntry {
+                            table: ASSIGNED_HASH,
+                            key: String::from_utf8_lossy(&field).into_owned(),
+                            reason: "client id is not UTF-8: request left unassigned".into(),
+                        }),
+                        (None, _) => stale.push(field),
+                    }
+                }
+                _ => {
+                    if let Ok(name) = String::from_utf8(field) {
+                        out.report_files.push(name);
+                    }
+                }
+            }
         }
-    })
-    .await?;
+    }
     stale.sort();
     stale.dedup();
-    for chunk in stale.chunks(opts.fields_per_command) {
+    out.report_files.sort();
+    out.report_files.dedup();
+    out.stale_assignments = stale.len();
+    Ok((out, stale))
+}
+
+fn decode_request(
+    out: &mut Recovery,
+    index: &mut HashMap<[u8; KEY_LEN], usize>,
+    field: Vec<u8>,
+    value: &[u8],
+) {
+    let shown = || String::from_utf8_lossy(&field).into_owned();
+    let Some(key) = key_from_field(&field) else {
+        out.corrupt.push(CorruptEntry {
+            table: REQUESTS_HASH,
+            key: shown(),
+            reason: "field is not 48 hex characters".into(),
+        });
+        return;
+    };
+    let kb = key_bytes(&key);
+    if index.contains_key(&kb) {
+        return;
+    }
+    let reason = match serde_json::from_slice::<WireHai>(value) {
+        Err(e) => format!("invalid JSON hai: {e}"),
+        Ok(w)
+            if !matches!(
+                w.action,
+                HsmAction::Archive | HsmAction::Restore | HsmAction::Remove
+            ) =>
+        {
+            format!("action {} cannot be queued", w.action.code())
+        }
+        Ok(w) if w.archive_id == 0 => "hal_archive_id is 0".into(),
+        Ok(w) if w.cookie != key.cookie || w.dfid != key.dfid => {
+            "the value's cookie and dfid do not match the field".into()
+        }
+        Ok(w) => {
+            index.insert(kb, out.requests.len());
+            out.requests.push(Recovered {
+                request: request_from_wire(w),
+                assigned: None,
+            });
+            return;
+        }
+    };
+    out.corrupt.push(CorruptEntry {
+        table: REQUESTS_HASH,
+        key: shown(),
+        reason,
+    });
+}
+
+async fn delete_fields(
+    opts: RedisOptions,
+    hash: &'static str,
+    fields: Vec<Vec<u8>>,
+) -> Result<(), String> {
+    let mut con = connect(&opts).await?;
+    for chunk in fields.chunks(opts.fields_per_command) {
         redis::cmd("HDEL")
-            .arg(ASSIGNED_HASH)
+            .arg(hash)
             .arg(chunk)
             .exec_async(&mut con)
             .await
-            .map_err(|e| format!("HDEL {ASSIGNED_HASH}: {e}"))?;
+            .map_err(|e| format!("HDEL {hash}: {e}"))?;
     }
-    out.stale_assignments = stale.len();
-    let mut reports = Vec::new();
-    hscan(&mut con, REPORTS_HASH, opts.scan_count, |field, _| {
-        if let Ok(name) = String::from_utf8(field) {
-            reports.push(name);
-        }
-    })
-    .await?;
-    reports.sort();
-    reports.dedup();
-    out.report_files = reports;
-    out.requests = requests;
-    Ok(out)
+    Ok(())
 }
 
 fn build_pipeline(
@@ -521,12 +552,17 @@ fn set_connected(shared: &Shared, addr: &str, err: Option<String>, resynced: usi
 impl Store for RedisStore {
     fn load(&mut self) -> Result<Recovery, StoreError> {
         let opts = self.shared.opts.clone();
-        let r = self
-            .run(load_all(opts))?
-            .map_err(|message| StoreError::Redis {
-                addr: self.shared.opts.addr(),
-                message,
-            })?;
+        let fail = |message| StoreError::Redis {
+            addr: opts.addr(),
+            message,
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        self.handle.spawn(fetch_pages(opts.clone(), tx));
+        let (r, stale) = decode_pages(rx).map_err(fail)?;
+        if !stale.is_empty() {
+            self.run(delete_fields(opts.clone(), ASSIGNED_HASH, stale))?
+                .map_err(fail)?;
+        }
         info!(
             requests = r.requests.len(),
             corrupt = r.corrupt.len(),

@@ -1,0 +1,171 @@
+//! Recovery benchmark: 1M persisted requests loaded back, then handed to the engine.
+//!
+//! `cargo bench -p coordinatool-server --bench recovery [-- <count>]`
+//! Prints, for the embedded store and for Redis (when `redis-server` is installed): the time
+//! to write the requests (in group commits of 10,000), the time to load them back
+//! (`Store::load`), and the time for `Engine::recover` of all of them ("scheduling again").
+
+use coordinatool_lustre::{HsmAction, LuFid};
+use coordinatool_sched::{Config, Engine, PersistOp, Request, RequestKey, Time};
+use coordinatool_server::store::{Batch, EmbeddedStore, RedisOptions, RedisStore, Store};
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 10_000;
+
+fn request(i: u64) -> Request {
+    let fid = LuFid::new(0x200000401 + (i >> 20), (i & 0xfffff) as u32 + 1, 0);
+    Request {
+        action: if i % 10 == 0 {
+            HsmAction::Restore
+        } else {
+            HsmAction::Archive
+        },
+        cookie: 0x6000_0000 + i,
+        dfid: fid,
+        fid,
+        extent_offset: 0,
+        extent_length: u64::MAX,
+        gid: 0,
+        archive_id: 1 + (i % 4) as u32,
+        hal_flags: 0,
+        data: format!("tag=n{},cr=job{}", i % 8, i % 1000)
+            .into_bytes()
+            .into(),
+        timestamp: Time(1_700_000_000_000_000_000 + i),
+        mdt_index: Some((i % 4) as u32),
+        owner: None,
+    }
+}
+
+fn key(i: u64) -> RequestKey {
+    request(i).key()
+}
+
+fn fill(store: &mut dyn Store, n: u64) -> Duration {
+    let t = Instant::now();
+    let mut b = Batch::new();
+    for i in 0..n {
+        b.push(PersistOp::New(request(i)));
+        // A third of the queue is running on some mover.
+        if i % 3 == 0 {
+            b.push(PersistOp::Assigned {
+                key: key(i),
+                client: format!("mover{}", i % 16),
+            });
+        }
+        if b.len() >= BATCH {
+            store.commit(&b).expect("commit");
+            b.clear();
+        }
+    }
+    store.commit(&b).expect("commit");
+    t.elapsed()
+}
+
+fn recover(store: &mut dyn Store, n: u64, name: &str, fill_time: Duration) {
+    let t = Instant::now();
+    let r = store.load().expect("load");
+    let load = t.elapsed();
+    assert_eq!(r.requests.len() as u64, n, "every request comes back");
+    assert!(r.corrupt.is_empty());
+    let t = Instant::now();
+    let mut engine = Engine::new(Config::default()).expect("engine");
+    let now = Time(1_800_000_000_000_000_000);
+    for x in r.requests {
+        engine
+            .recover(x.request, x.assigned.as_deref(), now)
+            .expect("recover");
+    }
+    while engine.poll_action().is_some() {}
+    let sched = t.elapsed();
+    let p = engine.pending();
+    let running = engine.running();
+    assert_eq!(
+        p.archive + p.restore + p.remove + running.archive + running.restore + running.remove,
+        n
+    );
+    println!(
+        "{name}: {n} requests: write {:.2} s ({} per commit), load {:.2} s, engine recover {:.2} s, \
+         loaded and scheduling again {:.2} s",
+        fill_time.as_secs_f64(),
+        BATCH,
+        load.as_secs_f64(),
+        sched.as_secs_f64(),
+        (load + sched).as_secs_f64()
+    );
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+
+    let dir = std::env::temp_dir().join(format!("ct-bench-recovery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        let mut s = EmbeddedStore::open(&dir).expect("open");
+        let w = fill(&mut s, n);
+        drop(s);
+        let size = std::fs::metadata(dir.join(coordinatool_server::store::DB_FILE_NAME))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        println!(
+            "embedded: database file {:.1} MiB",
+            size as f64 / (1 << 20) as f64
+        );
+        let mut s = EmbeddedStore::open(&dir).expect("reopen");
+        recover(&mut s, n, "embedded", w);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("redis: SKIPPED (redis-server is not installed)");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let opts = RedisOptions {
+        commit_wait: Duration::from_secs(60),
+        response_timeout: Duration::from_secs(60),
+        ..RedisOptions::new("127.0.0.1", port)
+    };
+    let mut store = None;
+    for _ in 0..500 {
+        if let Ok(s) = RedisStore::connect(opts.clone()) {
+            store = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut s = store.expect("redis did not start");
+    let w = fill(&mut s, n);
+    drop(s);
+    let mut s = RedisStore::connect(opts).expect("reconnect");
+    recover(&mut s, n, "redis", w);
+    drop(s);
+    let _ = child.kill();
+    let _ = child.wait();
+}
