@@ -17,7 +17,11 @@ fn run<M: Message + PartialEq + std::fmt::Debug>(stream: &[u8], cuts: &[u8]) -> 
     let mut rest = stream;
     let mut k = 0;
     loop {
-        let n = if cuts.is_empty() { rest.len() } else { usize::from(cuts[k % cuts.len()]) };
+        let n = if cuts.is_empty() {
+            rest.len()
+        } else {
+            usize::from(cuts[k % cuts.len()])
+        };
         k += 1;
         let (chunk, tail) = rest.split_at(n.min(rest.len()));
         rest = tail;
