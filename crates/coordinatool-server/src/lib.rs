@@ -8,8 +8,10 @@
 //!   implementations; one group commit per turn of the event loop.
 //! * [`report`]: report files (`new/assign/sent/progress/done/cancel`) and their deletion
 //!   schedule.
+//! * [`notify`]: `sd_notify` (READY, STATUS, WATCHDOG, STOPPING) for `Type=notify` units.
 
 pub mod config;
+pub mod notify;
 pub mod report;
 pub mod store;
 
