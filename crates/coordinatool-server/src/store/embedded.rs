@@ -295,6 +295,7 @@ impl Store for EmbeddedStore {
             connected: true,
             pending_keys: 0,
             last_error: None,
+            needs_full_resync: false,
         }
     }
 }

@@ -30,7 +30,9 @@ pub use codec::{
     key_from_bytes, key_from_field, request_from_wire, request_to_wire,
 };
 pub use embedded::{DB_FILE_NAME, EmbeddedStore};
-pub use redis::{ASSIGNED_HASH, REPORTS_HASH, REQUESTS_HASH, RedisOptions, RedisStore};
+pub use redis::{
+    ASSIGNED_HASH, REPORTS_HASH, REQUESTS_HASH, RedisOptions, RedisStore, WRITE_SEQ_KEY,
+};
 
 use coordinatool_sched::{PersistOp, Request};
 
@@ -163,6 +165,10 @@ pub struct StoreHealth {
     pub pending_keys: usize,
     /// Last error seen, if the backend is not healthy.
     pub last_error: Option<String>,
+    /// The backend came back without some acknowledged changes (Redis restarted from an
+    /// old snapshot, or empty): the loop must call [`Store::full_resync`] with the whole
+    /// queue.
+    pub needs_full_resync: bool,
 }
 
 /// A store failure that the server cannot work around.
@@ -221,6 +227,15 @@ pub trait Store: Send {
 
     /// The backend's state.
     fn health(&self) -> StoreHealth;
+
+    /// Replaces everything stored with `snapshot` (every request as `New`, every running
+    /// one also as `Assigned`, every report file as tracked), when
+    /// [`StoreHealth::needs_full_resync`] says the backend lost data. Same return as
+    /// [`commit`](Store::commit). The default applies `snapshot` as a commit, which suits
+    /// backends that never lose acknowledged data.
+    fn full_resync(&mut self, snapshot: &Batch) -> Result<CommitStatus, StoreError> {
+        self.commit(snapshot)
+    }
 }
 
 /// No persistence: every commit is a no-op and nothing is recovered.
@@ -242,6 +257,7 @@ impl Store for NoStore {
             connected: true,
             pending_keys: 0,
             last_error: None,
+            needs_full_resync: false,
         }
     }
 }

@@ -37,6 +37,10 @@ pub const REQUESTS_HASH: &str = "coordinatool_requests";
 pub const ASSIGNED_HASH: &str = "coordinatool_assigned";
 /// This project's hash of existing report files.
 pub const REPORTS_HASH: &str = "coordinatool_reports";
+/// This project's write counter: incremented by every write transaction, so that a Redis
+/// that comes back with less than was acknowledged (restarted from an old snapshot, or
+/// empty) is noticed.
+pub const WRITE_SEQ_KEY: &str = "coordinatool_write_seq";
 
 /// Connection settings.
 #[derive(Clone, Debug)]
@@ -99,6 +103,10 @@ struct State {
     connected: bool,
     last_error: Option<String>,
     shutdown: bool,
+    /// Redis lost acknowledged writes: the queue must be written again in full.
+    needs_full_resync: bool,
+    /// A full re-sync was requested: the next write replaces the hashes.
+    resync: bool,
 }
 
 impl State {
@@ -175,6 +183,16 @@ async fn connect(opts: &RedisOptions) -> Result<MultiplexedConnection, String> {
     Ok(con)
 }
 
+/// The current value of [`WRITE_SEQ_KEY`] (0 when absent).
+async fn write_seq(con: &mut MultiplexedConnection) -> Result<i64, String> {
+    redis::cmd("GET")
+        .arg(WRITE_SEQ_KEY)
+        .query_async::<Option<i64>>(con)
+        .await
+        .map(|v| v.unwrap_or(0))
+        .map_err(|e| format!("GET {WRITE_SEQ_KEY}: {e}"))
+}
+
 impl RedisStore {
     /// Connects to Redis. Fails if Redis cannot be reached now (upstream refuses to start
     /// in that case too); later outages are survived.
@@ -188,7 +206,13 @@ impl RedisStore {
             .enable_all()
             .build()
             .map_err(|e| fail(format!("cannot start the redis runtime: {e}")))?;
-        let con = rt.block_on(connect(&opts)).map_err(&fail)?;
+        let (con, seq) = rt
+            .block_on(async {
+                let mut con = connect(&opts).await?;
+                let seq = write_seq(&mut con).await?;
+                Ok::<_, String>((con, seq))
+            })
+            .map_err(&fail)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 connected: true,
@@ -202,7 +226,7 @@ impl RedisStore {
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
             .name("coordinatool-redis".into())
-            .spawn(move || rt.block_on(writer(s2, con)))
+            .spawn(move || rt.block_on(writer(s2, con, seq)))
             .map_err(|e| fail(format!("cannot start the redis thread: {e}")))?;
         Ok(RedisStore {
             shared,
@@ -224,6 +248,64 @@ impl RedisStore {
             addr: self.shared.opts.addr(),
             message: "the redis thread stopped".into(),
         })
+    }
+}
+
+impl RedisStore {
+    /// Merges `batch` into the overlay (replacing it and the hashes when `replace_all`),
+    /// wakes the writer and waits, bounded, for the write.
+    fn submit(&mut self, batch: &Batch, replace_all: bool) -> CommitStatus {
+        let mut st = self.shared.lock();
+        if replace_all {
+            st.pending.clear();
+            st.reports.clear();
+            st.resync = true;
+        }
+        for op in batch.ops() {
+            match op {
+                PersistOp::New(r) => {
+                    let json = serde_json::to_vec(&request_to_wire(r))
+                        .expect("a hai object always serializes");
+                    st.pending.entry(key_bytes(&r.key())).or_default().request = Some(Some(json));
+                }
+                PersistOp::Assigned { key, client } => {
+                    st.pending.entry(key_bytes(key)).or_default().assigned =
+                        Some(Some(client.clone()));
+                }
+                PersistOp::Unassigned { key } => {
+                    st.pending.entry(key_bytes(key)).or_default().assigned = Some(None);
+                }
+                PersistOp::Finished { key } => {
+                    let p = st.pending.entry(key_bytes(key)).or_default();
+                    p.request = Some(None);
+                    p.assigned = Some(None);
+                }
+            }
+        }
+        for op in batch.report_ops() {
+            match op {
+                ReportFileOp::Track(n) => st.reports.insert(n.clone(), true),
+                ReportFileOp::Untrack(n) => st.reports.insert(n.clone(), false),
+            };
+        }
+        st.submitted += 1;
+        let mine = st.submitted;
+        self.shared.wake.notify_one();
+        if !st.connected {
+            return CommitStatus::Buffered;
+        }
+        let (st, _) = self
+            .shared
+            .cond
+            .wait_timeout_while(st, self.shared.opts.commit_wait, |st| {
+                st.durable < mine && st.connected
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        if st.durable >= mine {
+            CommitStatus::Durable
+        } else {
+            CommitStatus::Buffered
+        }
     }
 }
 
@@ -390,6 +472,7 @@ fn build_pipeline(
     pending: &HashMap<[u8; KEY_LEN], Pending>,
     reports: &HashMap<String, bool>,
     per_cmd: usize,
+    replace_all: bool,
 ) -> redis::Pipeline {
     let mut req_set: Vec<(String, &[u8])> = Vec::new();
     let mut req_del: Vec<String> = Vec::new();
@@ -410,6 +493,13 @@ fn build_pipeline(
     }
     let mut pipe = redis::pipe();
     pipe.atomic();
+    if replace_all {
+        pipe.cmd("DEL")
+            .arg(REQUESTS_HASH)
+            .arg(ASSIGNED_HASH)
+            .arg(REPORTS_HASH)
+            .ignore();
+    }
     for (hash, set) in [(REQUESTS_HASH, &req_set[..])] {
         for c in set.chunks(per_cmd) {
             pipe.cmd("HSET").arg(hash).arg(c).ignore();
@@ -432,26 +522,31 @@ fn build_pipeline(
         let names: Vec<&str> = c.iter().map(|(n, _)| n.as_str()).collect();
         pipe.cmd("HDEL").arg(REPORTS_HASH).arg(names).ignore();
     }
+    pipe.cmd("INCR").arg(WRITE_SEQ_KEY);
     pipe
 }
 
 /// The writer task: flushes the overlay, detects outages, reconnects, re-syncs.
-async fn writer(shared: Arc<Shared>, con: MultiplexedConnection) {
+async fn writer(shared: Arc<Shared>, con: MultiplexedConnection, seq: i64) {
     let opts = shared.opts.clone();
     let addr = opts.addr();
     let mut con = Some(con);
+    // Last value of WRITE_SEQ_KEY this process wrote or accepted.
+    let mut acked = seq;
     let mut backoff = Duration::from_millis(50);
     loop {
-        let (pending, reports, seq, shutdown) = {
+        let (pending, reports, seq, shutdown, replace_all) = {
             let mut st = shared.lock();
+            let replace_all = std::mem::take(&mut st.resync);
             (
                 std::mem::take(&mut st.pending),
                 std::mem::take(&mut st.reports),
                 st.submitted,
                 st.shutdown,
+                replace_all,
             )
         };
-        if pending.is_empty() && reports.is_empty() {
+        if pending.is_empty() && reports.is_empty() && !replace_all {
             {
                 let mut st = shared.lock();
                 st.durable = st.durable.max(seq);
@@ -467,10 +562,10 @@ async fn writer(shared: Arc<Shared>, con: MultiplexedConnection) {
                     Some(c) => redis::cmd("PING")
                         .query_async::<String>(c)
                         .await
+                        .map(drop)
                         .map_err(|e| e.to_string()),
-                    None => connect(&opts).await.map(|c| {
+                    None => reconnect(&shared, &opts, &addr, acked).await.map(|c| {
                         con = Some(c);
-                        "PONG".into()
                     }),
                 };
                 set_connected(&shared, &addr, alive.err(), 0);
@@ -481,11 +576,16 @@ async fn writer(shared: Arc<Shared>, con: MultiplexedConnection) {
             continue;
         }
         let n = pending.len() + reports.len();
+        let give_back = |pending, reports| {
+            let mut st = shared.lock();
+            st.merge_back(pending, reports);
+            st.resync |= replace_all;
+        };
         if con.is_none() {
-            match connect(&opts).await {
+            match reconnect(&shared, &opts, &addr, acked).await {
                 Ok(c) => con = Some(c),
                 Err(e) => {
-                    shared.lock().merge_back(pending, reports);
+                    give_back(pending, reports);
                     set_connected(&shared, &addr, Some(e), 0);
                     if shutdown {
                         error!(%addr, keys = n, "redis unreachable at shutdown: buffered changes are lost");
@@ -498,21 +598,26 @@ async fn writer(shared: Arc<Shared>, con: MultiplexedConnection) {
                 }
             }
         }
-        let pipe = build_pipeline(&pending, &reports, opts.fields_per_command);
+        let pipe = build_pipeline(&pending, &reports, opts.fields_per_command, replace_all);
         let c = con.as_mut().expect("connected above");
-        match pipe.exec_async(c).await {
-            Ok(()) => {
+        match pipe.query_async::<Vec<i64>>(c).await {
+            Ok(v) => {
                 backoff = Duration::from_millis(50);
-                let was = shared.lock().connected;
-                {
+                acked = v.last().copied().unwrap_or(acked);
+                let was = {
                     let mut st = shared.lock();
                     st.durable = st.durable.max(seq);
-                }
+                    if replace_all {
+                        st.needs_full_resync = false;
+                        warn!(%addr, keys = n, "redis fully re-synced");
+                    }
+                    st.connected
+                };
                 set_connected(&shared, &addr, None, if was { 0 } else { n });
             }
             Err(e) => {
                 con = None;
-                shared.lock().merge_back(pending, reports);
+                give_back(pending, reports);
                 set_connected(&shared, &addr, Some(e.to_string()), 0);
                 if shutdown {
                     error!(%addr, keys = n, "redis write failed at shutdown: buffered changes are lost");
@@ -524,6 +629,26 @@ async fn writer(shared: Arc<Shared>, con: MultiplexedConnection) {
             }
         }
     }
+}
+
+/// Connects again after an outage and checks that Redis still has every acknowledged
+/// write; if not, flags that a full re-sync is needed.
+async fn reconnect(
+    shared: &Shared,
+    opts: &RedisOptions,
+    addr: &str,
+    acked: i64,
+) -> Result<MultiplexedConnection, String> {
+    let mut c = connect(opts).await?;
+    let found = write_seq(&mut c).await?;
+    if found != acked {
+        error!(
+            %addr, found, expected = acked,
+            "redis came back without some acknowledged writes: a full re-sync is needed"
+        );
+        shared.lock().needs_full_resync = true;
+    }
+    Ok(c)
 }
 
 fn set_connected(shared: &Shared, addr: &str, err: Option<String>, resynced: usize) {
@@ -576,52 +701,11 @@ impl Store for RedisStore {
         if batch.is_empty() {
             return Ok(CommitStatus::Durable);
         }
-        let mut st = self.shared.lock();
-        for op in batch.ops() {
-            match op {
-                PersistOp::New(r) => {
-                    let json = serde_json::to_vec(&request_to_wire(r))
-                        .expect("a hai object always serializes");
-                    st.pending.entry(key_bytes(&r.key())).or_default().request = Some(Some(json));
-                }
-                PersistOp::Assigned { key, client } => {
-                    st.pending.entry(key_bytes(key)).or_default().assigned =
-                        Some(Some(client.clone()));
-                }
-                PersistOp::Unassigned { key } => {
-                    st.pending.entry(key_bytes(key)).or_default().assigned = Some(None);
-                }
-                PersistOp::Finished { key } => {
-                    let p = st.pending.entry(key_bytes(key)).or_default();
-                    p.request = Some(None);
-                    p.assigned = Some(None);
-                }
-            }
-        }
-        for op in batch.report_ops() {
-            match op {
-                ReportFileOp::Track(n) => st.reports.insert(n.clone(), true),
-                ReportFileOp::Untrack(n) => st.reports.insert(n.clone(), false),
-            };
-        }
-        st.submitted += 1;
-        let mine = st.submitted;
-        self.shared.wake.notify_one();
-        if !st.connected {
-            return Ok(CommitStatus::Buffered);
-        }
-        let (st, _) = self
-            .shared
-            .cond
-            .wait_timeout_while(st, self.shared.opts.commit_wait, |st| {
-                st.durable < mine && st.connected
-            })
-            .unwrap_or_else(|p| p.into_inner());
-        Ok(if st.durable >= mine {
-            CommitStatus::Durable
-        } else {
-            CommitStatus::Buffered
-        })
+        Ok(self.submit(batch, false))
+    }
+
+    fn full_resync(&mut self, snapshot: &Batch) -> Result<CommitStatus, StoreError> {
+        Ok(self.submit(snapshot, true))
     }
 
     fn health(&self) -> StoreHealth {
@@ -631,6 +715,7 @@ impl Store for RedisStore {
             connected: st.connected,
             pending_keys: st.pending_keys(),
             last_error: st.last_error.clone(),
+            needs_full_resync: st.needs_full_resync,
         }
     }
 }

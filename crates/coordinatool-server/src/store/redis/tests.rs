@@ -106,7 +106,8 @@ fn layout_is_upstreams() {
             backend: "redis",
             connected: true,
             pending_keys: 0,
-            last_error: None
+            last_error: None,
+            needs_full_resync: false,
         }
     );
 }
@@ -290,12 +291,14 @@ fn outage_buffers_then_resyncs() {
     assert!(!h.connected);
     assert!(h.last_error.is_some());
     assert_eq!(h.pending_keys, 3, "keys 1, 2 and 3 are buffered: {h:?}");
-    // Redis returns (empty: it had no persistence); the buffered changes are written.
+    // Redis returns (empty: it had no persistence); the buffered changes are written, and
+    // the loss of the earlier acknowledged write (key 1's New) is noticed.
     server.restart();
     wait_for("the re-sync", || {
         let h = s.health();
         h.connected && h.pending_keys == 0
     });
+    assert!(s.health().needs_full_resync);
     let mut con = server.con();
     assert!(hget(&mut con, REQUESTS_HASH, &field_from_key(&key(2))).is_some());
     assert!(hget(&mut con, REQUESTS_HASH, &field_from_key(&key(3))).is_some());
@@ -303,6 +306,35 @@ fn outage_buffers_then_resyncs() {
         hget(&mut con, ASSIGNED_HASH, &field_from_key(&key(2))),
         Some(b"m".to_vec())
     );
+    // The loop answers with the whole queue: it replaces whatever Redis holds.
+    let _: () = redis::cmd("HSET")
+        .arg(REQUESTS_HASH)
+        .arg("junk")
+        .arg("{}")
+        .query(&mut con)
+        .unwrap();
+    let mut snap = batch(vec![
+        PersistOp::New(request(2, HsmAction::Archive, b"")),
+        PersistOp::Assigned {
+            key: key(2),
+            client: "m".into(),
+        },
+        PersistOp::New(request(3, HsmAction::Archive, b"")),
+    ]);
+    snap.track_report_file("job");
+    assert_eq!(s.full_resync(&snap).unwrap(), CommitStatus::Durable);
+    assert!(!s.health().needs_full_resync);
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(REQUESTS_HASH)
+        .query(&mut con)
+        .unwrap();
+    let mut fields = fields;
+    fields.sort();
+    assert_eq!(
+        fields,
+        vec![field_from_key(&key(2)), field_from_key(&key(3))]
+    );
+    assert_eq!(hget(&mut con, REPORTS_HASH, "job"), Some(b"1".to_vec()));
     assert_eq!(
         s.commit(&batch(vec![PersistOp::Finished { key: key(3) }]))
             .unwrap(),
@@ -312,6 +344,40 @@ fn outage_buffers_then_resyncs() {
         hget(&mut con, REQUESTS_HASH, &field_from_key(&key(3))),
         None
     );
+}
+
+#[test]
+fn lost_connection_without_data_loss_needs_no_full_resync() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut s = RedisStore::connect(opts(server.port)).unwrap();
+    s.commit(&batch(vec![PersistOp::New(request(
+        1,
+        HsmAction::Archive,
+        b"",
+    ))]))
+    .unwrap();
+    let mut admin = server.con();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut admin)
+        .unwrap();
+    wait_for("the loss to be noticed", || !s.health().connected);
+    wait_for("the reconnection", || s.health().connected);
+    s.commit(&batch(vec![PersistOp::New(request(
+        2,
+        HsmAction::Archive,
+        b"",
+    ))]))
+    .unwrap();
+    let h = s.health();
+    assert!(!h.needs_full_resync, "{h:?}");
+    assert_eq!(summary(&s.load().unwrap()), vec![(1, None), (2, None)]);
 }
 
 #[test]
