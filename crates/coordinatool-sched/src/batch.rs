@@ -5,7 +5,7 @@
 
 use crate::fxhash::FxHashMap;
 use crate::hint::fnv1a;
-use crate::queue::{Fifo, Link};
+use crate::queue::{Fifo, LinkStore};
 use crate::types::Time;
 use std::collections::BTreeSet;
 
@@ -123,7 +123,13 @@ impl Groups {
         g
     }
 
-    pub(crate) fn push(&mut self, links: &mut [Link], g: u32, id: u32, now: Time) {
+    pub(crate) fn push<L: LinkStore + ?Sized>(
+        &mut self,
+        links: &mut L,
+        g: u32,
+        id: u32,
+        now: Time,
+    ) {
         let group = self.get_mut(g);
         let was_empty = group.fifo.len == 0;
         group.fifo.push_back(links, id);
@@ -137,7 +143,14 @@ impl Groups {
     }
 
     /// Removes a request; frees the group when it is empty and unowned.
-    pub(crate) fn remove(&mut self, links: &mut [Link], g: u32, id: u32, served: bool, now: Time) {
+    pub(crate) fn remove<L: LinkStore + ?Sized>(
+        &mut self,
+        links: &mut L,
+        g: u32,
+        id: u32,
+        served: bool,
+        now: Time,
+    ) {
         let group = self.get_mut(g);
         group.fifo.remove(links, id);
         if served {

@@ -7,7 +7,7 @@ use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::hint::{Rng, parse_hint, valid_report_value};
 use crate::index::KeyIndex;
 use crate::policy::{ConfigPolicy, Placement, Policy, Share};
-use crate::queue::{Fifo, Link, PartKey, QueueSet, Slot};
+use crate::queue::{Fifo, Link, LinkStore, PartKey, QueueSet, Slot};
 use crate::status::{BatchStatus, ClientDump, ClientStatus, DumpEntry, Status};
 use crate::types::{
     ClientId, ClientState, Ehlo, Kind, LockState, MIN_RECV_BYTES, PerKind, RecvLimits, Request,
@@ -150,6 +150,17 @@ struct Req {
     weight: u32,
     /// Batch slot of the owning client it was sent from ([`NO_SLOT`] if none).
     slot: u8,
+    /// Links in whichever list holds it (kept next to the request for cache locality).
+    link: Link,
+}
+
+impl LinkStore for Vec<Option<Req>> {
+    fn link(&self, id: u32) -> Link {
+        self[id as usize].as_ref().expect("live request").link
+    }
+    fn set_link(&mut self, id: u32, link: Link) {
+        self[id as usize].as_mut().expect("live request").link = link;
+    }
 }
 
 #[derive(Debug)]
@@ -204,7 +215,6 @@ struct ClientSlot {
 pub struct Engine {
     cfg: Config,
     reqs: Vec<Option<Req>>,
-    links: Vec<Link>,
     free_reqs: Vec<u32>,
     index: KeyIndex,
     /// Original data of requests an upstream-mode consistent-hash mapping rewrote.
@@ -276,7 +286,6 @@ impl Engine {
                 .map(|h| format!("{h}=").into_bytes()),
             cfg,
             reqs: Vec::new(),
-            links: Vec::new(),
             free_reqs: Vec::new(),
             index: KeyIndex::default(),
             orig_data: FxHashMap::default(),
@@ -726,7 +735,7 @@ impl Engine {
         sets.push((GLOBAL, None));
         for (s, queue) in sets {
             let ids: Vec<u32> = self.sets[s as usize]
-                .iter_kind(&self.links, Kind::Restore)
+                .iter_kind(&self.reqs, Kind::Restore)
                 .collect();
             let total = ids.len() as u64;
             for (i, id) in ids.into_iter().enumerate() {
@@ -768,7 +777,7 @@ impl Engine {
             PerKind::from_array(Kind::ALL.map(|k| {
                 let Some(s) = s else { return Vec::new() };
                 let mut v: Vec<DumpEntry> = self.sets[s as usize]
-                    .iter_kind(&self.links, k)
+                    .iter_kind(&self.reqs, k)
                     .map(entry)
                     .collect();
                 if k == Kind::Archive {
@@ -776,7 +785,7 @@ impl Engine {
                     for g in self.groups.of_target(s) {
                         let group = self.groups.get(g);
                         if group.owner.is_none() {
-                            v.extend(group.fifo.iter(&self.links).map(entry));
+                            v.extend(group.fifo.iter(&self.reqs).map(entry));
                         }
                     }
                 }
@@ -798,7 +807,7 @@ impl Engine {
                         expire_max: group.and(sl.expire_max),
                         waiting_archive: dump.then(|| {
                             group.map_or_else(Vec::new, |g| {
-                                g.fifo.iter(&self.links).map(entry).collect()
+                                g.fifo.iter(&self.reqs).map(entry).collect()
                             })
                         }),
                     }
@@ -816,7 +825,7 @@ impl Engine {
                 batches: batches(cl),
                 disconnected_at: cl.disconnected_at.filter(|_| !cl.connected()),
                 dump: dump.then(|| ClientDump {
-                    active: cl.running.iter(&self.links).map(entry).collect(),
+                    active: cl.running.iter(&self.reqs).map(entry).collect(),
                     waiting: dump_set(cl.set),
                     cancels: cl.cancels.iter().map(DumpEntry::new).collect(),
                 }),
@@ -880,7 +889,7 @@ impl Engine {
                         return Err(format!("non-archive request {id} in a batch group"));
                     }
                     match self.groups.slab.get(group as usize) {
-                        Some(Some(g)) if g.fifo.iter(&self.links).any(|x| x == id) => {}
+                        Some(Some(g)) if g.fifo.iter(&self.reqs).any(|x| x == id) => {}
                         _ => return Err(format!("request {id} not in its group {group}")),
                     }
                 }
@@ -889,7 +898,7 @@ impl Engine {
         for (g, group) in self.groups.slab.iter().enumerate() {
             let Some(group) = group else { continue };
             let g = g as u32;
-            for id in group.fifo.iter(&self.links) {
+            for id in group.fifo.iter(&self.reqs) {
                 if self.rq(id).loc != (Loc::Grouped { group: g }) {
                     return Err(format!("group {g} lists request {id} located elsewhere"));
                 }
@@ -943,7 +952,7 @@ impl Engine {
                 ));
             }
             let mut n = 0;
-            for id in cl.running.iter(&self.links) {
+            for id in cl.running.iter(&self.reqs) {
                 n += 1;
                 if self.rq(id).loc != (Loc::Running { client: idx }) {
                     return Err(format!(
@@ -996,7 +1005,7 @@ impl Engine {
             let mut n = 0u64;
             for k in Kind::ALL {
                 let mut nk = 0;
-                for id in qs.iter_kind(&self.links, k) {
+                for id in qs.iter_kind(&self.reqs, k) {
                     nk += 1;
                     match self.rq(id).loc {
                         Loc::Queued { set, .. } if set == s => {}
@@ -1130,6 +1139,7 @@ impl Engine {
             share,
             weight: weight.max(1),
             slot: NO_SLOT,
+            link: Link::default(),
         };
         let id = match self.free_reqs.pop() {
             Some(id) => {
@@ -1138,7 +1148,6 @@ impl Engine {
             }
             None => {
                 self.reqs.push(Some(req));
-                self.links.push(Link::default());
                 (self.reqs.len() - 1) as u32
             }
         };
@@ -1293,7 +1302,7 @@ impl Engine {
         match loc {
             Loc::Detached => {}
             Loc::Queued { set, slot } => {
-                self.sets[set as usize].remove(&mut self.links, slot, id, served, now);
+                self.sets[set as usize].remove(&mut self.reqs, slot, id, served, now);
                 self.pending[kind.index()] -= 1;
             }
             Loc::Running { client } => {
@@ -1302,7 +1311,7 @@ impl Engine {
                     .client
                     .as_mut()
                     .expect("owner");
-                cl.running.remove(&mut self.links, id);
+                cl.running.remove(&mut self.reqs, id);
                 cl.current[kind.index()] -= 1;
                 if let Some(s) = cl.slots.get_mut(slot as usize) {
                     s.current -= 1;
@@ -1310,7 +1319,7 @@ impl Engine {
                 self.running[kind.index()] -= 1;
             }
             Loc::Grouped { group } => {
-                self.groups.remove(&mut self.links, group, id, served, now);
+                self.groups.remove(&mut self.reqs, group, id, served, now);
                 self.pending[kind.index()] -= 1;
             }
         }
@@ -1334,7 +1343,7 @@ impl Engine {
             )
         };
         let slot =
-            self.sets[set as usize].push(&mut self.links, key, (share, weight), id, front, now);
+            self.sets[set as usize].push(&mut self.reqs, key, (share, weight), id, front, now);
         self.pending[key.kind.index()] += 1;
         self.rq_mut(id).loc = Loc::Queued { set, slot };
     }
@@ -1342,7 +1351,7 @@ impl Engine {
     fn attach_running(&mut self, c: u32, id: u32) {
         let kind = self.rq(id).kind;
         let cl = self.clients[c as usize].client.as_mut().expect("client");
-        cl.running.push_back(&mut self.links, id);
+        cl.running.push_back(&mut self.reqs, id);
         cl.current[kind.index()] += 1;
         self.running[kind.index()] += 1;
         let client = cl.name.to_string();
@@ -1467,7 +1476,7 @@ impl Engine {
             .r
             .data;
         let g = self.groups.get_or_create(set, aid, flags, hint, now);
-        self.groups.push(&mut self.links, g, id, now);
+        self.groups.push(&mut self.reqs, g, id, now);
         self.pending[Kind::Archive.index()] += 1;
         self.rq_mut(id).loc = Loc::Grouped { group: g };
         if let Some((c, i)) = self.groups.get(g).owner {
@@ -1625,14 +1634,14 @@ impl Engine {
     /// Moves a disconnected record's work to the new connection `c` (fixes upstream's
     /// dangling owners and inexact counters: every moved request is re-owned and counted).
     fn takeover(&mut self, old: u32, c: u32) {
-        let running: Vec<u32> = self.cl(old).running.iter(&self.links).collect();
+        let running: Vec<u32> = self.cl(old).running.iter(&self.reqs).collect();
         for id in running {
             let kind = self.rq(id).kind;
             let o = self.clients[old as usize].client.as_mut().expect("client");
-            o.running.remove(&mut self.links, id);
+            o.running.remove(&mut self.reqs, id);
             o.current[kind.index()] -= 1;
             let n = self.clients[c as usize].client.as_mut().expect("client");
-            n.running.push_back(&mut self.links, id);
+            n.running.push_back(&mut self.reqs, id);
             n.current[kind.index()] += 1;
             self.rq_mut(id).loc = Loc::Running { client: c };
         }
@@ -1676,7 +1685,7 @@ impl Engine {
 
     /// Reconciles the running list a client reports in `ehlo` with what the engine thinks it runs.
     fn reconcile(&mut self, c: u32, list: Vec<Request>, now: Time) {
-        let mut aside: FxHashSet<u32> = self.cl(c).running.iter(&self.links).collect();
+        let mut aside: FxHashSet<u32> = self.cl(c).running.iter(&self.reqs).collect();
         for item in list {
             let Some(kind) = Kind::of(item.action) else {
                 warn!(action = ?item.action, "ehlo: ignoring running item that cannot be scheduled");
@@ -1722,7 +1731,7 @@ impl Engine {
         if self.cl(c).connected() {
             self.connected -= 1;
         }
-        let running: Vec<u32> = self.cl(c).running.iter(&self.links).collect();
+        let running: Vec<u32> = self.cl(c).running.iter(&self.reqs).collect();
         for &id in &running {
             self.detach(id, false, now);
             let key = self.rq(id).r.key();
@@ -1735,10 +1744,10 @@ impl Engine {
         let mut queued: Vec<u32> = Vec::new();
         if let Some(s) = self.cl_mut(c).set.take() {
             for k in Kind::ALL {
-                queued.extend(self.sets[s as usize].iter_kind(&self.links, k));
+                queued.extend(self.sets[s as usize].iter_kind(&self.reqs, k));
             }
             for g in self.groups.of_target(s) {
-                queued.extend(self.groups.get(g).fifo.iter(&self.links));
+                queued.extend(self.groups.get(g).fifo.iter(&self.reqs));
             }
             for &id in &queued {
                 self.detach(id, false, now);

@@ -24,6 +24,41 @@ impl Default for Link {
     }
 }
 
+/// Where the links of request slots are stored (a plain array in tests, the request slab in
+/// the engine, so that a request and its links share cache lines).
+pub(crate) trait LinkStore {
+    fn link(&self, id: u32) -> Link;
+    fn set_link(&mut self, id: u32, link: Link);
+    fn set_prev(&mut self, id: u32, prev: u32) {
+        let mut l = self.link(id);
+        l.prev = prev;
+        self.set_link(id, l);
+    }
+    fn set_next(&mut self, id: u32, next: u32) {
+        let mut l = self.link(id);
+        l.next = next;
+        self.set_link(id, l);
+    }
+}
+
+impl LinkStore for [Link] {
+    fn link(&self, id: u32) -> Link {
+        self[id as usize]
+    }
+    fn set_link(&mut self, id: u32, link: Link) {
+        self[id as usize] = link;
+    }
+}
+
+impl LinkStore for Vec<Link> {
+    fn link(&self, id: u32) -> Link {
+        self[id as usize]
+    }
+    fn set_link(&mut self, id: u32, link: Link) {
+        self[id as usize] = link;
+    }
+}
+
 /// An intrusive doubly-linked list of request slots.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Fifo {
@@ -43,51 +78,57 @@ impl Default for Fifo {
 }
 
 impl Fifo {
-    pub(crate) fn push_back(&mut self, links: &mut [Link], id: u32) {
-        links[id as usize] = Link {
-            prev: self.tail,
-            next: NIL,
-        };
+    pub(crate) fn push_back<L: LinkStore + ?Sized>(&mut self, links: &mut L, id: u32) {
+        links.set_link(
+            id,
+            Link {
+                prev: self.tail,
+                next: NIL,
+            },
+        );
         if self.tail == NIL {
             self.head = id;
         } else {
-            links[self.tail as usize].next = id;
+            links.set_next(self.tail, id);
         }
         self.tail = id;
         self.len += 1;
     }
 
-    pub(crate) fn push_front(&mut self, links: &mut [Link], id: u32) {
-        links[id as usize] = Link {
-            prev: NIL,
-            next: self.head,
-        };
+    pub(crate) fn push_front<L: LinkStore + ?Sized>(&mut self, links: &mut L, id: u32) {
+        links.set_link(
+            id,
+            Link {
+                prev: NIL,
+                next: self.head,
+            },
+        );
         if self.head == NIL {
             self.tail = id;
         } else {
-            links[self.head as usize].prev = id;
+            links.set_prev(self.head, id);
         }
         self.head = id;
         self.len += 1;
     }
 
-    pub(crate) fn remove(&mut self, links: &mut [Link], id: u32) {
-        let Link { prev, next } = links[id as usize];
+    pub(crate) fn remove<L: LinkStore + ?Sized>(&mut self, links: &mut L, id: u32) {
+        let Link { prev, next } = links.link(id);
         if prev == NIL {
             self.head = next;
         } else {
-            links[prev as usize].next = next;
+            links.set_next(prev, next);
         }
         if next == NIL {
             self.tail = prev;
         } else {
-            links[next as usize].prev = prev;
+            links.set_prev(next, prev);
         }
-        links[id as usize] = Link::default();
+        links.set_link(id, Link::default());
         self.len -= 1;
     }
 
-    pub(crate) fn iter<'a>(&self, links: &'a [Link]) -> FifoIter<'a> {
+    pub(crate) fn iter<'a, L: LinkStore + ?Sized>(&self, links: &'a L) -> FifoIter<'a, L> {
         FifoIter {
             links,
             cur: self.head,
@@ -95,19 +136,19 @@ impl Fifo {
     }
 }
 
-pub(crate) struct FifoIter<'a> {
-    links: &'a [Link],
+pub(crate) struct FifoIter<'a, L: ?Sized> {
+    links: &'a L,
     cur: u32,
 }
 
-impl Iterator for FifoIter<'_> {
+impl<L: LinkStore + ?Sized> Iterator for FifoIter<'_, L> {
     type Item = u32;
     fn next(&mut self) -> Option<u32> {
         if self.cur == NIL {
             return None;
         }
         let id = self.cur;
-        self.cur = self.links[id as usize].next;
+        self.cur = self.links.link(id).next;
         Some(id)
     }
 }
@@ -163,7 +204,10 @@ impl Partition {
         Some((self.flows[f as usize].fifo.head, f))
     }
 
-    pub(crate) fn iter<'a>(&'a self, links: &'a [Link]) -> impl Iterator<Item = u32> + 'a {
+    pub(crate) fn iter<'a, L: LinkStore + ?Sized>(
+        &'a self,
+        links: &'a L,
+    ) -> impl Iterator<Item = u32> + 'a {
         self.flows.iter().flat_map(move |f| f.fifo.iter(links))
     }
 }
@@ -193,9 +237,9 @@ impl QueueSet {
         self.len_by_kind.iter().sum()
     }
 
-    pub(crate) fn push(
+    pub(crate) fn push<L: LinkStore + ?Sized>(
         &mut self,
-        links: &mut [Link],
+        links: &mut L,
         key: PartKey,
         (share, weight): (u64, u32),
         id: u32,
@@ -247,9 +291,9 @@ impl QueueSet {
 
     /// Removes a request from wherever it is in this set. `served` charges its flow's
     /// virtual time (it was dispatched) rather than just dropping it.
-    pub(crate) fn remove(
+    pub(crate) fn remove<L: LinkStore + ?Sized>(
         &mut self,
-        links: &mut [Link],
+        links: &mut L,
         slot: Slot,
         id: u32,
         served: bool,
@@ -283,9 +327,9 @@ impl QueueSet {
     }
 
     /// Every queued request of one kind, partition by partition.
-    pub(crate) fn iter_kind<'a>(
+    pub(crate) fn iter_kind<'a, L: LinkStore + ?Sized>(
         &'a self,
-        links: &'a [Link],
+        links: &'a L,
         kind: Kind,
     ) -> impl Iterator<Item = u32> + 'a {
         self.parts
