@@ -19,6 +19,7 @@
 //! `fair_share_key`, `fair_share_weight`, `fair_share_default_weight`.
 
 mod cli;
+mod engine;
 mod num;
 pub mod sysconfig;
 

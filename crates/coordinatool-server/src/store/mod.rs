@@ -262,5 +262,60 @@ impl Store for NoStore {
     }
 }
 
+/// Opens the store `cfg` asks for: embedded in [`ServerConfig::state_dir`](crate::config::ServerConfig::state_dir),
+/// Redis at `redis_host:redis_port` (refusing to start when it is unreachable, as upstream),
+/// or none.
+pub fn open(cfg: &crate::config::ServerConfig) -> Result<Box<dyn Store>, StoreError> {
+    use crate::config::StoreKind;
+    Ok(match cfg.effective_store() {
+        StoreKind::Embedded => Box::new(EmbeddedStore::open(&cfg.state_dir())?),
+        StoreKind::Redis => Box::new(RedisStore::connect(RedisOptions::new(
+            cfg.redis_host.clone(),
+            cfg.redis_port,
+        ))?),
+        StoreKind::None => Box::new(NoStore),
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod testutil;
+
+#[cfg(test)]
+mod open_tests {
+    use super::*;
+    use crate::config::{ServerConfig, StoreKind};
+
+    #[test]
+    fn open_follows_the_config() {
+        let dir = testutil::TempDir::new("open");
+        let mut cfg = ServerConfig::defaults("/mnt");
+        cfg.state_dir_override = Some(dir.0.join("state"));
+        let s = open(&cfg).unwrap();
+        assert_eq!(s.health().backend, "embedded");
+        drop(s);
+        assert!(dir.0.join("state").join(DB_FILE_NAME).exists());
+        cfg.store = StoreKind::None;
+        assert_eq!(open(&cfg).unwrap().health().backend, "none");
+        cfg.store = StoreKind::Redis;
+        cfg.redis_host = String::new();
+        assert_eq!(
+            open(&cfg).unwrap().health().backend,
+            "none",
+            "empty redis host: no store"
+        );
+        cfg.redis_host = "127.0.0.1".into();
+        cfg.redis_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(
+            matches!(open(&cfg), Err(StoreError::Redis { .. })),
+            "unreachable redis refuses to start"
+        );
+        if let Some(server) = testutil::RedisServer::start() {
+            cfg.redis_port = server.port;
+            assert_eq!(open(&cfg).unwrap().health().backend, "redis");
+        }
+    }
+}
