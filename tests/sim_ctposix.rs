@@ -1,0 +1,331 @@
+//! End to end: the reference C copytool (`crates/coordinatool-sim/copytool/ctposix.c`),
+//! built here with `cc -Wall -Wextra -Werror` and linked with `-llustreapi`, runs unmodified
+//! against the simulated Lustre through the stand-in `liblustreapi.so.1` (found with
+//! `LD_LIBRARY_PATH`). Requests go through the simulator's `lfs`; every step waits on
+//! observable state (copytool event lines, `hsm_state`, the MDT's `actions` listing).
+
+mod sim_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use coordinatool_lustre::LuFid;
+use sim_common::{Proc, Sim, api, build_c, checksum, lib_dir, pattern, wait_until};
+
+fn ctposix() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../crates/coordinatool-sim/copytool/ctposix.c");
+        build_c(&src, "ctposix", &[])
+    })
+}
+
+fn spawn_ctposix(sim: &Sim, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(ctposix());
+    cmd.env("LD_LIBRARY_PATH", lib_dir())
+        .arg("--hsm-root")
+        .arg(sim.archive())
+        .args(args)
+        .arg(sim.mount());
+    let p = Proc::spawn("ctposix", cmd);
+    p.wait_line(&["REGISTER"]);
+    p
+}
+
+fn fid_of(path: &Path) -> LuFid {
+    api().path2fid(path).expect("path2fid")
+}
+
+fn archive_copy(sim: &Sim, archive_id: u32, fid: LuFid) -> PathBuf {
+    sim.archive()
+        .join(archive_id.to_string())
+        .join(format!("{fid:#}"))
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn archive_release_restore_remove_and_cancel_with_threads() {
+    let sim = Sim::start("ct-threads");
+    let big = pattern(3 * 1024 * 1024 + 123, 1);
+    let f1 = sim.write("big", &big);
+    let f2 = sim.write("small", b"small file\n");
+    let hold = sim.scratch("hold");
+    let mut ct = spawn_ctposix(
+        &sim,
+        &[
+            "--archive",
+            "1",
+            "--chunk-size",
+            "262144",
+            "--wait-file",
+            &s(&hold),
+        ],
+    );
+    let (fid1, fid2) = (fid_of(&f1), fid_of(&f2));
+
+    // Archive both files in one request.
+    sim.lfs(&["hsm_archive", &s(&f1), &s(&f2)]);
+    ct.wait_line(&["ARCHIVE end", &fid1.to_string(), "rc=0 errval=0 end_rc=0"]);
+    ct.wait_line(&["ARCHIVE end", &fid2.to_string(), "rc=0 errval=0 end_rc=0"]);
+    assert_eq!(std::fs::read(archive_copy(&sim, 1, fid1)).unwrap(), big);
+    assert_eq!(
+        std::fs::read(archive_copy(&sim, 1, fid2)).unwrap(),
+        b"small file\n"
+    );
+    let progress = ct
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("ARCHIVE progress") && l.contains(&fid1.to_string()))
+        .count();
+    assert_eq!(
+        progress, 13,
+        "one progress per 256 KiB chunk of 3 MiB + 123 bytes"
+    );
+    assert_eq!(
+        sim.status_of(&fid1.to_string(), "ARCHIVE").as_deref(),
+        Some("SUCCEED")
+    );
+    assert!(
+        sim.state(&f1).contains("exists archived, archive_id:1"),
+        "{}",
+        sim.state(&f1)
+    );
+
+    // Release drops the data but keeps the size.
+    sim.lfs(&["hsm_release", &s(&f1)]);
+    assert!(sim.state(&f1).contains("released"), "{}", sim.state(&f1));
+    let released = std::fs::read(&f1).unwrap();
+    assert_eq!(released.len(), big.len());
+    assert_ne!(checksum(&released), checksum(&big));
+
+    // Restore brings the same bytes back through the volatile file.
+    sim.lfs(&["hsm_restore", &s(&f1)]);
+    let begin = ct.wait_line(&["RESTORE begin", &fid1.to_string()]);
+    assert!(
+        !begin.ends_with(&format!("dfid={fid1}")),
+        "restore writes into a volatile with its own FID: {begin}"
+    );
+    ct.wait_line(&["RESTORE end", &fid1.to_string(), "rc=0 errval=0 end_rc=0"]);
+    assert_eq!(checksum(&std::fs::read(&f1).unwrap()), checksum(&big));
+    let st = sim.state(&f1);
+    assert!(
+        st.contains("exists archived") && !st.contains("released"),
+        "{st}"
+    );
+    assert_eq!(
+        sim.status_of(&fid1.to_string(), "RESTORE").as_deref(),
+        Some("SUCCEED")
+    );
+
+    // Remove deletes the archive copy and the HSM flags.
+    sim.lfs(&["hsm_remove", &s(&f2)]);
+    ct.wait_line(&["REMOVE end", &fid2.to_string(), "rc=0 errval=0 end_rc=0"]);
+    assert!(!archive_copy(&sim, 1, fid2).exists());
+    let st = sim.state(&f2);
+    assert!(!st.contains("archived") && !st.contains("exists"), "{st}");
+
+    // Cancel of a transfer held in flight by the wait file.
+    std::fs::write(&hold, b"").unwrap();
+    let f3 = sim.write("held", &pattern(100_000, 3));
+    let fid3 = fid_of(&f3);
+    sim.lfs(&["hsm_archive", &s(&f3)]);
+    ct.wait_line(&["ARCHIVE wait", &fid3.to_string()]);
+    assert!(
+        sim.lfs(&["hsm_action", &s(&f3)])
+            .contains("ARCHIVE running")
+    );
+    sim.lfs(&["hsm_cancel", &s(&f3)]);
+    ct.wait_line(&["CANCEL", &fid3.to_string(), "running=1"]);
+    ct.wait_line(&[
+        "ARCHIVE end",
+        &fid3.to_string(),
+        "rc=-125 errval=125 end_rc=0",
+    ]);
+    wait_until("the cancel to be recorded", || {
+        sim.status_of(&fid3.to_string(), "CANCEL").as_deref() == Some("SUCCEED")
+    });
+    assert_eq!(
+        sim.status_of(&fid3.to_string(), "ARCHIVE").as_deref(),
+        Some("CANCELED")
+    );
+    assert!(!archive_copy(&sim, 1, fid3).exists());
+    std::fs::remove_file(&hold).unwrap();
+
+    // SIGTERM: unregister, exit 0.
+    assert!(sim.param("mdt.*.hsm.agents").contains("archive_id=1 "));
+    let st = ct.signal_and_wait(libc::SIGTERM);
+    assert!(st.success(), "ctposix exit status {st}");
+    ct.wait_line(&["STOP signal=15"]);
+    assert_eq!(sim.param("mdt.*.hsm.agents").trim(), "");
+}
+
+#[test]
+fn fork_and_poll_mode_cancel_then_shutdown() {
+    let mut sim = Sim::start("ct-fork");
+    let data = pattern(600_000, 7);
+    let f1 = sim.write("a", &data);
+    let hold = sim.scratch("hold");
+    let mut ct = spawn_ctposix(
+        &sim,
+        &[
+            "--fork",
+            "--poll",
+            "--chunk-size",
+            "65536",
+            "--wait-file",
+            &s(&hold),
+        ],
+    );
+    assert!(ct.lines()[0].contains("mode=fork poll"), "{:?}", ct.lines());
+    let fid1 = fid_of(&f1);
+
+    sim.lfs(&["hsm_archive", "--archive", "3", &s(&f1)]);
+    ct.wait_line(&["ARCHIVE end", &fid1.to_string(), "rc=0 errval=0 end_rc=0"]);
+    assert_eq!(std::fs::read(archive_copy(&sim, 3, fid1)).unwrap(), data);
+    sim.lfs(&["hsm_release", &s(&f1)]);
+    sim.lfs(&["hsm_restore", &s(&f1)]);
+    ct.wait_line(&["RESTORE end", &fid1.to_string(), "rc=0 errval=0 end_rc=0"]);
+    assert_eq!(checksum(&std::fs::read(&f1).unwrap()), checksum(&data));
+
+    // The child process holding the transfer learns about the cancel from the parent.
+    std::fs::write(&hold, b"").unwrap();
+    let f2 = sim.write("b", &pattern(10_000, 8));
+    let fid2 = fid_of(&f2);
+    sim.lfs(&["hsm_archive", &s(&f2)]);
+    ct.wait_line(&["ARCHIVE wait", &fid2.to_string()]);
+    sim.lfs(&["hsm_cancel", &s(&f2)]);
+    ct.wait_line(&["ARCHIVE end", &fid2.to_string(), "errval=125"]);
+    wait_until("the canceled archive to be recorded", || {
+        sim.status_of(&fid2.to_string(), "ARCHIVE").as_deref() == Some("CANCELED")
+    });
+
+    // Unmount: KUC_MSG_SHUTDOWN, recv returns -ESHUTDOWN, the copytool exits 0.
+    sim.stop();
+    ct.wait_line(&["SHUTDOWN"]);
+    let st = ct.wait();
+    assert!(st.success(), "ctposix exit status {st}");
+}
+
+#[test]
+fn restore_of_a_missing_archive_copy_fails_and_keeps_the_file_released() {
+    let sim = Sim::start("ct-errors");
+    let f1 = sim.write("x", b"data of x");
+    let ct = spawn_ctposix(&sim, &["--archive", "2"]);
+    let fid1 = fid_of(&f1);
+    sim.lfs(&["hsm_archive", "--archive", "2", &s(&f1)]);
+    ct.wait_line(&["ARCHIVE end", &fid1.to_string(), "rc=0"]);
+    sim.lfs(&["hsm_release", &s(&f1)]);
+    // The archive copy disappears behind the copytool's back: the restore must fail with
+    // ENOENT and leave the file released.
+    std::fs::remove_file(archive_copy(&sim, 2, fid1)).unwrap();
+    sim.lfs(&["hsm_restore", &s(&f1)]);
+    ct.wait_line(&["RESTORE end", &fid1.to_string(), "rc=-2 errval=2 end_rc=0"]);
+    wait_until("the failed restore to be recorded", || {
+        sim.status_of(&fid1.to_string(), "RESTORE").as_deref() == Some("FAILED")
+    });
+    assert!(sim.state(&f1).contains("released"), "{}", sim.state(&f1));
+}
+
+/// A preload library overriding some of the stand-in's functions (calling the real ones
+/// through `dlsym(RTLD_NEXT)`), as interposers like coordinatool's preload do.
+const PRELOAD_C: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "lustreapi_subset.h"
+
+static void note(const char *what)
+{
+	const char *path = getenv("PRELOAD_LOG");
+	int fd;
+
+	if (path == NULL)
+		return;
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
+	if (fd >= 0) {
+		if (write(fd, what, strlen(what)) < 0) {
+		}
+		close(fd);
+	}
+}
+
+int llapi_hsm_action_progress(struct hsm_copyaction_private *hcp, const struct hsm_extent *he,
+			      uint64_t total, int hp_flags)
+{
+	int (*next)(struct hsm_copyaction_private *, const struct hsm_extent *, uint64_t, int) =
+		(int (*)(struct hsm_copyaction_private *, const struct hsm_extent *, uint64_t, int))
+			dlsym(RTLD_NEXT, "llapi_hsm_action_progress");
+	note("progress\n");
+	return next(hcp, he, total, hp_flags);
+}
+
+int llapi_hsm_action_end(struct hsm_copyaction_private **phcp, const struct hsm_extent *he,
+			 int hp_flags, int errval)
+{
+	int (*next)(struct hsm_copyaction_private **, const struct hsm_extent *, int, int) =
+		(int (*)(struct hsm_copyaction_private **, const struct hsm_extent *, int, int))
+			dlsym(RTLD_NEXT, "llapi_hsm_action_end");
+	note("end\n");
+	return next(phcp, he, hp_flags, errval);
+}
+
+int llapi_hsm_copytool_get_fd(struct hsm_copytool_private *ct)
+{
+	(void)ct;
+	note("get_fd\n");
+	return -1;
+}
+
+void llapi_error(enum llapi_message_level level, int err, const char *fmt, ...)
+{
+	(void)level;
+	(void)err;
+	(void)fmt;
+	note("error\n");
+}
+"#;
+
+#[test]
+fn works_underneath_an_ld_preload_library() {
+    let sim = Sim::start("ct-preload");
+    let src = sim.scratch("preload.c");
+    std::fs::write(&src, PRELOAD_C).unwrap();
+    let preload = build_c(&src, "libpreload.so", &["-shared", "-fPIC"]);
+    let log = sim.scratch("preload.log");
+    let data = pattern(300_000, 11);
+    let f1 = sim.write("p", &data);
+    let mut cmd = Command::new(ctposix());
+    cmd.env("LD_LIBRARY_PATH", lib_dir())
+        .env("LD_PRELOAD", &preload)
+        .env("PRELOAD_LOG", &log)
+        .args(["--chunk-size", "100000", "--hsm-root"])
+        .arg(sim.archive())
+        .arg(sim.mount());
+    let ct = Proc::spawn("ctposix+preload", cmd);
+    ct.wait_line(&["REGISTER"]);
+    let fid1 = fid_of(&f1);
+    sim.lfs(&["hsm_archive", &s(&f1)]);
+    ct.wait_line(&["ARCHIVE end", &fid1.to_string(), "rc=0 errval=0 end_rc=0"]);
+    assert_eq!(std::fs::read(archive_copy(&sim, 1, fid1)).unwrap(), data);
+    // The overrides were called by the copytool, and the library itself never called its own
+    // exported get_fd (which the preload breaks) nor logged through the overridden
+    // llapi_error.
+    let noted = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(noted.matches("progress\n").count(), 3, "{noted}");
+    assert_eq!(noted.matches("end\n").count(), 1, "{noted}");
+    assert!(!noted.contains("get_fd"), "{noted}");
+    assert!(!noted.contains("error"), "{noted}");
+    assert_eq!(
+        sim.status_of(&fid1.to_string(), "ARCHIVE").as_deref(),
+        Some("SUCCEED")
+    );
+}
