@@ -255,3 +255,121 @@ impl<'de> Deserialize<'de> for DumpEntry {
         })
     }
 }
+
+/// Conversions between the wire objects and the binary-layout types of
+/// [`coordinatool_lustre::hal`]: the server turns Lustre's lists into wire items at intake, the
+/// preload turns a `recv` reply back into the exact `hsm_action_list` a copytool expects.
+mod convert {
+    use super::{WireHai, WireHal};
+    use coordinatool_lustre::hal::{HAL_VERSION, HsmActionItem, HsmActionList, HsmExtent};
+
+    impl WireHai {
+        /// The wire item for one item of a Lustre list, carrying the list's archive id and
+        /// flags, and the time (ns since the epoch) at which it was received.
+        pub fn from_item(
+            item: &HsmActionItem,
+            archive_id: u32,
+            flags: u64,
+            timestamp: i64,
+        ) -> Self {
+            Self {
+                action: item.action,
+                fid: item.fid,
+                dfid: item.dfid,
+                extent_offset: item.extent.offset,
+                extent_length: item.extent.length,
+                cookie: item.cookie,
+                gid: item.gid,
+                archive_id,
+                flags,
+                data: item.data.clone(),
+                timestamp,
+            }
+        }
+
+        /// The binary-layout item; the list-level fields (archive id, flags, timestamp) stay
+        /// with the caller.
+        pub fn to_item(&self) -> HsmActionItem {
+            HsmActionItem {
+                action: self.action,
+                fid: self.fid,
+                dfid: self.dfid,
+                extent: HsmExtent {
+                    offset: self.extent_offset,
+                    length: self.extent_length,
+                },
+                cookie: self.cookie,
+                gid: self.gid,
+                data: self.data.clone(),
+            }
+        }
+    }
+
+    impl WireHal {
+        /// The wire list for a Lustre list received at `timestamp` (ns since the epoch).
+        pub fn from_list(list: &HsmActionList, timestamp: i64) -> Self {
+            Self {
+                archive_id: list.archive_id,
+                flags: list.flags,
+                fsname: list.fsname.clone(),
+                list: list
+                    .items
+                    .iter()
+                    .map(|it| WireHai::from_item(it, list.archive_id, list.flags, timestamp))
+                    .collect(),
+            }
+        }
+
+        /// The `hsm_action_list` a copytool receives, ready for
+        /// [`HsmActionList::encode`]. The list's archive id and flags are the reply's, as in
+        /// Lustre, where every item of a list shares them.
+        pub fn to_list(&self) -> HsmActionList {
+            HsmActionList {
+                version: HAL_VERSION,
+                flags: self.flags,
+                archive_id: self.archive_id,
+                fsname: self.fsname.clone(),
+                items: self.list.iter().map(WireHai::to_item).collect(),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use coordinatool_lustre::{HsmAction, LuFid};
+
+        #[test]
+        fn list_round_trips_through_the_wire_form_and_bytes() {
+            let mut list = HsmActionList::new("testfs0", 3, 0x4);
+            let mut a =
+                HsmActionItem::new(HsmAction::Archive, LuFid::new(0x200000401, 7, 0), 1 << 40);
+            a.data = vec![0, 0xff, b'x'];
+            a.extent = HsmExtent {
+                offset: 4096,
+                length: 8192,
+            };
+            a.gid = 9;
+            list.items.push(a);
+            list.items.push(HsmActionItem::new(
+                HsmAction::Restore,
+                LuFid::new(0x200000402, 1, 0),
+                5,
+            ));
+
+            let wire = WireHal::from_list(&list, 1_765_010_112_108_091_220);
+            assert_eq!(wire.list.len(), 2);
+            assert!(
+                wire.list
+                    .iter()
+                    .all(|h| h.archive_id == 3 && h.flags == 0x4)
+            );
+            assert_eq!(wire.list[0].timestamp, 1_765_010_112_108_091_220);
+            assert_eq!(wire.list[0].extent_offset, 4096);
+
+            let back = wire.to_list();
+            assert_eq!(back, list);
+            assert_eq!(HsmActionList::parse(&back.encode()).unwrap(), list);
+        }
+    }
+}
