@@ -1,9 +1,6 @@
-//! `coordinatool-client`: the operator CLI (work in progress, see issue 7).
+//! `coordinatool-client`: the operator CLI (see the library documentation).
 
-fn main() {
-    eprintln!(
-        "coordinatool-client {}: the client is not implemented yet (issue 7)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    let env = |k: &str| std::env::var(k).ok();
+    std::process::ExitCode::from(coordinatool_client::app::run(std::env::args_os(), &env))
 }
