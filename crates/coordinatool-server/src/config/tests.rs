@@ -651,3 +651,135 @@ fn escape_like_systemd() {
     assert_eq!(systemd_escape_path(Path::new("/mnt/a-b")), "mnt-a\\x2db");
     assert_eq!(systemd_escape_path(Path::new("/.hidden")), "\\x2ehidden");
 }
+
+/// xorshift64*: deterministic pseudo-random input for the no-panic checks below.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+#[test]
+fn random_config_files_never_panic() {
+    let keys = [
+        "host",
+        "port",
+        "verbose",
+        "archive_id",
+        "redis_host",
+        "redis_port",
+        "client_grace_ms",
+        "archive_on_hosts",
+        "archive_on_hosts_ch",
+        "batch_archives_slices_sec",
+        "batch_archives_slice_sec",
+        "batch_archives_slots_per_client",
+        "reporting_dir",
+        "reporting_hint",
+        "reporting_schedule_interval_ms",
+        "store",
+        "state_dir",
+        "archive_on_hosts_ch_hash",
+        "priority_restore",
+        "priority_tag",
+        "priority_aging_ms",
+        "fair_share_key",
+        "fair_share_weight",
+        "fair_share_default_weight",
+        "#",
+        "bogus",
+    ];
+    let values = [
+        "",
+        "0",
+        "-1",
+        "1",
+        "0x",
+        "0x10",
+        "010",
+        "08",
+        "99999999999999999999",
+        "debug",
+        "a b c",
+        "t= 3 h1",
+        "t= x",
+        "300 3600",
+        "300 x",
+        " ",
+        "\t",
+        "é",
+        "redis",
+        "user=",
+        "alice 0",
+        "-",
+        "+",
+        "=",
+    ];
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for _ in 0..3000 {
+        let mut text = String::new();
+        for _ in 0..(rng.next() % 6) {
+            let sep = rng.pick(&[" ", "\t", "  "]);
+            text.push_str(&format!("{}{sep}{}\n", rng.pick(&keys), rng.pick(&values)));
+        }
+        let mut cfg = ServerConfig::defaults("/mnt");
+        let mut w = Vec::new();
+        let _ = apply_file(&mut cfg, Path::new("/f"), text.as_bytes(), &mut w);
+    }
+    // Raw bytes too.
+    for _ in 0..2000 {
+        let bytes: Vec<u8> = (0..(rng.next() % 64)).map(|_| rng.next() as u8).collect();
+        let mut cfg = ServerConfig::defaults("/mnt");
+        let _ = apply_file(&mut cfg, Path::new("/f"), &bytes, &mut Vec::new());
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = sysconfig::parse(Path::new("/s"), &text);
+    }
+}
+
+#[test]
+fn random_command_lines_never_panic() {
+    let words = [
+        "-v",
+        "-q",
+        "-vq",
+        "-A",
+        "-A1",
+        "-A0",
+        "--archive",
+        "--archive=",
+        "--arch",
+        "-p",
+        "-H",
+        "--redis-host",
+        "--redis-port",
+        "--redis-port=70000",
+        "--client-grace",
+        "--client-grace=-1",
+        "--",
+        "-",
+        "/mnt",
+        "/x",
+        "-x",
+        "--nope",
+        "--redis",
+        "",
+        "é",
+        "-c",
+        "--config=/nonexistent",
+    ];
+    let mut rng = Rng(0xfeed_beef_dead_cafe);
+    for _ in 0..3000 {
+        let args: Vec<String> = (0..(rng.next() % 6))
+            .map(|_| rng.pick(&words).to_string())
+            .collect();
+        let _ = load("x", &args, &|_| None);
+    }
+}

@@ -325,3 +325,35 @@ mod tests {
         assert_eq!(back, r);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    #[test]
+    fn random_records_and_fields_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let key = RequestKey {
+            cookie: 1,
+            dfid: LuFid::new(2, 3, 4),
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 120) as usize;
+            let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len > 2 && next() % 2 == 0 {
+                // Valid header bytes reach deeper into the decoder.
+                b[0] = RECORD_VERSION;
+                b[1] = 20;
+                b[2] = (next() % 4) as u8;
+            }
+            let _ = decode_record(key, &b);
+            let _ = key_from_field(&b);
+        }
+    }
+}
