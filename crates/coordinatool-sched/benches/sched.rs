@@ -159,6 +159,28 @@ fn intake_and_dispatch(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    g.bench_function("decisions_only_1M_to_100_clients", |b| {
+        // Dispatch decisions alone: movers without limits ask until the queue is empty and
+        // never report done (no done cost in the figure).
+        b.iter_batched(
+            || {
+                let mut e = filled("plain", 1_000_000);
+                let m = movers(&mut e, 100);
+                (e, m)
+            },
+            |(mut e, m)| {
+                let mut total = 0;
+                while total < 1_000_000 {
+                    for &c in &m {
+                        e.recv(c, RecvLimits::default(), NOW).unwrap();
+                        total += drain(&mut e).len();
+                    }
+                }
+                e
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.bench_function("dispatch_1M_to_100_clients", |b| {
         b.iter_batched(
             || {
