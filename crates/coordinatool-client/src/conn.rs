@@ -219,6 +219,7 @@ impl Connection {
     pub fn send(&mut self, req: &Request) -> Result<(), ConnError> {
         self.out.clear();
         req.encode(&mut self.out);
+        tracing::debug!(command = %req.command(), bytes = self.out.len(), "sending request");
         self.stream.write_all(&self.out)?;
         Ok(())
     }
@@ -234,6 +235,7 @@ impl Connection {
             {
                 let raw = frame.to_vec();
                 let reply = Reply::decode(&raw)?;
+                tracing::debug!(command = %reply.command(), status = reply.status(), bytes = raw.len(), "got reply");
                 return Ok(RawReply { reply, raw });
             }
             let n = match self.stream.read(&mut buf) {
