@@ -72,7 +72,11 @@ mod tests {
         let mut base = 100 * MS;
         for _ in 0..20 {
             let d = b.next_delay();
-            assert!(d >= base / 2 && d <= base, "{d:?} outside [{:?}, {base:?}]", base / 2);
+            assert!(
+                d >= base / 2 && d <= base,
+                "{d:?} outside [{:?}, {base:?}]",
+                base / 2
+            );
             base = (base * 2).min(5000 * MS);
         }
         assert_eq!(b.current_base(), 5000 * MS);

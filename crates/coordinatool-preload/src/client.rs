@@ -23,8 +23,8 @@ use coordinatool_lustre::ffi::bindings::hsm_copytool_private_layout;
 use coordinatool_lustre::hal::{HsmActionItem, HsmActionList, HsmExtent};
 use coordinatool_lustre::{HsmAction, LuFid};
 use coordinatool_proto::{
-    Decoder, DoneRequest, EhloRequest, PROTOCOL_VERSION, RecvRequest, Reply, Request,
-    WireHal, WireHai,
+    Decoder, DoneRequest, EhloRequest, PROTOCOL_VERSION, RecvRequest, Reply, Request, WireHai,
+    WireHal,
 };
 
 use crate::backoff::Backoff;
@@ -85,7 +85,7 @@ struct State {
     stats: Stats,
 }
 
-/// Counters of one handle (exposed to tests through [`Shared::stats`]).
+/// Counters of one handle, logged at unregister.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// Successful `ehlo`s.
@@ -137,7 +137,9 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 fn cvt(rc: c_int) -> Result<c_int, i32> {
@@ -523,7 +525,11 @@ impl Io<'_> {
                     if matches!(end, End::Shutdown) {
                         return;
                     }
-                    ct_log!(Warn, 0, "connection to the coordinatool server lost, reconnecting");
+                    ct_log!(
+                        Warn,
+                        0,
+                        "connection to the coordinatool server lost, reconnecting"
+                    );
                 }
                 Err(e) => {
                     let delay = self.backoff.next_delay();
@@ -620,9 +626,8 @@ impl Io<'_> {
         };
         let mut out = Vec::new();
         Request::Ehlo(ehlo).encode(&mut out);
-        send_all(fd, &out, EHLO_TIMEOUT).map_err(|e| {
-            format!("cannot send ehlo: {}", io::Error::from_raw_os_error(e))
-        })?;
+        send_all(fd, &out, EHLO_TIMEOUT)
+            .map_err(|e| format!("cannot send ehlo: {}", io::Error::from_raw_os_error(e)))?;
 
         let mut dec = Decoder::new();
         let deadline = Instant::now() + EHLO_TIMEOUT;
@@ -646,11 +651,16 @@ impl Io<'_> {
                 return Err("no ehlo reply from the server".into());
             }
             let mut fds = [pollfd(fd, libc::POLLIN)];
-            poll_fds(&mut fds, Some(left)).map_err(|e| io::Error::from_raw_os_error(e).to_string())?;
+            poll_fds(&mut fds, Some(left))
+                .map_err(|e| io::Error::from_raw_os_error(e).to_string())?;
             match sock_ref.read(&mut buf) {
                 Ok(0) => return Err("server closed the connection during ehlo".into()),
                 Ok(n) => dec.feed(&buf[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -695,7 +705,11 @@ impl Io<'_> {
             for rec in buf[..n as usize].chunks_exact(crate::actions::RECORD_LEN) {
                 match crate::actions::DoneRecord::decode(rec) {
                     Some(r) => self.shared.push_done(r.key, r.status, r.only_if_running),
-                    None => ct_log!(Error, 0, "corrupt done record from a child process, dropped"),
+                    None => ct_log!(
+                        Error,
+                        0,
+                        "corrupt done record from a child process, dropped"
+                    ),
                 }
             }
         }
@@ -739,7 +753,10 @@ impl Io<'_> {
                 }
             }
             let mut fds = [
-                pollfd(fd, libc::POLLIN | if out.is_empty() { 0 } else { libc::POLLOUT }),
+                pollfd(
+                    fd,
+                    libc::POLLIN | if out.is_empty() { 0 } else { libc::POLLOUT },
+                ),
                 pollfd(self.shared.wake.as_raw_fd(), libc::POLLIN),
                 pollfd(self.shared.child_rd.as_raw_fd(), libc::POLLIN),
             ];
@@ -775,7 +792,11 @@ impl Io<'_> {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => {
-                            ct_log!(Warn, e.raw_os_error().unwrap_or(0), "read from the server failed");
+                            ct_log!(
+                                Warn,
+                                e.raw_os_error().unwrap_or(0),
+                                "read from the server failed"
+                            );
                             return End::Lost;
                         }
                     }
@@ -826,7 +847,12 @@ impl Io<'_> {
                 let mut st = lock(&self.shared.state);
                 if st.dones_sent == 0 {
                     drop(st);
-                    ct_log!(Debug, 0, "unexpected done reply (status {}), ignored", r.status);
+                    ct_log!(
+                        Debug,
+                        0,
+                        "unexpected done reply (status {}), ignored",
+                        r.status
+                    );
                     return Ok(());
                 }
                 st.dones_sent -= 1;
@@ -867,9 +893,14 @@ impl Io<'_> {
             Err(e) => {
                 // Reconnecting would get the same list back: fail its items instead.
                 drop(st);
-                ct_log!(Error, libc::EINVAL, "cannot build an hsm_action_list from the server's reply ({e}); failing its items");
+                ct_log!(
+                    Error,
+                    libc::EINVAL,
+                    "cannot build an hsm_action_list from the server's reply ({e}); failing its items"
+                );
                 for hai in hal.list.iter().filter(|h| h.action != HsmAction::Cancel) {
-                    self.shared.push_done((hai.cookie, hai.dfid), libc::EINVAL, false);
+                    self.shared
+                        .push_done((hai.cookie, hai.dfid), libc::EINVAL, false);
                 }
                 return Ok(());
             }
@@ -900,5 +931,75 @@ impl Io<'_> {
         // SAFETY: one-byte write from a local; at most one list waits, so the pipe has room.
         unsafe { libc::write(self.ready_wr.as_raw_fd(), (&raw const byte).cast(), 1) };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coordinatool_lustre::HsmActionList;
+
+    #[test]
+    fn writing_to_a_closed_peer_fails_without_sigpipe() {
+        // In a child process with SIGPIPE's default action (fatal), as in a C copytool.
+        // SAFETY: the child only makes async-signal-safe calls before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                let mut sv = [0; 2];
+                libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr());
+                libc::close(sv[1]);
+                let a = send_nosignal(sv[0], b"done");
+                let b = send_nosignal(sv[0], b"done");
+                libc::_exit(if a == Err(libc::EPIPE) && b == Err(libc::EPIPE) {
+                    0
+                } else {
+                    3
+                });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x} (signal {})",
+            libc::WTERMSIG(status)
+        );
+    }
+
+    #[test]
+    fn wire_lists_become_lustre_layout() {
+        let mut item = WireHai::new(HsmAction::Archive, LuFid::new(0x200000401, 1, 0), 1 << 40);
+        item.data = b"tag=x".to_vec();
+        item.archive_id = 3;
+        let w = WireHal {
+            archive_id: 3,
+            flags: 4,
+            fsname: String::new(),
+            list: vec![item.clone(), WireHai::new(HsmAction::Cancel, item.fid, 9)],
+        };
+        let bytes = encode_hal(&w, "localfs").unwrap();
+        let hal = HsmActionList::parse(&bytes).unwrap();
+        assert_eq!(
+            hal.fsname, "localfs",
+            "local fsname when the server sent none"
+        );
+        assert_eq!((hal.archive_id, hal.flags), (3, 4));
+        assert_eq!(hal.items.len(), 2);
+        assert_eq!(hal.items[0].cookie, 1 << 40);
+        assert_eq!(hal.items[0].data, b"tag=x");
+        assert_eq!(
+            hal.items[0].hai_len(),
+            72 + 5,
+            "hai_len unpadded like Lustre's"
+        );
+        assert_eq!(hal.items[1].action, HsmAction::Cancel);
+
+        let mut long = w.clone();
+        long.fsname = "x".repeat(100);
+        assert!(encode_hal(&long, "").is_err());
     }
 }

@@ -399,7 +399,9 @@ pub fn parse_verbose(s: &str) -> Result<LlapiLogLevel, String> {
 fn parse_ms(s: &str) -> Result<u64, String> {
     match parse_c_integer(s)? {
         (v, rest) if rest.trim().is_empty() && v > 0 => Ok(v as u64),
-        (_, rest) if !rest.trim().is_empty() => Err(format!("unexpected '{rest}' after the number")),
+        (_, rest) if !rest.trim().is_empty() => {
+            Err(format!("unexpected '{rest}' after the number"))
+        }
         _ => Err("must be a positive number of milliseconds".into()),
     }
 }
@@ -521,7 +523,10 @@ verbose DEBUG\n";
         )
         .unwrap();
         let c = l.config;
-        assert_eq!((c.host.as_str(), c.port, c.client_id.as_str()), ("b", 2, "y"));
+        assert_eq!(
+            (c.host.as_str(), c.port, c.client_id.as_str()),
+            ("b", 2, "y")
+        );
         assert_eq!(c.max_remove, 1024);
         assert_eq!(c.hal_size, 4096);
         assert_eq!(c.verbose, LlapiLogLevel::Info);
@@ -544,8 +549,14 @@ verbose DEBUG\n";
         assert!(e.to_string().contains("172"), "{e}");
         let e = load(Some("archive_id 0\n"), &[]).unwrap_err();
         assert!(e.to_string().contains("archive_id"), "{e}");
-        let e = load(None, &[("COORDINATOOL_RECONNECT_MIN_MS", "5000"), ("COORDINATOOL_RECONNECT_MAX_MS", "10")])
-            .unwrap_err();
+        let e = load(
+            None,
+            &[
+                ("COORDINATOOL_RECONNECT_MIN_MS", "5000"),
+                ("COORDINATOOL_RECONNECT_MAX_MS", "10"),
+            ],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("reconnect_max_ms"), "{e}");
     }
 

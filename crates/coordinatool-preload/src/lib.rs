@@ -39,7 +39,7 @@ mod real;
 use client::{CT_MAGIC, CtHandle, Shared};
 
 pub use actions::DoneRecord;
-pub use client::{Stats, encode_hal};
+pub use client::encode_hal;
 
 thread_local! {
     static IN_PRELOAD: Cell<bool> = const { Cell::new(false) };
@@ -170,7 +170,11 @@ unsafe fn register(
     let mnt_fd = unsafe { libc::open(mnt_c.as_ptr(), libc::O_RDONLY) };
     if mnt_fd < 0 {
         let e = std::io::Error::last_os_error();
-        ct_log!(Error, e.raw_os_error().unwrap_or(0), "cannot open mount point {mnt_c:?}");
+        ct_log!(
+            Error,
+            e.raw_os_error().unwrap_or(0),
+            "cannot open mount point {mnt_c:?}"
+        );
         return -e.raw_os_error().unwrap_or(libc::EIO);
     }
     // SAFETY: fresh descriptor.
@@ -213,11 +217,11 @@ unsafe fn register(
         None => String::new(),
     };
 
-    let (shared, ready_wr) =
-        match Shared::new(cfg, fsname, ids, rfd_flags & libc::O_NONBLOCK != 0) {
-            Ok(x) => x,
-            Err(e) => return -e,
-        };
+    let (shared, ready_wr) = match Shared::new(cfg, fsname, ids, rfd_flags & libc::O_NONBLOCK != 0)
+    {
+        Ok(x) => x,
+        Err(e) => return -e,
+    };
     let h = match CtHandle::start(shared, ready_wr, mnt_c, mnt_fd, fid_fd) {
         Ok(h) => h,
         Err(e) => return -e,
@@ -339,7 +343,16 @@ pub unsafe extern "C" fn llapi_hsm_action_begin(
             return -libc::ENOSYS;
         };
         // SAFETY: forwarded arguments.
-        let rc = unsafe { real(phcp, ct, hai, restore_mdt_index, restore_open_flags, is_error) };
+        let rc = unsafe {
+            real(
+                phcp,
+                ct,
+                hai,
+                restore_mdt_index,
+                restore_open_flags,
+                is_error,
+            )
+        };
         // SAFETY: caller contract.
         if let Some(h) = unsafe { handle(ct) } {
             // SAFETY: arguments as given to the real function.

@@ -41,7 +41,10 @@ pub fn log(level: LlapiLogLevel, err: i32, args: fmt::Arguments<'_>) {
     }
     let mut line = text;
     if err != 0 {
-        line.push_str(&format!(": {} ({err})", std::io::Error::from_raw_os_error(err)));
+        line.push_str(&format!(
+            ": {} ({err})",
+            std::io::Error::from_raw_os_error(err)
+        ));
     }
     line.push('\n');
     let bytes = line.as_bytes();

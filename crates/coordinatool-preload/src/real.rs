@@ -37,7 +37,10 @@ fn lookup(name: &CStr) -> *mut c_void {
         if !p.is_null() {
             return p;
         }
-        let lib = libc::dlopen(c"liblustreapi.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+        let lib = libc::dlopen(
+            c"liblustreapi.so.1".as_ptr(),
+            libc::RTLD_LAZY | libc::RTLD_NOLOAD,
+        );
         let lib = if lib.is_null() {
             libc::dlopen(c"liblustreapi.so.1".as_ptr(), libc::RTLD_LAZY)
         } else {
