@@ -21,20 +21,30 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     fi
 fi
 
-echo "== cargo fmt --check"
-cargo fmt --all -- --check
+failed=()
+# Run every step even when one fails, so one run shows every problem; fail at the end.
+step() {
+    local name=$1; shift
+    echo "== $name"
+    if ! "$@"; then
+        echo "== FAILED: $name"
+        failed+=("$name")
+    fi
+}
 
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-
-echo "== cargo doc"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
-
-echo "== tests"
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
 if command -v cargo-nextest >/dev/null; then
-    cargo nextest run --workspace --locked --no-fail-fast
+    step "cargo nextest" cargo nextest run --workspace --locked --no-fail-fast
     # nextest does not run doctests
-    cargo test --workspace --doc --locked -q
+    step "doctests" cargo test --workspace --doc --locked -q
 else
-    cargo test --workspace --locked
+    step "cargo test" cargo test --workspace --locked --no-fail-fast
 fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "== failed steps: ${failed[*]}"
+    exit 1
+fi
+echo "== all checks passed"
