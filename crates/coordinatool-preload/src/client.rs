@@ -369,7 +369,8 @@ impl Shared {
         self.wake();
     }
 
-    /// `llapi_hsm_copytool_recv`: the next HAL, copied into the handle's buffer.
+    /// `llapi_hsm_copytool_recv`: the next HAL, copied into the handle's buffer. Blocks
+    /// unless registered with `O_NONBLOCK` (then `-EAGAIN` when nothing is ready).
     pub fn recv(&self, hal: *mut *mut u8, msgsize: *mut c_int) -> c_int {
         loop {
             let mut byte = 0u8;
@@ -378,10 +379,10 @@ impl Shared {
             match rc {
                 1 => {}
                 0 => return -libc::ESHUTDOWN,
-                _ => match errno() {
-                    libc::EINTR => continue,
-                    e => return -e,
-                },
+                // EINTR included: like Lustre's read of its pipe, a handler installed with
+                // SA_RESTART (SIGCHLD of forking copytools) restarts the wait in the
+                // kernel, one without it (a copytool's SIGTERM) gets -EINTR to see its flag.
+                _ => return -errno(),
             }
             let Some(bytes) = lock(&self.state).hals.pop_front() else {
                 continue;
@@ -420,10 +421,22 @@ impl CtHandle {
         fid_fd: OwnedFd,
     ) -> Result<Box<CtHandle>, i32> {
         let io_shared = Arc::clone(&shared);
-        let io_thread = std::thread::Builder::new()
+        // The IO thread starts with every signal blocked, so the copytool's signals (SIGTERM,
+        // SIGCHLD...) reach its own threads, as they would without the preload.
+        // SAFETY: sigset_t is plain data initialised by sigfillset; masks of this thread only.
+        let old_mask = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            old
+        };
+        let spawned = std::thread::Builder::new()
             .name("coordinatool-io".into())
-            .spawn(move || io_thread_main(io_shared, ready_wr))
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EAGAIN))?;
+            .spawn(move || io_thread_main(io_shared, ready_wr));
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
+        let io_thread = spawned.map_err(|e| e.raw_os_error().unwrap_or(libc::EAGAIN))?;
         let mut h = Box::new(CtHandle {
             head: hsm_copytool_private_layout::default(),
             shared,

@@ -19,7 +19,9 @@
 //!   running action is declared again in `ehlo` after a reconnection (exponential backoff with
 //!   jitter).
 //! * Safety for the host: every export catches panics and returns a negative errno, writes use
-//!   `MSG_NOSIGNAL`, `EINTR` is retried, and messages go through liblustreapi's log.
+//!   `MSG_NOSIGNAL`, internal waits retry `EINTR`, and messages go through liblustreapi's log.
+//!   A blocking `recv` waits in `read(2)` like Lustre's: signals whose handler has
+//!   `SA_RESTART` do not disturb it, others make it return `-EINTR`.
 //! * Configuration: [`config`] (`/etc/coordinatool.conf`, `COORDINATOOL_*`).
 
 use std::cell::Cell;

@@ -354,3 +354,39 @@ fn config_archive_ids_apply_when_the_copytool_takes_any_archive() {
     let (status, lines, stderr) = ct.wait();
     assert_clean_exit(status, &lines, &stderr);
 }
+
+#[test]
+fn blocking_recv_is_interrupted_only_by_handlers_without_sa_restart() {
+    let fake = Fake::start();
+    let ct = run_ct(fake.port, "signals", 2, &[1], &[]);
+    fake.wait_for("recv pending", |st| !st.recvs().is_empty());
+    let pid = ct.pid() as i32;
+    for _ in 0..5 {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+    }
+    fake.push_hal(hal(vec![hai(HsmAction::Archive, 81, "")]));
+    ct.wait_line("first end", |l| l.starts_with("END cookie=0x51"));
+    assert!(
+        !ct.lines().iter().any(|l| l.starts_with("EINTR")),
+        "SA_RESTART signals must not interrupt recv: {:?}",
+        ct.lines()
+    );
+    // SIGUSR2 has no SA_RESTART: recv returns -EINTR (resent until seen, in case one
+    // lands just before the copytool enters recv).
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while !ct.lines().iter().any(|l| l.starts_with("EINTR")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no EINTR: {:?}",
+            ct.lines()
+        );
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGUSR2) };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    fake.push_hal(hal(vec![hai(HsmAction::Archive, 82, "")]));
+    let (status, lines, stderr) = ct.wait();
+    assert_clean_exit(status, &lines, &stderr);
+    assert_eq!(fake.lock().dones().len(), 2);
+}

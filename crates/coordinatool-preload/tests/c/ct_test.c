@@ -3,7 +3,8 @@
  *   ct_test MODE MOUNT COUNT [ARCHIVE_ID...]
  * MODE: seq (actions ended in the receiving thread), threads (one thread per action),
  * fork (one child process per action), poll (O_NONBLOCK registration, get_fd + poll),
- * hold (actions wait for their CANCEL, then both are acknowledged).
+ * hold (actions wait for their CANCEL, then both are acknowledged), signals (like seq;
+ * SIGUSR1 has an SA_RESTART handler, SIGUSR2 one without: recv reports -EINTR as "EINTR").
  * It stops receiving once COUNT non-CANCEL actions were ended, waits for its workers,
  * unregisters and exits 0. An item whose data is "errval=N" is ended with errval N.
  * SIGPIPE keeps its default action: a write to a dead server must not kill us.
@@ -15,6 +16,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,18 @@
 #include "lustreapi_subset.h"
 
 static struct hsm_copytool_private *ct;
+static volatile sig_atomic_t restarted_signals;
+
+static void on_restarted(int sig)
+{
+	(void)sig;
+	restarted_signals++;
+}
+
+static void on_interrupting(int sig)
+{
+	(void)sig;
+}
 static const char *mode;
 
 struct held {
@@ -110,6 +124,18 @@ int main(int argc, char **argv)
 	nonblock = strcmp(mode, "poll") == 0;
 	threads = calloc(4096, sizeof(*threads));
 
+	if (strcmp(mode, "signals") == 0) {
+		struct sigaction sa;
+
+		memset(&sa, 0, sizeof(sa));
+		sigemptyset(&sa.sa_mask);
+		sa.sa_handler = on_restarted;
+		sa.sa_flags = SA_RESTART;
+		sigaction(SIGUSR1, &sa, NULL);
+		sa.sa_handler = on_interrupting;
+		sa.sa_flags = 0;
+		sigaction(SIGUSR2, &sa, NULL);
+	}
 	rc = llapi_hsm_copytool_register(&ct, argv[2], n_archives, archives,
 					 nonblock ? O_NONBLOCK : 0);
 	if (rc < 0) {
@@ -140,6 +166,10 @@ int main(int argc, char **argv)
 			}
 		} else {
 			rc = llapi_hsm_copytool_recv(ct, &hal, &msgsize);
+			if (rc == -EINTR) {
+				say("EINTR usr1=%d\n", (int)restarted_signals);
+				continue;
+			}
 		}
 		if (rc < 0) {
 			say("RECV rc=%d\n", rc);

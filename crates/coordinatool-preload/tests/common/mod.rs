@@ -482,6 +482,10 @@ pub fn run_ct_at(
 }
 
 impl Ct {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn lines(&self) -> Vec<String> {
         self.lines.0.lock().unwrap().clone()
     }
