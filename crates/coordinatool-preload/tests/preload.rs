@@ -390,3 +390,36 @@ fn blocking_recv_is_interrupted_only_by_handlers_without_sa_restart() {
     assert_clean_exit(status, &lines, &stderr);
     assert_eq!(fake.lock().dones().len(), 2);
 }
+
+#[test]
+fn refused_ehlos_are_retried_with_backoff() {
+    use coordinatool_proto::{Command, Reply};
+    let fake = Fake::start();
+    {
+        let mut st = fake.lock();
+        st.ehlo_refusals.push_back(Reply::error(
+            Command::Ehlo,
+            libc::EEXIST,
+            "id already used by another client",
+        ));
+        // The C server's bad-archive-id answer carries the wrong command name.
+        st.ehlo_refusals.push_back(Reply::error(
+            Command::Done,
+            libc::EINVAL,
+            "Bad archive id in list",
+        ));
+    }
+    let ct = run_ct(fake.port, "seq", 1, &[1], &[]);
+    fake.wait_for("third ehlo and a recv", |st| {
+        st.ehlos().len() == 3 && !st.recvs().is_empty()
+    });
+    fake.push_hal(hal(vec![hai(HsmAction::Archive, 91, "")]));
+    let (status, lines, stderr) = ct.wait();
+    assert_clean_exit(status, &lines, &stderr);
+    assert!(
+        stderr.contains("id already used by another client"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Bad archive id in list"), "{stderr}");
+    assert_eq!(fake.lock().dones().len(), 1);
+}

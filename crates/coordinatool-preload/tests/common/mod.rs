@@ -44,6 +44,8 @@ pub struct St {
     pub ack_dones: bool,
     /// Close the connection abruptly on the next N dones, without answering.
     pub kill_on_done: usize,
+    /// Replies given to the next ehlos instead of a success.
+    pub ehlo_refusals: VecDeque<Reply>,
 }
 
 impl St {
@@ -260,7 +262,15 @@ fn serve(inner: Arc<Inner>, id: usize, mut stream: TcpStream) {
             match req {
                 Request::Ehlo(h) => {
                     st.events.push(Ev::Ehlo(id, h));
-                    st.reply(id, &Reply::Ehlo(AckReply::default()));
+                    match st.ehlo_refusals.pop_front() {
+                        Some(refusal) => {
+                            st.reply(id, &refusal);
+                            st.kill(id);
+                            inner.cv.notify_all();
+                            break 'outer;
+                        }
+                        None => st.reply(id, &Reply::Ehlo(AckReply::default())),
+                    }
                 }
                 Request::Recv(r) => {
                     st.events.push(Ev::Recv(id, r));
@@ -391,9 +401,14 @@ pub fn bins() -> &'static Bins {
 
 /// A scratch directory standing for a Lustre mount (with `.lustre/fid`).
 pub fn mount(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
     let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("preload-mnt")
-        .join(format!("{name}-{}", std::process::id()));
+        .join(format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join(".lustre/fid")).unwrap();
     d
