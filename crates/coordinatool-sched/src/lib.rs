@@ -12,13 +12,18 @@
 //! when work arrives, never with an empty list); client grace and takeover on reconnect with
 //! exact counters; cancels; lock and lock-and-quit; host mappings (`archive_on_hosts`,
 //! `archive_on_hosts_ch` with rendezvous hashing or upstream's exact mapping); a restore
-//! locality hook ([`RestoreLocator`]); priorities with aging, and weighted fair share.
+//! locality hook ([`RestoreLocator`]); archive batching slots; priorities with aging, and
+//! weighted fair share. Ordering and placement go through the [`Policy`] trait
+//! ([`ConfigPolicy`] is the built-in one; [`Engine::with_policy`] plugs another).
+//!
+//! [`Engine::check_invariants`] recounts the whole state (tests use it after every step).
 //!
 //! Queues are intrusive lists grouped by (kind, priority, archive id, hal flags) and by
 //! fair-share value; choosing the next request costs O(partitions + log flows), independent of
 //! the number of queued requests.
 //!
-//! See the crate README for an embedding example.
+//! The crate README follows, with an embedding example.
+//!
 #![doc = include_str!("../README.md")]
 
 mod action;
