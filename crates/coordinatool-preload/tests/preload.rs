@@ -423,3 +423,38 @@ fn refused_ehlos_are_retried_with_backoff() {
     assert!(stderr.contains("Bad archive id in list"), "{stderr}");
     assert_eq!(fake.lock().dones().len(), 1);
 }
+
+#[test]
+fn a_child_without_the_inherited_pipe_reports_over_its_own_connection() {
+    let fake = Fake::start();
+    let ct = run_ct(fake.port, "forkclose", 3, &[1], &[]);
+    fake.push_hal(hal(vec![
+        hai(HsmAction::Archive, 101, ""),
+        hai(HsmAction::Archive, 102, "errval=28"),
+        hai(HsmAction::Archive, 103, ""),
+    ]));
+    let (status, lines, stderr) = ct.wait();
+    assert_clean_exit(status, &lines, &stderr);
+    let st = fake.lock();
+    let mut got: Vec<(u64, i32)> = st.dones().iter().map(|d| (d.cookie, d.status)).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![(101, 0), (102, 28), (103, 0)]);
+    // Those dones came on connections that never sent ehlo (one per child).
+    let ehlo_conns: Vec<usize> = st
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Ehlo(c, _) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    let done_conns: Vec<usize> = st
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Done(c, _) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    assert!(done_conns.iter().all(|c| !ehlo_conns.contains(c)), "{:#?}", st.events);
+}

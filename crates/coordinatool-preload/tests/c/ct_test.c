@@ -2,7 +2,8 @@
  * A small copytool driving the preload in its tests. Usage:
  *   ct_test MODE MOUNT COUNT [ARCHIVE_ID...]
  * MODE: seq (actions ended in the receiving thread), threads (one thread per action),
- * fork (one child process per action), poll (O_NONBLOCK registration, get_fd + poll),
+ * fork (one child process per action), forkclose (fork, and the child closes every fd
+ * above stderr before action_end), poll (O_NONBLOCK registration, get_fd + poll),
  * hold (actions wait for their CANCEL, then both are acknowledged), signals (like seq;
  * SIGUSR1 has an SA_RESTART handler, SIGUSR2 one without: recv reports -EINTR as "EINTR").
  * It stops receiving once COUNT non-CANCEL actions were ended, waits for its workers,
@@ -72,8 +73,10 @@ static int item_errval(const struct hsm_action_item *hai)
 	return 0;
 }
 
-/* Runs one action to its end: begin, end with the item's errval. */
-static void run_action(const struct hsm_action_item *hai)
+/* Runs one action to its end: begin, end with the item's errval. With close_fds (children of
+ * "forkclose"), every descriptor above stderr is closed between begin and end, so the
+ * preload cannot use anything inherited from the registering process. */
+static void run_action_fds(const struct hsm_action_item *hai, int close_fds)
 {
 	struct hsm_copyaction_private *hcp = NULL;
 	struct hsm_extent ext;
@@ -89,8 +92,16 @@ static void run_action(const struct hsm_action_item *hai)
 		say("BEGINFAIL cookie=%#llx rc=%d\n", (unsigned long long)hai->hai_cookie, rc);
 		return;
 	}
+	if (close_fds)
+		for (int fd = 3; fd < 1024; fd++)
+			close(fd);
 	rc = llapi_hsm_action_end(&hcp, &ext, 0, errval);
 	say("END cookie=%#llx errval=%d rc=%d\n", (unsigned long long)hai->hai_cookie, errval, rc);
+}
+
+static void run_action(const struct hsm_action_item *hai)
+{
+	run_action_fds(hai, 0);
 }
 
 static void *thread_main(void *arg)
@@ -228,7 +239,7 @@ int main(int argc, char **argv)
 					return 1;
 				}
 				n_threads++;
-			} else if (strcmp(mode, "fork") == 0) {
+			} else if (strcmp(mode, "fork") == 0 || strcmp(mode, "forkclose") == 0) {
 				pid_t pid = fork();
 
 				if (pid < 0) {
@@ -236,7 +247,7 @@ int main(int argc, char **argv)
 					return 1;
 				}
 				if (pid == 0) {
-					run_action(hai);
+					run_action_fds(hai, strcmp(mode, "forkclose") == 0);
 					_exit(0);
 				}
 			} else {
@@ -248,7 +259,7 @@ int main(int argc, char **argv)
 			pthread_join(threads[i], NULL);
 		n_threads = 0;
 	}
-	if (strcmp(mode, "fork") == 0)
+	if (strncmp(mode, "fork", 4) == 0)
 		while (wait(NULL) > 0 || errno == EINTR)
 			;
 	if (getenv("CT_WAIT_FILE")) {
