@@ -61,6 +61,10 @@ fn ehlo_recv_and_done_carry_the_documented_fields() {
     let (status, lines, stderr) = ct.wait();
     assert_clean_exit(status, &lines, &stderr);
     assert!(
+        !stderr.contains("received"),
+        "no debug messages at the default level: {stderr}"
+    );
+    assert!(
         lines
             .iter()
             .any(|l| l == "HAL fsname=srvfs archive=1 count=3"),
@@ -321,6 +325,10 @@ fn registration_errors_are_negative_errnos() {
         stderr.contains("COORDINATOOL_MAX_ARCHIVE") && stderr.contains("12q"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("llapi: coordinatool: "),
+        "through llapi_error: {stderr}"
+    );
 
     // COORDINATOOL_CONF must exist.
     let ct = run_ct(
@@ -346,13 +354,21 @@ fn config_archive_ids_apply_when_the_copytool_takes_any_archive() {
         "seq",
         1,
         &[],
-        &[("COORDINATOOL_CONF", conf.display().to_string())],
+        &[
+            ("COORDINATOOL_CONF", conf.display().to_string()),
+            ("COORDINATOOL_VERBOSE", "debug".into()),
+        ],
     );
     fake.wait_for("ehlo", |st| !st.ehlos().is_empty());
     assert_eq!(fake.lock().ehlos()[0].archive_ids, vec![3, 4]);
     fake.push_hal(hal(vec![hai(HsmAction::Archive, 61, "")]));
     let (status, lines, stderr) = ct.wait();
     assert_clean_exit(status, &lines, &stderr);
+    // verbose debug raised the host's llapi level: debug messages show.
+    assert!(
+        stderr.contains("received 1 action(s) for archive 1"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -456,5 +472,9 @@ fn a_child_without_the_inherited_pipe_reports_over_its_own_connection() {
             _ => None,
         })
         .collect();
-    assert!(done_conns.iter().all(|c| !ehlo_conns.contains(c)), "{:#?}", st.events);
+    assert!(
+        done_conns.iter().all(|c| !ehlo_conns.contains(c)),
+        "{:#?}",
+        st.events
+    );
 }
