@@ -112,13 +112,23 @@ impl Fifo {
         self.len += 1;
     }
 
+    /// Removes `id` (which must be in this list).
+    ///
+    /// The head's `prev` is never read, so popping the head does not touch the next element:
+    /// that element is usually far away in memory (fair share interleaves flows), and this
+    /// saves a cache miss per dispatch. Every other element's `prev` stays exact.
     pub(crate) fn remove<L: LinkStore + ?Sized>(&mut self, links: &mut L, id: u32) {
         let Link { prev, next } = links.link(id);
-        if prev == NIL {
+        if self.head == id {
             self.head = next;
-        } else {
-            links.set_next(prev, next);
+            if next == NIL {
+                self.tail = NIL;
+            }
+            links.set_link(id, Link::default());
+            self.len -= 1;
+            return;
         }
+        links.set_next(prev, next);
         if next == NIL {
             self.tail = prev;
         } else {
@@ -364,6 +374,40 @@ mod tests {
         f.push_front(&mut links, 0);
         assert_eq!(f.iter(&links).collect::<Vec<_>>(), vec![0, 1, 3, 4]);
         assert_eq!(f.len, 4);
+    }
+
+    proptest::proptest! {
+        /// The list matches a `Vec` model under any mix of pushes at both ends and removals
+        /// anywhere (head removals leave the new head's `prev` stale on purpose).
+        #[test]
+        fn fifo_matches_a_vec(ops in proptest::collection::vec((0u8..3, 0usize..64), 1..200)) {
+            let mut links = vec![Link::default(); 64];
+            let mut f = Fifo::default();
+            let mut model: Vec<u32> = Vec::new();
+            let mut next_id = 0u32;
+            for (op, pick) in ops {
+                match op {
+                    0 | 1 if next_id < 64 => {
+                        if op == 0 {
+                            f.push_back(&mut links, next_id);
+                            model.push(next_id);
+                        } else {
+                            f.push_front(&mut links, next_id);
+                            model.insert(0, next_id);
+                        }
+                        next_id += 1;
+                    }
+                    _ if !model.is_empty() => {
+                        let id = model.remove(pick % model.len());
+                        f.remove(&mut links, id);
+                    }
+                    _ => {}
+                }
+                proptest::prop_assert_eq!(f.iter(&links).collect::<Vec<_>>(), model.clone());
+                proptest::prop_assert_eq!(f.len as usize, model.len());
+                proptest::prop_assert_eq!(f.tail, model.last().copied().unwrap_or(NIL));
+            }
+        }
     }
 
     fn serve(q: &mut QueueSet, links: &mut [Link], slots: &[Slot]) -> u32 {
