@@ -9,5 +9,5 @@ fn main() -> std::process::ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let env = |k: &str| std::env::var(k).ok();
-    std::process::ExitCode::from(coordinatool_client::app::run(std::env::args_os(), &env))
+    std::process::ExitCode::from(coordinatool_cli::app::run(std::env::args_os(), &env))
 }
