@@ -95,6 +95,39 @@ fn recover(store: &mut dyn Store, n: u64, name: &str, fill_time: Duration) {
     );
 }
 
+/// Mean latency of one group commit of `ops` changes (a request's New, Assigned and
+/// Finished), measured over `rounds` commits after the queue holds `n` requests.
+fn commit_latency(store: &mut dyn Store, name: &str) {
+    let mut next = 50_000_000u64;
+    for ops in [3usize, 30, 300, 3000] {
+        let rounds = (30_000 / ops).clamp(20, 1000);
+        let t = Instant::now();
+        for _ in 0..rounds {
+            let mut b = Batch::new();
+            for _ in 0..ops / 3 {
+                let r = request(next);
+                let k = r.key();
+                b.push(PersistOp::New(r));
+                b.push(PersistOp::Assigned {
+                    key: k,
+                    client: "mover1".into(),
+                });
+                b.push(PersistOp::Finished {
+                    key: key(next - 1_000),
+                });
+                next += 1;
+            }
+            store.commit(&b).expect("commit");
+        }
+        let per = t.elapsed() / rounds as u32;
+        println!(
+            "{name}: group commit of {ops:>4} ops: {:>8.3} ms per commit, {:>9.0} ops/s",
+            per.as_secs_f64() * 1e3,
+            ops as f64 / per.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let n: u64 = std::env::args()
         .skip(1)
@@ -117,6 +150,7 @@ fn main() {
         );
         let mut s = EmbeddedStore::open(&dir).expect("reopen");
         recover(&mut s, n, "embedded", w);
+        commit_latency(&mut s, "embedded");
     }
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -163,8 +197,24 @@ fn main() {
     let mut s = store.expect("redis did not start");
     let w = fill(&mut s, n);
     drop(s);
-    let mut s = RedisStore::connect(opts).expect("reconnect");
+    let mut s = RedisStore::connect(opts.clone()).expect("reconnect");
     recover(&mut s, n, "redis", w);
+    // Page size of HSCAN, compared in one run (the machine is noisy between runs).
+    for count in [1_000, 2_000, 10_000] {
+        let mut s = RedisStore::connect(RedisOptions {
+            scan_count: count,
+            ..opts.clone()
+        })
+        .expect("reconnect");
+        let t = Instant::now();
+        let r = s.load().expect("load");
+        assert_eq!(r.requests.len() as u64, n);
+        println!(
+            "redis: load with HSCAN COUNT {count:>6}: {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    commit_latency(&mut s, "redis");
     drop(s);
     let _ = child.kill();
     let _ = child.wait();

@@ -11,6 +11,7 @@
 //! * [`notify`]: `sd_notify` (READY, STATUS, WATCHDOG, STOPPING) for `Type=notify` units.
 
 pub mod config;
+pub mod daemon;
 pub mod notify;
 pub mod report;
 pub mod store;

@@ -1,5 +1,5 @@
 //! `coordinatool-server`: the coordinatool daemon (see the library crate).
 
 fn main() -> std::process::ExitCode {
-    coordinatool_server::run_main()
+    coordinatool_server::daemon::main()
 }

@@ -1,5 +1,5 @@
 //! `lhsmd_coordinatool`: the upstream name of the coordinatool daemon, same program.
 
 fn main() -> std::process::ExitCode {
-    coordinatool_server::run_main()
+    coordinatool_server::daemon::main()
 }

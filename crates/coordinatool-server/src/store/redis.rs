@@ -72,7 +72,7 @@ impl RedisOptions {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
             commit_wait: Duration::from_secs(2),
-            scan_count: 10_000,
+            scan_count: 1_000,
             fields_per_command: 1_000,
             ping_interval: Duration::from_secs(1),
         }
@@ -681,7 +681,7 @@ impl Store for RedisStore {
             addr: opts.addr(),
             message,
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
         self.handle.spawn(fetch_pages(opts.clone(), tx));
         let (r, stale) = decode_pages(rx).map_err(fail)?;
         if !stale.is_empty() {

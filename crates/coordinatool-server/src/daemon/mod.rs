@@ -1,0 +1,1000 @@
+//! The event loop: a thin tokio shell around the [`coordinatool_sched::Engine`].
+//!
+//! One current-thread runtime. The loop task owns the engine, the store, the copytool
+//! registration and the report files; each TCP connection has a reader task (framing with
+//! [`coordinatool_proto::Decoder`]) and a writer task, which exchange messages with the loop
+//! over channels and never touch the engine.
+//!
+//! One turn of the loop: wait for one input (Lustre's copytool fd readable, a connection
+//! event, a new connection, the engine timer, the reporting tick, a signal), take every other
+//! connection event already queued too, then
+//!
+//! 1. drain the engine's actions: store changes go into one [`Batch`], report events to the
+//!    [`Reporter`], cancels to Lustre (`action_begin(is_error)` + `action_end(ECANCELED)`),
+//!    replies and deliveries into an outbox;
+//! 2. commit the batch once (group commit, on a blocking thread so connections keep being
+//!    read meanwhile);
+//! 3. only then write the report lines and send the outbox, so no reply announces a change
+//!    that a crash could still lose.
+//!
+//! Malformed input (invalid JSON, unknown command, a key of the wrong type) is answered with
+//! an error reply (`status` 22, the decoder's message) and that connection alone is closed
+//! once the reply is written; upstream closed it too (§2.1), without a reply. A client that
+//! leaves more than [`OUTBOX_LIMIT`](conn::OUTBOX_LIMIT) bytes of replies unread, or whose
+//! socket accepts nothing for [`WRITE_STALL`](conn::WRITE_STALL), is disconnected; TCP
+//! keepalive finds dead peers. A dropped named client keeps its work for the grace period.
+//!
+//! SIGTERM, SIGINT and SIGQUIT stop the loop after the current turn's commit: assignments
+//! stay in the store (upstream wiped them), so after a restart every request is queued again
+//! or still assigned to its mover, who gets its grace period to come back.
+
+mod conn;
+mod reply;
+
+use crate::config::{ServerConfig, Verbosity};
+use crate::notify;
+use crate::report::{ReportOutput, ReportWriter, Reporter};
+use crate::store::{self, Batch, CommitStatus, Store, StoreError, request_from_wire};
+use conn::{Conn, Event, SendError};
+use coordinatool_lustre::{Copytool, HsmAction, LoadError, LuFid, LustreError, Lustreapi};
+use coordinatool_proto::{
+    Command, QueueReply, Reply, Request as WireRequest, StatusReply, WireHal,
+};
+use coordinatool_sched::{
+    Action, ClientId, Ehlo, Engine, EngineError, LockState, RecvLimits, Request, RequestKey,
+    Time,
+};
+use std::collections::HashMap;
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+/// Capacity of the channel from connection tasks to the loop: a full channel makes readers
+/// wait, which pushes back on clients through TCP.
+const EVENT_QUEUE: usize = 4096;
+
+/// Connection events handled in one turn before committing and replying.
+const EVENTS_PER_TURN: usize = 1024;
+
+/// Lustre lists taken in one turn before giving other inputs a chance.
+const LISTS_PER_TURN: usize = 256;
+
+/// How long a stopping server waits for its last replies to be written.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Why the server could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// `liblustreapi.so.1` could not be loaded.
+    #[error("{0} (the server needs Lustre's liblustreapi.so.1, or a stand-in on LD_LIBRARY_PATH)")]
+    Lustreapi(#[from] LoadError),
+    /// The mount point is not a Lustre client mount.
+    #[error("{}: not a Lustre mount point: {source}", mnt.display())]
+    NotLustre {
+        /// The mount point.
+        mnt: PathBuf,
+        /// What liblustreapi said.
+        #[source]
+        source: LustreError,
+    },
+    /// Registering as a copytool failed.
+    #[error("cannot register as copytool on {}: {source}", mnt.display())]
+    Register {
+        /// The mount point.
+        mnt: PathBuf,
+        /// What liblustreapi said.
+        #[source]
+        source: LustreError,
+    },
+    /// The engine refused the configuration.
+    #[error("scheduler configuration: {0}")]
+    Engine(#[from] coordinatool_sched::ConfigError),
+    /// The store failed (at start, or a commit that may have lost changes).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The reporting directory could not be opened or created.
+    #[error("reporting directory {}: {source}", dir.display())]
+    Reporting {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listen address does not resolve.
+    #[error("listen address {host}:{port}: {reason}")]
+    Resolve {
+        /// Host.
+        host: String,
+        /// Port or service name.
+        port: String,
+        /// Why.
+        reason: String,
+    },
+    /// Binding the listen socket failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime, a signal handler or a blocking task could not be set up.
+    #[error("{what}: {source}")]
+    Runtime {
+        /// What failed.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The whole program for the binaries: configuration, logging, then [`run`]. Exit code 0
+/// after a clean stop, 1 on any error (printed on stderr).
+pub fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let prog = argv
+        .next()
+        .and_then(|p| {
+            std::path::Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "coordinatool-server".into());
+    let mut args = Vec::new();
+    for (i, a) in argv.enumerate() {
+        match a.into_string() {
+            Ok(s) => args.push(s),
+            Err(a) => {
+                eprintln!("{prog}: argument {} is not valid UTF-8: {a:?}", i + 1);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+    let loaded = match crate::config::load(&prog, &args, &env) {
+        Ok(crate::config::Invocation::Run(l)) => l,
+        Ok(crate::config::Invocation::Help(t) | crate::config::Invocation::Version(t)) => {
+            print!("{t}");
+            if !t.ends_with('\n') {
+                println!();
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{prog}: {e}");
+            if matches!(e, crate::config::ConfigError::Usage(_)) {
+                eprint!("{}", crate::config::usage(&prog));
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(loaded.config.verbosity);
+    for w in &loaded.warnings {
+        warn!("{w}");
+    }
+    match run(loaded.config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("{prog}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(v: Verbosity) {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(v.level_filter())
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Wall-clock time for the engine, never going backwards.
+#[derive(Debug, Default)]
+struct Clock {
+    last: u64,
+}
+
+impl Clock {
+    fn now(&mut self) -> Time {
+        let ns = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.last = self.last.max(ns);
+        Time(self.last)
+    }
+}
+
+/// Runs the server until a signal or lock-and-quit: start-up (§4.3: Lustre check, store
+/// recovery, listen, copytool registration, READY), then the loop.
+pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
+    let api = Lustreapi::global()?;
+    let mnt = cfg.mount_point.clone();
+    let fsname = api
+        .search_fsname(&mnt)
+        .map_err(|source| DaemonError::NotLustre {
+            mnt: mnt.clone(),
+            source,
+        })?;
+    info!(mount = %mnt.display(), %fsname, "Lustre filesystem found");
+
+    let mut clock = Clock::default();
+    let mut engine = Engine::new(cfg.engine_config())?;
+
+    let reporting = match cfg.reporting() {
+        Some((dir, _hint)) => {
+            let writer = ReportWriter::open(&dir)
+                .map_err(|source| DaemonError::Reporting { dir, source })?;
+            Some(writer)
+        }
+        None => None,
+    };
+
+    // The store is opened outside the runtime: the Redis store runs its own.
+    let mut store = store::open(&cfg)?;
+    let recovery = store.load()?;
+    for c in &recovery.corrupt {
+        warn!(table = c.table, key = %c.key, "skipped a stored entry: {}", c.reason);
+    }
+    if recovery.stale_assignments > 0 {
+        info!(
+            count = recovery.stale_assignments,
+            "removed assignments of requests that no longer exist"
+        );
+    }
+    let reporter = reporting.map(|w| {
+        (
+            Reporter::new(cfg.reporting_interval_ms, recovery.report_files.clone()),
+            w,
+        )
+    });
+    let now = clock.now();
+    let total = recovery.requests.len();
+    let mut assigned = 0usize;
+    for r in recovery.requests {
+        assigned += usize::from(r.assigned.is_some());
+        let key = r.request.key();
+        if let Err(e) = engine.recover(r.request, r.assigned.as_deref(), now) {
+            warn!(cookie = format_args!("{:#x}", key.cookie), dfid = %key.dfid, "stored request not recovered: {e}");
+        }
+    }
+    info!(
+        requests = total,
+        assigned,
+        store = store.health().backend,
+        "recovered the queue from the store"
+    );
+
+    let addrs = resolve(&cfg.host, &cfg.port)?;
+    let mut last_err = None;
+    let mut std_listener = None;
+    for a in &addrs {
+        match std::net::TcpListener::bind(a) {
+            Ok(l) => {
+                std_listener = Some(l);
+                break;
+            }
+            Err(e) => last_err = Some((a.to_string(), e)),
+        }
+    }
+    let std_listener = match std_listener {
+        Some(l) => l,
+        None => {
+            let (addr, source) = last_err.unwrap_or_else(|| {
+                (
+                    format!("{}:{}", cfg.host, cfg.port),
+                    std::io::Error::from(std::io::ErrorKind::AddrNotAvailable),
+                )
+            });
+            return Err(DaemonError::Listen { addr, source });
+        }
+    };
+    let local = std_listener.local_addr().map_err(|source| DaemonError::Listen {
+        addr: format!("{}:{}", cfg.host, cfg.port),
+        source,
+    })?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|source| DaemonError::Listen {
+            addr: local.to_string(),
+            source,
+        })?;
+
+    let ct = Copytool::register(api, &mnt, &cfg.archive_ids, true).map_err(|source| {
+        DaemonError::Register {
+            mnt: mnt.clone(),
+            source,
+        }
+    })?;
+    info!(archive_ids = ?cfg.archive_ids, "registered as copytool");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|source| DaemonError::Runtime {
+            what: "cannot start the tokio runtime",
+            source,
+        })?;
+    rt.block_on(async move {
+        let listener = TcpListener::from_std(std_listener).map_err(|source| DaemonError::Listen {
+            addr: local.to_string(),
+            source,
+        })?;
+        let ct = AsyncFd::new(ct).map_err(|source| DaemonError::Runtime {
+            what: "cannot watch the copytool fd",
+            source,
+        })?;
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let mut server = Server {
+            engine,
+            store: Some(store),
+            batch: Batch::new(),
+            conns: HashMap::new(),
+            outbox: Vec::new(),
+            reporter,
+            report_out: Vec::new(),
+            fsname,
+            ct: Some(ct),
+            clock,
+            stop: None,
+            events_tx: tx,
+            store_buffered: false,
+            flushing: Vec::new(),
+        };
+        // The recovery's own changes (placeholders, report files) first.
+        server.end_turn().await?;
+        info!(address = %local, "listening on {local}");
+        if let Err(e) = notify::ready(&format!("listening on {local}")) {
+            warn!("sd_notify READY: {e}");
+        }
+        let result = server.run(listener, rx, cfg.reporting_interval_ms).await;
+        server.finish().await;
+        result
+    })
+}
+
+/// Resolves the listen address (`port` may be a service name, as with getaddrinfo).
+fn resolve(host: &str, port: &str) -> Result<Vec<std::net::SocketAddr>, DaemonError> {
+    let fail = |reason: String| DaemonError::Resolve {
+        host: host.to_owned(),
+        port: port.to_owned(),
+        reason,
+    };
+    let num = match port.parse::<u16>() {
+        Ok(p) => p,
+        Err(_) => service_port(port).ok_or_else(|| fail("unknown port or service name".into()))?,
+    };
+    let addrs: Vec<_> = (host, num)
+        .to_socket_addrs()
+        .map_err(|e| fail(e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(fail("no address".into()));
+    }
+    Ok(addrs)
+}
+
+/// `getservbyname(name, "tcp")`.
+fn service_port(name: &str) -> Option<u16> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: both strings are NUL-terminated; the result points to static storage of libc,
+    // read at once (start-up is single-threaded here).
+    let ent = unsafe { libc::getservbyname(cname.as_ptr(), c"tcp".as_ptr()) };
+    if ent.is_null() {
+        return None;
+    }
+    // SAFETY: non-NULL servent from libc.
+    let port = unsafe { (*ent).s_port };
+    Some(u16::from_be(port as u16))
+}
+
+/// What woke the loop.
+enum Wake {
+    Signal(&'static str),
+    Lustre,
+    Event(Option<Event>),
+    Accept(std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>),
+    Timer,
+    ReportTick,
+    Watchdog,
+}
+
+/// Something to do after the turn's commit.
+enum Out {
+    Send(ClientId, Vec<u8>),
+    /// Close after what is queued is written.
+    Close(ClientId),
+}
+
+struct Server {
+    engine: Engine,
+    /// `None` only while a commit runs on the blocking thread.
+    store: Option<Box<dyn Store>>,
+    batch: Batch,
+    conns: HashMap<ClientId, Conn>,
+    outbox: Vec<Out>,
+    reporter: Option<(Reporter, ReportWriter)>,
+    report_out: Vec<ReportOutput>,
+    fsname: String,
+    ct: Option<AsyncFd<Copytool<'static>>>,
+    clock: Clock,
+    /// Why the loop stops, once it must.
+    stop: Option<&'static str>,
+    events_tx: mpsc::Sender<Event>,
+    store_buffered: bool,
+    /// Writers of closed connections still writing their last bytes.
+    flushing: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn sig(kind: SignalKind, what: &'static str) -> Result<Signal, DaemonError> {
+    signal(kind).map_err(|source| DaemonError::Runtime {
+        what: if what.is_empty() {
+            "cannot install a signal handler"
+        } else {
+            what
+        },
+        source,
+    })
+}
+
+async fn recv_sig(s: &mut Signal) {
+    // A closed signal stream never fires again.
+    if s.recv().await.is_none() {
+        std::future::pending::<()>().await;
+    }
+}
+
+impl Server {
+    async fn run(
+        &mut self,
+        listener: TcpListener,
+        mut rx: mpsc::Receiver<Event>,
+        report_ms: u64,
+    ) -> Result<(), DaemonError> {
+        let mut term = sig(SignalKind::terminate(), "cannot handle SIGTERM")?;
+        let mut int = sig(SignalKind::interrupt(), "cannot handle SIGINT")?;
+        let mut quit = sig(SignalKind::quit(), "cannot handle SIGQUIT")?;
+        let report_period = (self.reporter.is_some() && report_ms > 0)
+            .then(|| Duration::from_millis(report_ms));
+        let mut report_tick = report_period.map(|p| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+        let mut lustre_more = false;
+        let mut listener = Some(listener);
+        while self.stop.is_none() {
+            let deadline = self.timer_deadline();
+            let ct = &self.ct;
+            let wake = tokio::select! {
+                biased;
+                () = recv_sig(&mut term) => Wake::Signal("SIGTERM"),
+                () = recv_sig(&mut int) => Wake::Signal("SIGINT"),
+                () = recv_sig(&mut quit) => Wake::Signal("SIGQUIT"),
+                () = async {
+                    if !lustre_more {
+                        match ct {
+                            Some(fd) => match fd.readable().await {
+                                Ok(mut g) => g.clear_ready(),
+                                Err(_) => std::future::pending().await,
+                            },
+                            None => std::future::pending().await,
+                        }
+                    }
+                } => Wake::Lustre,
+                ev = rx.recv() => Wake::Event(ev),
+                r = async {
+                    match &listener {
+                        Some(l) => l.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Accept(r),
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Timer,
+                _ = async {
+                    match report_tick.as_mut() {
+                        Some(i) => i.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::ReportTick,
+                _ = async {
+                    match watchdog.as_mut() {
+                        Some(i) => i.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Watchdog,
+            };
+            match wake {
+                Wake::Signal(name) => {
+                    info!("{name} received: stopping (assignments are kept for the next start)");
+                    self.stop = Some(name);
+                }
+                Wake::Lustre => lustre_more = self.lustre_intake(),
+                Wake::Event(Some(ev)) => {
+                    self.handle_event(ev);
+                    for _ in 1..EVENTS_PER_TURN {
+                        match rx.try_recv() {
+                            Ok(ev) => self.handle_event(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // The loop holds a sender: the channel never closes.
+                Wake::Event(None) => {}
+                Wake::Accept(Ok((stream, addr))) => self.accept(stream, addr),
+                Wake::Accept(Err(e)) => {
+                    // EMFILE and friends: log, and back off a little so the loop does not spin.
+                    warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Wake::Timer => {
+                    let now = self.clock.now();
+                    self.engine.handle_timeout(now);
+                }
+                Wake::ReportTick => {
+                    let now = self.clock.now();
+                    self.engine.report_progress(now);
+                    if let Some((r, _)) = &mut self.reporter {
+                        r.tick(&mut self.report_out, &mut self.batch);
+                    }
+                }
+                Wake::Watchdog => {
+                    let _ = notify::watchdog();
+                }
+            }
+            self.end_turn().await?;
+            if self.stop.is_some() {
+                // No new connections or Lustre lists while stopping.
+                listener = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's next deadline as a tokio instant.
+    fn timer_deadline(&mut self) -> Option<tokio::time::Instant> {
+        let t = self.engine.poll_timeout()?;
+        let now = self.clock.now();
+        Some(tokio::time::Instant::now() + Duration::from_nanos(t.since(now)))
+    }
+
+    /// Takes the lists Lustre has queued. Returns true when more may be waiting (the turn's
+    /// budget ran out before `EAGAIN`).
+    fn lustre_intake(&mut self) -> bool {
+        for _ in 0..LISTS_PER_TURN {
+            let Some(ct) = &self.ct else { return false };
+            match ct.get_ref().recv() {
+                Ok(hal) => self.intake(hal),
+                Err(LustreError::WouldBlock { .. }) => return false,
+                Err(e @ LustreError::Shutdown { .. }) => {
+                    // Upstream only logs; the fd would stay readable, so stop watching it.
+                    error!("{e}: no more requests from Lustre");
+                    self.ct = None;
+                    return false;
+                }
+                Err(e @ LustreError::Malformed { .. }) => warn!("dropping a list from Lustre: {e}"),
+                Err(e) => {
+                    error!("{e}");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn intake(&mut self, hal: coordinatool_lustre::HsmActionList) {
+        let now = self.clock.now();
+        if hal.version != coordinatool_proto::HAL_VERSION {
+            // Upstream aborts the process here; one bad list is not worth the queue.
+            error!(version = hal.version, "hsm_action_list with an unknown version: dropped");
+            return;
+        }
+        if hal.fsname != self.fsname {
+            warn!(got = %hal.fsname, ours = %self.fsname, "hsm_action_list for another fsname (accepted)");
+        }
+        let wire = WireHal::from_list(&hal, i64::try_from(now.0).unwrap_or(i64::MAX));
+        let mut batch: Vec<Request> = Vec::new();
+        for (i, w) in wire.list.into_iter().enumerate() {
+            let r = request_from_wire(w);
+            info!(
+                "enqueued ({i}): {} on {} (cookie {:#x}, #{}, data {})",
+                r.action,
+                r.dfid,
+                r.cookie,
+                r.archive_id,
+                printable(&r.data)
+            );
+            match r.action {
+                HsmAction::Archive | HsmAction::Restore | HsmAction::Remove => batch.push(r),
+                HsmAction::Cancel => {
+                    self.new_requests(&mut batch, now);
+                    let out = self.engine.cancel(r, now);
+                    debug!(?out, "cancel from Lustre");
+                }
+                other => warn!(action = %other, "unexpected action from Lustre: ignored"),
+            }
+        }
+        self.new_requests(&mut batch, now);
+    }
+
+    fn new_requests(&mut self, batch: &mut Vec<Request>, now: Time) {
+        if batch.is_empty() {
+            return;
+        }
+        for r in self.engine.new_requests(batch.drain(..), now) {
+            if let Err(e) = r {
+                warn!("request from Lustre refused: {e}");
+            }
+        }
+    }
+
+    fn accept(&mut self, stream: tokio::net::TcpStream, addr: std::net::SocketAddr) {
+        let now = self.clock.now();
+        let peer = addr.to_string();
+        let id = self.engine.connect(&peer, now);
+        debug!(%peer, client = %id, "new connection");
+        let conn = Conn::spawn(stream, id, peer, self.events_tx.clone());
+        self.conns.insert(id, conn);
+    }
+
+    fn handle_event(&mut self, ev: Event) {
+        match ev {
+            Event::Request(id, req) => {
+                if self.conns.contains_key(&id) {
+                    self.handle_request(id, req);
+                }
+            }
+            Event::Malformed(id, e) => {
+                let Some(conn) = self.conns.get(&id) else { return };
+                warn!(peer = %conn.peer, "malformed message: {e}; closing this connection");
+                let reply = match e.command() {
+                    Some(c) => coordinatool_proto::to_vec(&Reply::error(c, libc::EINVAL, e.to_string())),
+                    None => serde_json::to_vec(&serde_json::json!({
+                        "status": libc::EINVAL,
+                        "error": e.to_string(),
+                    }))
+                    .unwrap_or_default(),
+                };
+                self.outbox.push(Out::Send(id, reply));
+                self.outbox.push(Out::Close(id));
+                self.disconnect(id);
+            }
+            Event::Closed(id, reason) => {
+                if let Some(conn) = self.conns.remove(&id) {
+                    debug!(peer = %conn.peer, client = %id, "{reason}");
+                    conn.abort();
+                    self.disconnect(id);
+                }
+            }
+        }
+    }
+
+    /// Tells the engine a connection is gone (named clients keep their work for the grace).
+    fn disconnect(&mut self, id: ClientId) {
+        let now = self.clock.now();
+        if let Some(name) = self.engine.client_name(id) {
+            debug!(client = %name, "disconnected");
+        }
+        let _ = self.engine.disconnect(id, now);
+        self.drain_actions();
+    }
+
+    fn reply(&mut self, id: ClientId, r: &Reply) {
+        self.outbox.push(Out::Send(id, coordinatool_proto::to_vec(r)));
+    }
+
+    fn handle_request(&mut self, id: ClientId, req: WireRequest) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            debug!(client = %id, "Got something from {}: {req:?}", self.engine.client_name(id).unwrap_or("?"));
+        }
+        let now = self.clock.now();
+        match req {
+            WireRequest::Ehlo(e) => {
+                let ehlo = Ehlo {
+                    id: e.id,
+                    archive_ids: e.archive_ids,
+                    running: e.hai_list.into_iter().map(request_from_wire).collect(),
+                };
+                let reply = match self.engine.ehlo(id, ehlo, now) {
+                    Ok(()) => Reply::ok(Command::Ehlo),
+                    Err(EngineError::EhloTwice) => {
+                        Reply::error(Command::Ehlo, libc::EINVAL, "Client cannot send EHLO twice")
+                    }
+                    // Upstream answered with "command": "done" (§9.4 item 13): fixed.
+                    Err(EngineError::BadArchiveId(_)) => {
+                        Reply::error(Command::Ehlo, libc::EINVAL, "Bad archive id in list")
+                    }
+                    Err(EngineError::IdInUse(_)) => Reply::error(
+                        Command::Ehlo,
+                        libc::EEXIST,
+                        "id already used by another client",
+                    ),
+                    Err(e) => Reply::error(Command::Ehlo, libc::EINVAL, e.to_string()),
+                };
+                self.reply(id, &reply);
+            }
+            WireRequest::Recv(r) => {
+                let limits = RecvLimits {
+                    max_archive: r.max_archive,
+                    max_restore: r.max_restore,
+                    max_remove: r.max_remove,
+                    max_bytes: u32::try_from(r.max_bytes).unwrap_or(0),
+                };
+                match self.engine.recv(id, limits, now) {
+                    Ok(()) => {}
+                    Err(EngineError::BufferTooSmall(_)) => {
+                        self.reply(id, &Reply::error(Command::Recv, libc::EINVAL, "Buffer too small"));
+                    }
+                    Err(EngineError::NotReady) => self.reply(
+                        id,
+                        &Reply::error(
+                            Command::Recv,
+                            libc::EINVAL,
+                            "Client must send EHLO first and not already be in RECV",
+                        ),
+                    ),
+                    Err(e) => self.reply(id, &Reply::error(Command::Recv, libc::EINVAL, e.to_string())),
+                }
+            }
+            WireRequest::Done(d) => {
+                let reply = if d.cookie == 0 || d.dfid == LuFid::default() {
+                    Reply::error(Command::Done, libc::EINVAL, "cookie or fid not set -- old client?")
+                } else {
+                    let key = RequestKey {
+                        cookie: d.cookie,
+                        dfid: d.dfid,
+                    };
+                    let out = self.engine.done(id, key, d.status, now);
+                    debug!(cookie = format_args!("{:#x}", d.cookie), dfid = %d.dfid, status = d.status, ?out, "done");
+                    Reply::ok(Command::Done)
+                };
+                self.reply(id, &reply);
+            }
+            WireRequest::Queue(q) => {
+                let reply = if q.fsname.as_deref().is_some_and(|f| f != self.fsname) {
+                    Reply::error(Command::Queue, libc::EINVAL, "Bad fsname")
+                } else if q.items.is_empty() {
+                    Reply::error(Command::Queue, libc::EINVAL, "No hsm_action_items set")
+                } else {
+                    let s = self
+                        .engine
+                        .queue(q.items.into_iter().map(request_from_wire), now);
+                    for (i, e) in &s.errors {
+                        warn!(item = i, "queue: item refused: {e}");
+                    }
+                    Reply::Queue(QueueReply {
+                        enqueued: u64::from(s.enqueued),
+                        skipped: u64::from(s.skipped),
+                        status: if s.errors.is_empty() { 0 } else { libc::EINVAL },
+                        error: (!s.errors.is_empty())
+                            .then(|| "Error while parsing hsm action items".to_owned()),
+                    })
+                };
+                self.reply(id, &reply);
+            }
+            WireRequest::Status(s) => {
+                let st = self.engine.status(s.verbose >= 6);
+                let body: StatusReply = reply::status_reply(&st);
+                self.reply(id, &Reply::Status(Box::new(body)));
+            }
+            WireRequest::Lock(l) => match LockState::from_wire(i64::from(l.locked)) {
+                Some(state) => {
+                    // Upstream replies before the state changes.
+                    self.reply(id, &Reply::ok(Command::Lock));
+                    self.engine.set_lock(state, now);
+                }
+                None => self.reply(
+                    id,
+                    &Reply::error(Command::Lock, libc::EINVAL, "invalid locked value"),
+                ),
+            },
+        }
+        self.drain_actions();
+    }
+
+    /// Takes every pending engine action (deliveries into the outbox, store changes into the
+    /// batch, report events, cancels to Lustre).
+    fn drain_actions(&mut self) {
+        while let Some(a) = self.engine.poll_action() {
+            match a {
+                Action::Deliver(d) => {
+                    let r = Reply::Recv(reply::recv_reply(&d, &self.fsname));
+                    self.outbox.push(Out::Send(d.client, coordinatool_proto::to_vec(&r)));
+                }
+                Action::ReportCancelled { cancel } => self.report_cancelled(&cancel),
+                Action::Persist(op) => self.batch.push(op),
+                Action::Report(ev) => {
+                    if let Some((r, _)) = &mut self.reporter {
+                        r.on_event(&ev, &mut self.report_out, &mut self.batch);
+                    }
+                }
+                Action::Shutdown => {
+                    info!("lock-and-quit: nothing is running any more, stopping");
+                    self.stop.get_or_insert("lock-and-quit");
+                }
+            }
+        }
+    }
+
+    /// `action_begin(is_error)` + `action_end(HP_FLAG_COMPLETED, ECANCELED)` on the CANCEL item.
+    fn report_cancelled(&mut self, cancel: &Request) {
+        let Some(ct) = &self.ct else {
+            warn!(dfid = %cancel.dfid, "cannot report a cancel to Lustre: not registered any more");
+            return;
+        };
+        let item = store::request_to_wire(cancel).to_item();
+        match ct.get_ref().report_error(&item, libc::ECANCELED) {
+            Ok(()) => info!(dfid = %cancel.dfid, cookie = format_args!("{:#x}", cancel.cookie), "cancelled before dispatch, reported to Lustre"),
+            Err(e) => warn!(dfid = %cancel.dfid, cookie = format_args!("{:#x}", cancel.cookie), "reporting a cancel to Lustre: {e}"),
+        }
+    }
+
+    /// Commits the turn's changes, then writes report lines and sends the outbox; repeats
+    /// while sending produced new work (a dropped slow client re-queues its requests).
+    async fn end_turn(&mut self) -> Result<(), DaemonError> {
+        loop {
+            self.drain_actions();
+            if !self.batch.is_empty() {
+                self.commit().await?;
+            }
+            if !self.report_out.is_empty()
+                && let Some((_, w)) = &self.reporter
+            {
+                w.apply(&self.report_out);
+                self.report_out.clear();
+            }
+            if self.outbox.is_empty() {
+                return Ok(());
+            }
+            for out in std::mem::take(&mut self.outbox) {
+                match out {
+                    Out::Send(id, msg) => self.send(id, msg),
+                    Out::Close(id) => {
+                        if let Some(c) = self.conns.remove(&id)
+                            && let Some(j) = c.close()
+                        {
+                            self.flushing.retain(|j| !j.is_finished());
+                            self.flushing.push(j);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, id: ClientId, msg: Vec<u8>) {
+        let Some(conn) = self.conns.get(&id) else {
+            debug!(client = %id, "reply for a closed connection dropped");
+            return;
+        };
+        match conn.send(msg) {
+            Ok(()) => {}
+            Err(SendError::Full(queued)) => {
+                warn!(peer = %conn.peer, queued, "client does not read its replies: disconnecting it");
+                if let Some(c) = self.conns.remove(&id) {
+                    c.abort();
+                }
+                self.disconnect(id);
+            }
+            Err(SendError::Gone) => {
+                if let Some(c) = self.conns.remove(&id) {
+                    c.abort();
+                }
+                self.disconnect(id);
+            }
+        }
+    }
+
+    /// One group commit of the batch, on a blocking thread.
+    async fn commit(&mut self) -> Result<(), DaemonError> {
+        let Some(mut store) = self.store.take() else {
+            return Ok(());
+        };
+        let batch = std::mem::take(&mut self.batch);
+        let (store, mut batch, res) = if store.health().backend == "none" {
+            let r = store.commit(&batch);
+            (store, batch, r)
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let r = store.commit(&batch);
+                (store, batch, r)
+            })
+            .await
+            .map_err(|e| DaemonError::Runtime {
+                what: "store commit task failed",
+                source: std::io::Error::other(e.to_string()),
+            })?
+        };
+        batch.clear();
+        self.batch = batch;
+        let health_backend = store.health();
+        self.store = Some(store);
+        match res? {
+            CommitStatus::Durable => {
+                if self.store_buffered {
+                    info!(backend = health_backend.backend, "store reachable again: changes written");
+                    let _ = notify::status("store reachable");
+                    self.store_buffered = false;
+                }
+            }
+            CommitStatus::Buffered => {
+                if !self.store_buffered {
+                    warn!(
+                        backend = health_backend.backend,
+                        pending = health_backend.pending_keys,
+                        error = health_backend.last_error.as_deref().unwrap_or(""),
+                        "store unreachable: buffering changes until it returns"
+                    );
+                    let _ = notify::status("store unreachable, buffering changes");
+                    self.store_buffered = true;
+                }
+            }
+        }
+        if health_backend.needs_full_resync {
+            warn!(
+                backend = health_backend.backend,
+                "the store lost acknowledged changes; a full re-sync is not implemented by this loop yet"
+            );
+        }
+        Ok(())
+    }
+
+    /// After the loop: last commit, last replies, unregister from Lustre.
+    async fn finish(&mut self) {
+        let _ = notify::stopping();
+        if let Err(e) = self.end_turn().await {
+            error!("final commit: {e}");
+        }
+        for (_, c) in self.conns.drain() {
+            if let Some(j) = c.close() {
+                self.flushing.push(j);
+            }
+        }
+        let writers = std::mem::take(&mut self.flushing);
+        let _ = tokio::time::timeout(FINAL_FLUSH, async {
+            for j in writers {
+                let _ = j.await;
+            }
+        })
+        .await;
+        if let Some(ct) = self.ct.take() {
+            match ct.into_inner().unregister() {
+                Ok(()) => info!("unregistered from Lustre"),
+                Err(e) => warn!("unregister: {e}"),
+            }
+        }
+        info!("stopped");
+    }
+}
+
+/// Hsm data for logs: printable bytes, `_` for others, at most 127 characters.
+fn printable(data: &[u8]) -> String {
+    let end = data.len().min(127);
+    data[..end]
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
