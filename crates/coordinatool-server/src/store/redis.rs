@@ -5,6 +5,10 @@
 //! * `coordinatool_assigned`: same field, value = the client id.
 //! * `coordinatool_reports` (this project only; the C server never reads it): field = report
 //!   file name, value `1`.
+//! * `coordinatool_write_seq` (this project only): incremented by every write transaction.
+//!   After an outage, a value other than the last one written means Redis lost acknowledged
+//!   writes (restarted from an old snapshot, or empty): [`StoreHealth::needs_full_resync`] is
+//!   set until the loop calls [`Store::full_resync`] with the whole queue.
 //!
 //! A private thread runs a current-thread tokio runtime with the async `redis` connection.
 //! [`Store::commit`] merges the batch into a per-key overlay of pending changes, wakes the
@@ -500,10 +504,8 @@ fn build_pipeline(
             .arg(REPORTS_HASH)
             .ignore();
     }
-    for (hash, set) in [(REQUESTS_HASH, &req_set[..])] {
-        for c in set.chunks(per_cmd) {
-            pipe.cmd("HSET").arg(hash).arg(c).ignore();
-        }
+    for c in req_set.chunks(per_cmd) {
+        pipe.cmd("HSET").arg(REQUESTS_HASH).arg(c).ignore();
     }
     for c in asg_set.chunks(per_cmd) {
         pipe.cmd("HSET").arg(ASSIGNED_HASH).arg(c).ignore();
