@@ -151,7 +151,10 @@ async fn read_loop(mut rd: OwnedReadHalf, id: ClientId, events: mpsc::Sender<Eve
     let reason = loop {
         let n = match rd.read(&mut buf).await {
             Ok(0) if dec.is_mid_message() => {
-                break format!("connection closed in the middle of a message ({} bytes)", dec.buffered());
+                break format!(
+                    "connection closed in the middle of a message ({} bytes)",
+                    dec.buffered()
+                );
             }
             Ok(0) => break "connection closed by peer".to_owned(),
             Ok(n) => n,
@@ -198,18 +201,25 @@ async fn write_loop(
         while off < len {
             match tokio::time::timeout(WRITE_STALL, wr.write(&buf[off..])).await {
                 Ok(Ok(0)) => {
-                    let _ = events.send(Event::Closed(id, "write returned 0".into())).await;
+                    let _ = events
+                        .send(Event::Closed(id, "write returned 0".into()))
+                        .await;
                     return;
                 }
                 Ok(Ok(n)) => off += n,
                 Ok(Err(e)) => {
-                    let _ = events.send(Event::Closed(id, format!("write error: {e}"))).await;
+                    let _ = events
+                        .send(Event::Closed(id, format!("write error: {e}")))
+                        .await;
                     return;
                 }
                 Err(_) => {
                     warn!(client = %id, "no write progress for {WRITE_STALL:?}: dropping the connection");
                     let _ = events
-                        .send(Event::Closed(id, format!("write stalled for {WRITE_STALL:?}")))
+                        .send(Event::Closed(
+                            id,
+                            format!("write stalled for {WRITE_STALL:?}"),
+                        ))
                         .await;
                     return;
                 }

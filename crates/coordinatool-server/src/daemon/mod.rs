@@ -41,8 +41,7 @@ use coordinatool_proto::{
     Command, QueueReply, Reply, Request as WireRequest, StatusReply, WireHal,
 };
 use coordinatool_sched::{
-    Action, ClientId, Ehlo, Engine, EngineError, LockState, RecvLimits, Request, RequestKey,
-    Time,
+    Action, ClientId, Ehlo, Engine, EngineError, LockState, RecvLimits, Request, RequestKey, Time,
 };
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
@@ -300,10 +299,12 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             return Err(DaemonError::Listen { addr, source });
         }
     };
-    let local = std_listener.local_addr().map_err(|source| DaemonError::Listen {
-        addr: format!("{}:{}", cfg.host, cfg.port),
-        source,
-    })?;
+    let local = std_listener
+        .local_addr()
+        .map_err(|source| DaemonError::Listen {
+            addr: format!("{}:{}", cfg.host, cfg.port),
+            source,
+        })?;
     std_listener
         .set_nonblocking(true)
         .map_err(|source| DaemonError::Listen {
@@ -328,14 +329,18 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             source,
         })?;
     rt.block_on(async move {
-        let listener = TcpListener::from_std(std_listener).map_err(|source| DaemonError::Listen {
-            addr: local.to_string(),
-            source,
-        })?;
-        let ct = AsyncFd::new(ct).map_err(|source| DaemonError::Runtime {
-            what: "cannot watch the copytool fd",
-            source,
-        })?;
+        let listener =
+            TcpListener::from_std(std_listener).map_err(|source| DaemonError::Listen {
+                addr: local.to_string(),
+                source,
+            })?;
+        // SAFETY: the copytool's fd belongs to the registration, stays open and the same
+        // until it is unregistered, which happens only after `into_inner`.
+        let ct = unsafe { AsyncFd::register_with_interest(ct, tokio::io::Interest::READABLE) }
+            .map_err(|e| DaemonError::Runtime {
+                what: "cannot watch the copytool fd",
+                source: e.into_parts().1,
+            })?;
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let mut server = Server {
             engine,
@@ -466,8 +471,8 @@ impl Server {
         let mut term = sig(SignalKind::terminate(), "cannot handle SIGTERM")?;
         let mut int = sig(SignalKind::interrupt(), "cannot handle SIGINT")?;
         let mut quit = sig(SignalKind::quit(), "cannot handle SIGQUIT")?;
-        let report_period = (self.reporter.is_some() && report_ms > 0)
-            .then(|| Duration::from_millis(report_ms));
+        let report_period =
+            (self.reporter.is_some() && report_ms > 0).then(|| Duration::from_millis(report_ms));
         let mut report_tick = report_period.map(|p| {
             let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -603,7 +608,10 @@ impl Server {
         let now = self.clock.now();
         if hal.version != coordinatool_proto::HAL_VERSION {
             // Upstream aborts the process here; one bad list is not worth the queue.
-            error!(version = hal.version, "hsm_action_list with an unknown version: dropped");
+            error!(
+                version = hal.version,
+                "hsm_action_list with an unknown version: dropped"
+            );
             return;
         }
         if hal.fsname != self.fsname {
@@ -662,10 +670,14 @@ impl Server {
                 }
             }
             Event::Malformed(id, e) => {
-                let Some(conn) = self.conns.get(&id) else { return };
+                let Some(conn) = self.conns.get(&id) else {
+                    return;
+                };
                 warn!(peer = %conn.peer, "malformed message: {e}; closing this connection");
                 let reply = match e.command() {
-                    Some(c) => coordinatool_proto::to_vec(&Reply::error(c, libc::EINVAL, e.to_string())),
+                    Some(c) => {
+                        coordinatool_proto::to_vec(&Reply::error(c, libc::EINVAL, e.to_string()))
+                    }
                     None => serde_json::to_vec(&serde_json::json!({
                         "status": libc::EINVAL,
                         "error": e.to_string(),
@@ -697,7 +709,8 @@ impl Server {
     }
 
     fn reply(&mut self, id: ClientId, r: &Reply) {
-        self.outbox.push(Out::Send(id, coordinatool_proto::to_vec(r)));
+        self.outbox
+            .push(Out::Send(id, coordinatool_proto::to_vec(r)));
     }
 
     fn handle_request(&mut self, id: ClientId, req: WireRequest) {
@@ -740,7 +753,10 @@ impl Server {
                 match self.engine.recv(id, limits, now) {
                     Ok(()) => {}
                     Err(EngineError::BufferTooSmall(_)) => {
-                        self.reply(id, &Reply::error(Command::Recv, libc::EINVAL, "Buffer too small"));
+                        self.reply(
+                            id,
+                            &Reply::error(Command::Recv, libc::EINVAL, "Buffer too small"),
+                        );
                     }
                     Err(EngineError::NotReady) => self.reply(
                         id,
@@ -750,12 +766,19 @@ impl Server {
                             "Client must send EHLO first and not already be in RECV",
                         ),
                     ),
-                    Err(e) => self.reply(id, &Reply::error(Command::Recv, libc::EINVAL, e.to_string())),
+                    Err(e) => self.reply(
+                        id,
+                        &Reply::error(Command::Recv, libc::EINVAL, e.to_string()),
+                    ),
                 }
             }
             WireRequest::Done(d) => {
                 let reply = if d.cookie == 0 || d.dfid == LuFid::default() {
-                    Reply::error(Command::Done, libc::EINVAL, "cookie or fid not set -- old client?")
+                    Reply::error(
+                        Command::Done,
+                        libc::EINVAL,
+                        "cookie or fid not set -- old client?",
+                    )
                 } else {
                     let key = RequestKey {
                         cookie: d.cookie,
@@ -816,7 +839,8 @@ impl Server {
             match a {
                 Action::Deliver(d) => {
                     let r = Reply::Recv(reply::recv_reply(&d, &self.fsname));
-                    self.outbox.push(Out::Send(d.client, coordinatool_proto::to_vec(&r)));
+                    self.outbox
+                        .push(Out::Send(d.client, coordinatool_proto::to_vec(&r)));
                 }
                 Action::ReportCancelled { cancel } => self.report_cancelled(&cancel),
                 Action::Persist(op) => self.batch.push(op),
@@ -841,8 +865,12 @@ impl Server {
         };
         let item = store::request_to_wire(cancel).to_item();
         match ct.get_ref().report_error(&item, libc::ECANCELED) {
-            Ok(()) => info!(dfid = %cancel.dfid, cookie = format_args!("{:#x}", cancel.cookie), "cancelled before dispatch, reported to Lustre"),
-            Err(e) => warn!(dfid = %cancel.dfid, cookie = format_args!("{:#x}", cancel.cookie), "reporting a cancel to Lustre: {e}"),
+            Ok(()) => {
+                info!(dfid = %cancel.dfid, cookie = format_args!("{:#x}", cancel.cookie), "cancelled before dispatch, reported to Lustre")
+            }
+            Err(e) => {
+                warn!(dfid = %cancel.dfid, cookie = format_args!("{:#x}", cancel.cookie), "reporting a cancel to Lustre: {e}")
+            }
         }
     }
 
@@ -929,7 +957,10 @@ impl Server {
         match res? {
             CommitStatus::Durable => {
                 if self.store_buffered {
-                    info!(backend = health_backend.backend, "store reachable again: changes written");
+                    info!(
+                        backend = health_backend.backend,
+                        "store reachable again: changes written"
+                    );
                     let _ = notify::status("store reachable");
                     self.store_buffered = false;
                 }

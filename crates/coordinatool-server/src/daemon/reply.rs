@@ -33,7 +33,9 @@ fn dump(v: &[DumpEntry]) -> Vec<WireDump> {
 }
 
 fn secs(t: Option<Time>) -> i64 {
-    t.map_or(0, |t| i64::try_from(t.0 / 1_000_000_000).unwrap_or(i64::MAX))
+    t.map_or(0, |t| {
+        i64::try_from(t.0 / 1_000_000_000).unwrap_or(i64::MAX)
+    })
 }
 
 fn clamp32(v: u64) -> u32 {
