@@ -281,6 +281,9 @@ pub fn open(cfg: &crate::config::ServerConfig) -> Result<Box<dyn Store>, StoreEr
 pub(crate) mod testutil;
 
 #[cfg(test)]
+mod engine_tests;
+
+#[cfg(test)]
 mod open_tests {
     use super::*;
     use crate::config::{ServerConfig, StoreKind};
