@@ -18,11 +18,11 @@ use tracing::{debug, warn};
 /// client disconnected (a client that does not read its replies must not grow the server's
 /// memory). One reply of any size is always accepted into an empty queue, so a large
 /// `status` dump still goes through.
-pub(crate) const OUTBOX_LIMIT: usize = 16 << 20;
+pub const OUTBOX_LIMIT: usize = 16 << 20;
 
 /// A write that makes no progress for this long drops the connection (the peer is stuck or
 /// gone without TCP noticing yet).
-pub(crate) const WRITE_STALL: Duration = Duration::from_secs(30);
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// Size of one socket read.
 const READ_CHUNK: usize = 64 * 1024;

@@ -20,8 +20,8 @@
 //! Malformed input (invalid JSON, unknown command, a key of the wrong type) is answered with
 //! an error reply (`status` 22, the decoder's message) and that connection alone is closed
 //! once the reply is written; upstream closed it too (§2.1), without a reply. A client that
-//! leaves more than [`OUTBOX_LIMIT`](conn::OUTBOX_LIMIT) bytes of replies unread, or whose
-//! socket accepts nothing for [`WRITE_STALL`](conn::WRITE_STALL), is disconnected; TCP
+//! leaves more than [`OUTBOX_LIMIT`] bytes of replies unread, or whose
+//! socket accepts nothing for [`WRITE_STALL`], is disconnected; TCP
 //! keepalive finds dead peers. A dropped named client keeps its work for the grace period.
 //!
 //! SIGTERM, SIGINT and SIGQUIT stop the loop after the current turn's commit: assignments
@@ -36,6 +36,7 @@ use crate::notify;
 use crate::report::{ReportOutput, ReportWriter, Reporter};
 use crate::store::{self, Batch, CommitStatus, Store, StoreError, request_from_wire};
 use conn::{Conn, Event, SendError};
+pub use conn::{OUTBOX_LIMIT, WRITE_STALL};
 use coordinatool_lustre::{Copytool, HsmAction, LoadError, LuFid, LustreError, Lustreapi};
 use coordinatool_proto::{
     Command, QueueReply, Reply, Request as WireRequest, StatusReply, WireHal,
@@ -678,11 +679,13 @@ impl Server {
                     Some(c) => {
                         coordinatool_proto::to_vec(&Reply::error(c, libc::EINVAL, e.to_string()))
                     }
-                    None => serde_json::to_vec(&serde_json::json!({
-                        "status": libc::EINVAL,
-                        "error": e.to_string(),
-                    }))
-                    .unwrap_or_default(),
+                    // No command to answer to: status and error alone.
+                    None => format!(
+                        r#"{{"status":{},"error":{}}}"#,
+                        libc::EINVAL,
+                        serde_json::Value::String(e.to_string())
+                    )
+                    .into_bytes(),
                 };
                 self.outbox.push(Out::Send(id, reply));
                 self.outbox.push(Out::Close(id));

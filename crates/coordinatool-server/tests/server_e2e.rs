@@ -1,0 +1,485 @@
+//! End-to-end tests of the server binary against the simulated Lustre (in-process
+//! `coordinatool-sim` daemon, the `liblustreapi.so.1` stand-in loaded by the server through
+//! `LD_LIBRARY_PATH`), with real TCP clients and the embedded store on disk.
+
+mod server_common;
+
+use coordinatool_lustre::{HsmAction, LuFid};
+use coordinatool_proto::{
+    DoneRequest, EhloRequest, LockRequest, LockState, QueueRequest, RecvRequest, Reply, Request,
+    StatusReply, StatusRequest, WireHai,
+};
+use coordinatool_server::store::{EmbeddedStore, Store};
+use server_common::{Client, Server, Sim, config, server_command, wait_until};
+use std::collections::BTreeMap;
+
+fn ehlo(id: &str) -> Request {
+    Request::Ehlo(EhloRequest::new(Some(id.to_owned())))
+}
+
+fn recv() -> Request {
+    Request::Recv(RecvRequest::default())
+}
+
+fn recv_max_archive(n: u32) -> Request {
+    Request::Recv(RecvRequest {
+        max_archive: Some(n),
+        ..RecvRequest::default()
+    })
+}
+
+fn done(cookie: u64, dfid: LuFid) -> Request {
+    Request::Done(DoneRequest {
+        cookie,
+        dfid,
+        status: 0,
+    })
+}
+
+fn status(c: &mut Client, verbose: i32) -> StatusReply {
+    match c.call(&Request::Status(StatusRequest { verbose })) {
+        Reply::Status(s) => *s,
+        other => panic!("status reply expected, got {other:?}"),
+    }
+}
+
+fn item(n: u32) -> WireHai {
+    let mut h = WireHai::new(
+        HsmAction::Archive,
+        LuFid::new(0x2_0000_0401, n, 0),
+        1_000 + u64::from(n),
+    );
+    h.archive_id = 1;
+    h
+}
+
+fn queue(items: Vec<WireHai>) -> Request {
+    Request::Queue(QueueRequest {
+        items,
+        fsname: None,
+    })
+}
+
+/// The hal of a recv reply.
+fn hal_of(r: Reply) -> coordinatool_proto::WireHal {
+    match r {
+        Reply::Recv(r) => match r.hal {
+            Some(h) => h,
+            None => panic!(
+                "recv reply without a list: status {} {:?}",
+                r.status, r.error
+            ),
+        },
+        other => panic!("recv reply expected, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_command_round_trips_with_upstream_replies() {
+    let sim = Sim::start("cmds");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    let mut c = srv.connect();
+
+    assert_eq!(
+        c.call_text(&recv()),
+        r#"{"command":"recv","status":22,"error":"Client must send EHLO first and not already be in RECV"}"#
+    );
+    assert_eq!(c.call_text(&ehlo("mover1")), r#"{"command":"ehlo"}"#);
+    assert_eq!(
+        c.call_text(&ehlo("mover1")),
+        r#"{"command":"ehlo","status":22,"error":"Client cannot send EHLO twice"}"#
+    );
+    let mut other = srv.connect();
+    assert_eq!(
+        other.call_text(&ehlo("mover1")),
+        r#"{"command":"ehlo","status":17,"error":"id already used by another client"}"#
+    );
+    let mut bad = srv.connect();
+    let mut e = EhloRequest::new(Some("bad".into()));
+    e.archive_ids = vec![0];
+    assert_eq!(
+        bad.call_text(&Request::Ehlo(e)),
+        r#"{"command":"ehlo","status":22,"error":"Bad archive id in list"}"#
+    );
+    assert_eq!(
+        c.call_text(&Request::Recv(RecvRequest {
+            max_bytes: 100,
+            ..RecvRequest::default()
+        })),
+        r#"{"command":"recv","status":22,"error":"Buffer too small"}"#
+    );
+    assert_eq!(
+        c.call_text(&Request::Done(DoneRequest::default())),
+        r#"{"command":"done","status":22,"error":"cookie or fid not set -- old client?"}"#
+    );
+    assert_eq!(
+        c.call_text(&done(77, LuFid::new(0x200000401, 77, 0))),
+        r#"{"command":"done"}"#,
+        "a done for an unknown key is a success (double ack on cancel)"
+    );
+
+    // queue: no items, bad fsname, new items, duplicates, a refused item.
+    let mut q = srv.connect();
+    assert_eq!(
+        q.call_text(&queue(vec![])),
+        r#"{"command":"queue","status":22,"error":"No hsm_action_items set"}"#
+    );
+    assert_eq!(
+        q.call_text(&Request::Queue(QueueRequest {
+            items: vec![item(1)],
+            fsname: Some("otherfs".into()),
+        })),
+        r#"{"command":"queue","status":22,"error":"Bad fsname"}"#
+    );
+    assert_eq!(
+        q.call_text(&Request::Queue(QueueRequest {
+            items: vec![item(1), item(2)],
+            fsname: Some("lustre".into()),
+        })),
+        r#"{"command":"queue","enqueued":2}"#
+    );
+    assert_eq!(
+        q.call_text(&queue(vec![item(1), item(2)])),
+        r#"{"command":"queue","skipped":2}"#
+    );
+    let mut cancel = item(3);
+    cancel.action = HsmAction::Cancel;
+    assert_eq!(
+        q.call_text(&queue(vec![cancel, item(4)])),
+        r#"{"command":"queue","enqueued":1,"status":22,"error":"Error while parsing hsm action items"}"#
+    );
+
+    // lock: invalid value, lock, a recv stays pending, unlock answers it.
+    assert_eq!(
+        q.call_text(&Request::Lock(LockRequest { locked: 5 })),
+        r#"{"command":"lock","status":22,"error":"invalid locked value"}"#
+    );
+    assert_eq!(
+        q.call_text(&Request::Lock(LockRequest::new(LockState::Locked))),
+        r#"{"command":"lock"}"#
+    );
+    c.send(&recv());
+    wait_until("the mover waits while locked", || {
+        let s = status(&mut q, 4);
+        s.locked == 1
+            && s.pending_archive == 3
+            && s.clients.iter().any(|cl| {
+                cl.client_id == "mover1" && cl.status == coordinatool_proto::ClientState::Waiting
+            })
+    });
+    let st = status(&mut q, 4);
+    assert_eq!(
+        st.clients_connected, 4,
+        "mover1, other, bad and q are connected"
+    );
+    assert_eq!(st.running_archive, 0);
+    assert_eq!(
+        q.call_text(&Request::Lock(LockRequest::new(LockState::Unlocked))),
+        r#"{"command":"lock"}"#
+    );
+    // The unlock answers the pending recv; the engine may spread the queue over the
+    // connected clients, so ask again until the three requests have come.
+    let mut hal = hal_of(c.next());
+    assert_eq!(hal.archive_id, 1);
+    assert_eq!(hal.fsname, "lustre");
+    while hal.list.len() < 3 {
+        let more = hal_of(c.call(&recv()));
+        hal.list.extend(more.list);
+    }
+    let mut got: Vec<u64> = hal.list.iter().map(|h| h.cookie).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![1001, 1002, 1004]);
+
+    let st = status(&mut q, 4);
+    assert_eq!((st.running_archive, st.pending_archive), (3, 0));
+    let m = st.clients.iter().find(|c| c.client_id == "mover1").unwrap();
+    assert_eq!(m.current_archive, 3);
+    for h in &hal.list {
+        assert_eq!(
+            c.call_text(&done(h.cookie, h.dfid)),
+            r#"{"command":"done"}"#
+        );
+    }
+    let st = status(&mut q, 4);
+    assert_eq!((st.running_archive, st.done_archive), (0, 3));
+    let m = st.clients.iter().find(|c| c.client_id == "mover1").unwrap();
+    assert_eq!((m.current_archive, m.done_archive), (0, 3));
+
+    // The debug dump lists the queues (empty here) only at verbose >= 6.
+    assert!(status(&mut q, 4).waiting_archive.is_none());
+    assert_eq!(status(&mut q, 6).waiting_archive, Some(vec![]));
+}
+
+#[test]
+fn long_poll_is_answered_when_lustre_sends_work_and_cancels_reach_lustre() {
+    let sim = Sim::start("lustre");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    let mut m = srv.connect();
+    assert_eq!(m.call_text(&ehlo("m1")), r#"{"command":"ehlo"}"#);
+    m.send(&recv());
+    let mut q = srv.connect();
+    wait_until("m1 waits", || {
+        status(&mut q, 4)
+            .clients
+            .iter()
+            .any(|c| c.client_id == "m1" && c.status == coordinatool_proto::ClientState::Waiting)
+    });
+
+    let (path, fid) = sim.file("f1");
+    sim.archive(&path);
+    let hal = hal_of(m.next());
+    assert_eq!(hal.fsname, "lustre");
+    assert_eq!(hal.archive_id, 1);
+    assert_eq!(hal.list.len(), 1);
+    let h = &hal.list[0];
+    assert_eq!((h.action, h.fid, h.dfid), (HsmAction::Archive, fid, fid));
+    assert!(h.timestamp > 0, "the server stamps intake time");
+    let st = status(&mut q, 4);
+    assert_eq!(st.running_archive, 1);
+    assert_eq!(
+        m.call_text(&done(h.cookie, h.dfid)),
+        r#"{"command":"done"}"#
+    );
+    assert_eq!(status(&mut q, 4).done_archive, 1);
+
+    // A request nobody took yet, cancelled in Lustre: the server drops it and reports
+    // ECANCELED to Lustre itself.
+    let (path2, fid2) = sim.file("f2");
+    sim.archive(&path2);
+    wait_until("f2 queued", || status(&mut q, 4).pending_archive == 1);
+    sim.lfs(&["hsm_cancel", &path2.to_string_lossy()]);
+    wait_until("f2 cancelled in the server", || {
+        status(&mut q, 4).pending_archive == 0
+    });
+    wait_until("Lustre sees the archive of f2 end", || {
+        sim.status_of(&fid2, "ARCHIVE")
+            .is_some_and(|s| s != "STARTED" && s != "WAITING")
+    });
+}
+
+#[test]
+fn requests_of_a_killed_mover_go_to_another_after_the_grace() {
+    let sim = Sim::start("grace");
+    let srv = Server::start(&sim, &config(&sim, "client_grace_ms 300\n"));
+    let mut q = srv.connect();
+    assert_eq!(
+        q.call_text(&queue(vec![item(1)])),
+        r#"{"command":"queue","enqueued":1}"#
+    );
+    let mut m1 = srv.connect();
+    m1.call(&ehlo("m1"));
+    let first = hal_of(m1.call(&recv()));
+    assert_eq!(first.list[0].cookie, 1001);
+    drop(m1); // killed mid-transfer
+
+    // m2 waits; the request stays with m1 (disconnected) until its grace ends.
+    let mut m2 = srv.connect();
+    m2.call(&ehlo("m2"));
+    m2.send(&recv());
+    let hal = hal_of(m2.next());
+    assert_eq!(hal.list[0].cookie, 1001);
+    assert_eq!(hal.list[0].dfid, first.list[0].dfid);
+    let st = status(&mut q, 4);
+    assert_eq!(st.running_archive, 1);
+    assert!(
+        st.clients.iter().all(|c| c.client_id != "m1"),
+        "m1's record expired: {:?}",
+        st.clients
+    );
+    let m = st.clients.iter().find(|c| c.client_id == "m2").unwrap();
+    assert_eq!(m.current_archive, 1);
+}
+
+#[test]
+fn malformed_input_gets_an_error_and_drops_only_that_connection() {
+    let sim = Sim::start("malformed");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    let mut good = srv.connect();
+    assert_eq!(good.call_text(&ehlo("good")), r#"{"command":"ehlo"}"#);
+
+    let cases: [(&[u8], &str); 4] = [
+        (
+            br#"{"command":"status","verbose":"loud"}"#,
+            r#"{"command":"status","clients":[],"status":22,"error":"invalid status message: "#,
+        ),
+        (
+            br#"{"command":"fly"}"#,
+            r#"{"status":22,"error":"unknown command \"fly\""}"#,
+        ),
+        (
+            br#"{"verbose":6}"#,
+            r#"{"status":22,"error":"message has no \"command\" key"}"#,
+        ),
+        (
+            b"hello",
+            r#"{"status":22,"error":"expected a JSON object at top level, found byte 0x68 (h)"}"#,
+        ),
+    ];
+    for (input, want) in cases {
+        let mut bad = srv.connect();
+        bad.send_raw(input);
+        let got = bad.wait_closed();
+        assert_eq!(got.len(), 1, "one error reply, then close: {got:?}");
+        let text = String::from_utf8(got[0].clone()).unwrap();
+        assert!(text.starts_with(want), "{text} should start with {want}");
+    }
+    // The good connection is unaffected, and the bad ones are gone.
+    let st = status(&mut good, 4);
+    assert_eq!(st.clients_connected, 1);
+    assert_eq!(st.clients.len(), 1);
+    assert_eq!(
+        good.call_text(&done(5, LuFid::new(1, 2, 3))),
+        r#"{"command":"done"}"#
+    );
+}
+
+/// Every request in the store: key -> assigned client.
+fn stored(sim: &Sim) -> BTreeMap<(u64, LuFid), Option<String>> {
+    let mut s = EmbeddedStore::open(&sim.state_dir()).expect("open the store");
+    let rec = s.load().expect("load the store");
+    assert!(rec.corrupt.is_empty(), "{:?}", rec.corrupt);
+    rec.requests
+        .into_iter()
+        .map(|r| ((r.request.cookie, r.request.dfid), r.assigned))
+        .collect()
+}
+
+#[test]
+fn kill_9_and_restart_loses_no_request() {
+    let sim = Sim::start("kill9");
+    let conf = config(&sim, "client_grace_ms 600000\n");
+    let mut srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    let items: Vec<WireHai> = (1..=40).map(item).collect();
+    assert_eq!(
+        q.call_text(&queue(items)),
+        r#"{"command":"queue","enqueued":40}"#
+    );
+    // Two from Lustre as well.
+    let (p1, f1) = sim.file("a");
+    let (p2, f2) = sim.file("b");
+    sim.archive(&p1);
+    sim.archive(&p2);
+    wait_until("Lustre's requests queued", || {
+        status(&mut q, 4).pending_archive == 42
+    });
+    let mut m = srv.connect();
+    m.call(&ehlo("m1"));
+    let running = hal_of(m.call(&recv_max_archive(5)));
+    assert_eq!(running.list.len(), 5);
+
+    // The recv reply came after the commit: the store already says who runs what.
+    srv.signal(libc::SIGKILL);
+    let before = stored(&sim);
+    assert_eq!(before.len(), 42);
+    assert!(before.contains_key(&(before.keys().find(|k| k.1 == f1).unwrap().0, f1)));
+    assert!(before.keys().any(|k| k.1 == f2));
+    let assigned: Vec<_> = before.iter().filter(|(_, a)| a.is_some()).collect();
+    assert_eq!(assigned.len(), 5);
+    for h in &running.list {
+        assert_eq!(before[&(h.cookie, h.dfid)].as_deref(), Some("m1"));
+    }
+
+    // Restart: every request is queued again or still assigned to m1.
+    let srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    let st = status(&mut q, 6);
+    assert_eq!((st.pending_archive, st.running_archive), (37, 5));
+    let m1 = st
+        .clients
+        .iter()
+        .find(|c| c.client_id == "m1")
+        .expect("m1 placeholder");
+    assert_eq!(m1.status, coordinatool_proto::ClientState::Disconnected);
+    assert_eq!(m1.current_archive, 5);
+    let mut active: Vec<u64> = m1
+        .active_requests
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|d| d.cookie)
+        .collect();
+    active.sort_unstable();
+    let mut want: Vec<u64> = running.list.iter().map(|h| h.cookie).collect();
+    want.sort_unstable();
+    assert_eq!(active, want);
+
+    // m1 comes back with its work and finishes it; the rest is still there.
+    let mut m = srv.connect();
+    let mut e = EhloRequest::new(Some("m1".into()));
+    e.hai_list = running.list.clone();
+    assert_eq!(m.call_text(&Request::Ehlo(e)), r#"{"command":"ehlo"}"#);
+    for h in &running.list {
+        assert_eq!(
+            m.call_text(&done(h.cookie, h.dfid)),
+            r#"{"command":"done"}"#
+        );
+    }
+    let st = status(&mut q, 4);
+    assert_eq!(
+        (st.pending_archive, st.running_archive, st.done_archive),
+        (37, 0, 5)
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_keeps_assignments() {
+    let sim = Sim::start("sigterm");
+    let conf = config(&sim, "");
+    let mut srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    q.call(&queue((1..=3).map(item).collect()));
+    let mut m = srv.connect();
+    m.call(&ehlo("m1"));
+    let got = hal_of(m.call(&recv_max_archive(2)));
+    assert_eq!(got.list.len(), 2);
+    let st = srv.signal(libc::SIGTERM);
+    assert!(st.success(), "clean exit on SIGTERM: {st}");
+    assert!(srv.lines().iter().any(|l| l.contains("SIGTERM received")));
+    let after = stored(&sim);
+    assert_eq!(after.len(), 3);
+    assert_eq!(
+        after
+            .values()
+            .filter(|a| a.as_deref() == Some("m1"))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn lock_and_quit_stops_once_nothing_runs() {
+    let sim = Sim::start("lockquit");
+    let mut srv = Server::start(&sim, &config(&sim, ""));
+    let mut q = srv.connect();
+    q.call(&queue(vec![item(1)]));
+    let mut m = srv.connect();
+    m.call(&ehlo("m1"));
+    let h = hal_of(m.call(&recv())).list.remove(0);
+    assert_eq!(
+        q.call_text(&Request::Lock(LockRequest::new(LockState::LockAndQuit))),
+        r#"{"command":"lock"}"#
+    );
+    // Still running while m1 works.
+    assert_eq!(status(&mut q, 4).running_archive, 1);
+    assert_eq!(
+        m.call_text(&done(h.cookie, h.dfid)),
+        r#"{"command":"done"}"#
+    );
+    let st = srv.wait();
+    assert!(st.success(), "lock-and-quit exits 0: {st}");
+    assert!(stored(&sim).is_empty());
+}
+
+#[test]
+fn missing_liblustreapi_is_a_clear_error_with_exit_code_1() {
+    let sim = Sim::start("nolib");
+    let empty = sim.root.join("nolib");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut cmd = server_command(&sim, &config(&sim, ""));
+    cmd.env("LD_LIBRARY_PATH", &empty);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("liblustreapi.so.1"), "{err}");
+}
