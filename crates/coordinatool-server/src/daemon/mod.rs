@@ -485,8 +485,8 @@ impl Server {
         while self.stop.is_none() {
             let deadline = self.timer_deadline();
             let ct = &self.ct;
+            // Unbiased: a flood on one input (Lustre or clients) must not starve the others.
             let wake = tokio::select! {
-                biased;
                 () = recv_sig(&mut term) => Wake::Signal("SIGTERM"),
                 () = recv_sig(&mut int) => Wake::Signal("SIGINT"),
                 () = recv_sig(&mut quit) => Wake::Signal("SIGQUIT"),
