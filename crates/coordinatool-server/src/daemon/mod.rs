@@ -42,7 +42,8 @@ use coordinatool_proto::{
     Command, QueueReply, Reply, Request as WireRequest, StatusReply, WireHal,
 };
 use coordinatool_sched::{
-    Action, ClientId, Ehlo, Engine, EngineError, LockState, RecvLimits, Request, RequestKey, Time,
+    Action, ClientId, Ehlo, Engine, EngineError, LockState, PersistOp, RecvLimits, Request,
+    RequestKey, Time,
 };
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
@@ -64,6 +65,9 @@ const EVENTS_PER_TURN: usize = 1024;
 
 /// Lustre lists taken in one turn before giving other inputs a chance.
 const LISTS_PER_TURN: usize = 256;
+
+/// Period of the health check of a store that can go away (Redis).
+const STORE_CHECK: Duration = Duration::from_secs(1);
 
 /// How long a stopping server waits for its last replies to be written.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
@@ -262,8 +266,14 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
     let now = clock.now();
     let total = recovery.requests.len();
     let mut assigned = 0usize;
+    // Backends that can lose acknowledged writes get a mirror of the queue to re-write it.
+    let mut mirror = (store.health().backend == "redis").then(Mirror::default);
     for r in recovery.requests {
         assigned += usize::from(r.assigned.is_some());
+        if let Some(m) = &mut mirror {
+            m.reqs
+                .insert(r.request.key(), (r.request.clone(), r.assigned.clone()));
+        }
         let key = r.request.key();
         if let Err(e) = engine.recover(r.request, r.assigned.as_deref(), now) {
             warn!(cookie = format_args!("{:#x}", key.cookie), dfid = %key.dfid, "stored request not recovered: {e}");
@@ -357,7 +367,14 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             stop: None,
             events_tx: tx,
             store_buffered: false,
+            mirror,
             flushing: Vec::new(),
+        };
+        // Handlers first: a signal right after READY must stop the server cleanly.
+        let signals = Signals {
+            term: sig(SignalKind::terminate(), "cannot handle SIGTERM")?,
+            int: sig(SignalKind::interrupt(), "cannot handle SIGINT")?,
+            quit: sig(SignalKind::quit(), "cannot handle SIGQUIT")?,
         };
         // The recovery's own changes (placeholders, report files) first.
         server.end_turn().await?;
@@ -365,7 +382,9 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
         if let Err(e) = notify::ready(&format!("listening on {local}")) {
             warn!("sd_notify READY: {e}");
         }
-        let result = server.run(listener, rx, cfg.reporting_interval_ms).await;
+        let result = server
+            .run(listener, rx, signals, cfg.reporting_interval_ms)
+            .await;
         server.finish().await;
         result
     })
@@ -415,6 +434,7 @@ enum Wake {
     Timer,
     ReportTick,
     Watchdog,
+    StoreCheck,
 }
 
 /// Something to do after the turn's commit.
@@ -440,8 +460,17 @@ struct Server {
     stop: Option<&'static str>,
     events_tx: mpsc::Sender<Event>,
     store_buffered: bool,
+    /// The queue as the store should hold it (Redis only), for full re-syncs.
+    mirror: Option<Mirror>,
     /// Writers of closed connections still writing their last bytes.
     flushing: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The stop signals, installed before the server says it is ready.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    quit: Signal,
 }
 
 fn sig(kind: SignalKind, what: &'static str) -> Result<Signal, DaemonError> {
@@ -467,11 +496,14 @@ impl Server {
         &mut self,
         listener: TcpListener,
         mut rx: mpsc::Receiver<Event>,
+        signals: Signals,
         report_ms: u64,
     ) -> Result<(), DaemonError> {
-        let mut term = sig(SignalKind::terminate(), "cannot handle SIGTERM")?;
-        let mut int = sig(SignalKind::interrupt(), "cannot handle SIGINT")?;
-        let mut quit = sig(SignalKind::quit(), "cannot handle SIGQUIT")?;
+        let Signals {
+            mut term,
+            mut int,
+            mut quit,
+        } = signals;
         let report_period =
             (self.reporter.is_some() && report_ms > 0).then(|| Duration::from_millis(report_ms));
         let mut report_tick = report_period.map(|p| {
@@ -480,6 +512,12 @@ impl Server {
             i
         });
         let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+        // A store that can go away is checked even when idle, so a re-sync does not wait
+        // for the next change.
+        let mut store_check = self
+            .mirror
+            .is_some()
+            .then(|| tokio::time::interval(STORE_CHECK));
         let mut lustre_more = false;
         let mut listener = Some(listener);
         while self.stop.is_none() {
@@ -526,6 +564,12 @@ impl Server {
                         None => std::future::pending().await,
                     }
                 } => Wake::Watchdog,
+                _ = async {
+                    match store_check.as_mut() {
+                        Some(i) => i.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::StoreCheck,
             };
             match wake {
                 Wake::Signal(name) => {
@@ -564,6 +608,7 @@ impl Server {
                 Wake::Watchdog => {
                     let _ = notify::watchdog();
                 }
+                Wake::StoreCheck => self.check_store(None).await?,
             }
             self.end_turn().await?;
             if self.stop.is_some() {
@@ -933,59 +978,105 @@ impl Server {
         }
     }
 
+    /// Runs `f` on the store, on a blocking thread unless there is no backend.
+    async fn with_store<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Store) -> T + Send + 'static,
+    ) -> Result<T, DaemonError> {
+        let Some(mut store) = self.store.take() else {
+            return Err(DaemonError::Runtime {
+                what: "store busy",
+                source: std::io::Error::other("the store is in use by another task"),
+            });
+        };
+        if store.health().backend == "none" {
+            let r = f(&mut *store);
+            self.store = Some(store);
+            return Ok(r);
+        }
+        let (store, r) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut *store);
+            (store, r)
+        })
+        .await
+        .map_err(|e| DaemonError::Runtime {
+            what: "store task failed",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        self.store = Some(store);
+        Ok(r)
+    }
+
     /// One group commit of the batch, on a blocking thread.
     async fn commit(&mut self) -> Result<(), DaemonError> {
-        let Some(mut store) = self.store.take() else {
-            return Ok(());
-        };
+        if let Some(m) = &mut self.mirror {
+            m.apply(self.batch.ops());
+        }
         let batch = std::mem::take(&mut self.batch);
-        let (store, mut batch, res) = if store.health().backend == "none" {
-            let r = store.commit(&batch);
-            (store, batch, r)
-        } else {
-            tokio::task::spawn_blocking(move || {
+        let (mut batch, res) = self
+            .with_store(move |store| {
                 let r = store.commit(&batch);
-                (store, batch, r)
+                (batch, r)
             })
-            .await
-            .map_err(|e| DaemonError::Runtime {
-                what: "store commit task failed",
-                source: std::io::Error::other(e.to_string()),
-            })?
-        };
+            .await?;
         batch.clear();
         self.batch = batch;
-        let health_backend = store.health();
-        self.store = Some(store);
-        match res? {
-            CommitStatus::Durable => {
-                if self.store_buffered {
-                    info!(
-                        backend = health_backend.backend,
-                        "store reachable again: changes written"
-                    );
-                    let _ = notify::status("store reachable");
-                    self.store_buffered = false;
-                }
-            }
-            CommitStatus::Buffered => {
-                if !self.store_buffered {
-                    warn!(
-                        backend = health_backend.backend,
-                        pending = health_backend.pending_keys,
-                        error = health_backend.last_error.as_deref().unwrap_or(""),
-                        "store unreachable: buffering changes until it returns"
-                    );
-                    let _ = notify::status("store unreachable, buffering changes");
-                    self.store_buffered = true;
-                }
-            }
-        }
-        if health_backend.needs_full_resync {
-            warn!(
-                backend = health_backend.backend,
-                "the store lost acknowledged changes; a full re-sync is not implemented by this loop yet"
+        let status = res?;
+        self.check_store(Some(status)).await
+    }
+
+    /// Logs store outages and returns, and re-writes the whole queue when the backend lost
+    /// acknowledged changes (Redis restarted empty or from an old snapshot).
+    async fn check_store(&mut self, last: Option<CommitStatus>) -> Result<(), DaemonError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let health = store.health();
+        let reachable = match last {
+            Some(CommitStatus::Durable) => true,
+            Some(CommitStatus::Buffered) => false,
+            None => health.connected,
+        };
+        if reachable && self.store_buffered {
+            info!(
+                backend = health.backend,
+                "store reachable again: buffered changes written"
             );
+            let _ = notify::status("store reachable");
+            self.store_buffered = false;
+        } else if !reachable && !self.store_buffered {
+            warn!(
+                backend = health.backend,
+                pending = health.pending_keys,
+                error = health.last_error.as_deref().unwrap_or(""),
+                "store unreachable: buffering changes until it returns"
+            );
+            let _ = notify::status("store unreachable, buffering changes");
+            self.store_buffered = true;
+        }
+        if health.needs_full_resync {
+            let Some(m) = &self.mirror else {
+                warn!(
+                    backend = health.backend,
+                    "the store lost acknowledged changes and this backend has no mirror to re-sync from"
+                );
+                return Ok(());
+            };
+            let mut snapshot = m.snapshot();
+            if let Some((r, _)) = &self.reporter {
+                for f in r.tracked() {
+                    snapshot.track_report_file(f);
+                }
+            }
+            warn!(
+                backend = health.backend,
+                requests = m.len(),
+                "the store lost acknowledged changes: writing the whole queue again"
+            );
+            let status = self
+                .with_store(move |store| store.full_resync(&snapshot))
+                .await??;
+            info!(?status, "store re-synced");
         }
         Ok(())
     }
@@ -1015,6 +1106,61 @@ impl Server {
             }
         }
         info!("stopped");
+    }
+}
+
+/// The queue as the store should hold it: every request and the client it runs on. Kept
+/// only for Redis, which can come back without acknowledged writes (restarted empty or from
+/// an old snapshot); the engine has no way to list its requests.
+#[derive(Debug, Default)]
+struct Mirror {
+    reqs: HashMap<RequestKey, (Request, Option<String>)>,
+}
+
+impl Mirror {
+    fn apply(&mut self, ops: &[PersistOp]) {
+        for op in ops {
+            match op {
+                PersistOp::New(r) => {
+                    self.reqs
+                        .entry(r.key())
+                        .and_modify(|e| e.0 = r.clone())
+                        .or_insert_with(|| (r.clone(), None));
+                }
+                PersistOp::Assigned { key, client } => {
+                    if let Some(e) = self.reqs.get_mut(key) {
+                        e.1 = Some(client.clone());
+                    }
+                }
+                PersistOp::Unassigned { key } => {
+                    if let Some(e) = self.reqs.get_mut(key) {
+                        e.1 = None;
+                    }
+                }
+                PersistOp::Finished { key } => {
+                    self.reqs.remove(key);
+                }
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.reqs.len()
+    }
+
+    /// Everything, as a batch for [`Store::full_resync`].
+    fn snapshot(&self) -> Batch {
+        let mut b = Batch::new();
+        for (key, (r, client)) in &self.reqs {
+            b.push(PersistOp::New(r.clone()));
+            if let Some(c) = client {
+                b.push(PersistOp::Assigned {
+                    key: *key,
+                    client: c.clone(),
+                });
+            }
+        }
+        b
     }
 }
 
