@@ -483,3 +483,93 @@ fn missing_liblustreapi_is_a_clear_error_with_exit_code_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("liblustreapi.so.1"), "{err}");
 }
+
+#[test]
+fn a_cancel_for_a_running_request_goes_to_its_mover() {
+    let sim = Sim::start("cancelrun");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    let mut m = srv.connect();
+    m.call(&ehlo("m1"));
+    m.send(&recv());
+    let mut q = srv.connect();
+    wait_until("m1 waits", || {
+        status(&mut q, 4)
+            .clients
+            .iter()
+            .any(|c| c.client_id == "m1" && c.status == coordinatool_proto::ClientState::Waiting)
+    });
+    let (path, fid) = sim.file("big");
+    sim.archive(&path);
+    let h = hal_of(m.next()).list.remove(0);
+    assert_eq!((h.action, h.dfid), (HsmAction::Archive, fid));
+
+    sim.lfs(&["hsm_cancel", &path.to_string_lossy()]);
+    let c = hal_of(m.call(&recv())).list.remove(0);
+    assert_eq!(
+        (c.action, c.cookie, c.dfid),
+        (HsmAction::Cancel, h.cookie, h.dfid)
+    );
+    // The mover acks both (upstream's double ack): both are fine.
+    assert_eq!(
+        m.call_text(&done(h.cookie, h.dfid)),
+        r#"{"command":"done"}"#
+    );
+    assert_eq!(
+        m.call_text(&done(c.cookie, c.dfid)),
+        r#"{"command":"done"}"#
+    );
+    let st = status(&mut q, 4);
+    assert_eq!(
+        (st.running_archive, st.pending_cancel, st.done_archive),
+        (0, 0, 1)
+    );
+}
+
+#[test]
+fn a_thousand_waiting_movers_each_get_one_request() {
+    const N: u32 = 1000;
+    let sim = Sim::start("many");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    let mut movers: Vec<Client> = (0..N)
+        .map(|i| {
+            let mut c = srv.connect();
+            c.send(&ehlo(&format!("m{i}")));
+            c.send(&recv_max_archive(1));
+            c
+        })
+        .collect();
+    for c in &mut movers {
+        assert_eq!(c.next_text(), r#"{"command":"ehlo"}"#);
+    }
+    let mut q = srv.connect();
+    wait_until("every mover waits", || {
+        status(&mut q, 4)
+            .clients
+            .iter()
+            .filter(|c| c.status == coordinatool_proto::ClientState::Waiting)
+            .count()
+            == N as usize
+    });
+    assert_eq!(
+        q.call_text(&queue((1..=N).map(item).collect())),
+        format!(r#"{{"command":"queue","enqueued":{N}}}"#)
+    );
+    let mut cookies: Vec<u64> = movers
+        .iter_mut()
+        .map(|c| {
+            let hal = hal_of(c.next());
+            assert_eq!(hal.list.len(), 1);
+            hal.list[0].cookie
+        })
+        .collect();
+    cookies.sort_unstable();
+    cookies.dedup();
+    assert_eq!(
+        cookies.len(),
+        N as usize,
+        "every request went to exactly one mover"
+    );
+    let st = status(&mut q, 4);
+    assert_eq!((st.running_archive, st.pending_archive), (N, 0));
+    assert_eq!(st.clients_connected, N + 1);
+}

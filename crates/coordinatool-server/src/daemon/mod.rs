@@ -960,6 +960,13 @@ impl Server {
             debug!(client = %id, "reply for a closed connection dropped");
             return;
         };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            debug!(
+                "Sending message to {}: {}",
+                self.engine.client_name(id).unwrap_or(&conn.peer),
+                String::from_utf8_lossy(&msg)
+            );
+        }
         match conn.send(msg) {
             Ok(()) => {}
             Err(SendError::Full(queued)) => {
