@@ -161,3 +161,24 @@ fn a_client_that_does_not_read_is_disconnected_and_others_go_on() {
         "not every reply was sent ({total} bytes)"
     );
 }
+
+#[test]
+fn a_mount_point_that_is_not_lustre_is_refused_with_exit_code_1() {
+    let sim = Sim::start("notlustre");
+    let plain = sim.root.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let conf = config(&sim, "");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coordinatool-server"));
+    cmd.arg("-c")
+        .arg(&conf)
+        .arg(&plain)
+        .env("LD_LIBRARY_PATH", server_common::lib_dir())
+        .env_remove("COORDINATOOL_LIBLUSTREAPI");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}: not a Lustre mount point", plain.display())),
+        "{err}"
+    );
+}
