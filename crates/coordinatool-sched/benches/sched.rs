@@ -106,10 +106,15 @@ fn config(name: &str) -> Config {
 }
 
 fn drain(e: &mut Engine) -> Vec<Request> {
+    drain_owned(e).into_iter().map(|(_, r)| r).collect()
+}
+
+/// Delivered items with the client they went to.
+fn drain_owned(e: &mut Engine) -> Vec<(ClientId, Request)> {
     let mut out = Vec::new();
     while let Some(a) = e.poll_action() {
         if let Action::Deliver(d) = a {
-            out.extend(d.items);
+            out.extend(d.items.into_iter().map(|r| (d.client, r)));
         }
     }
     out
@@ -251,10 +256,8 @@ fn per_event(c: &mut Criterion) {
                     if e.client_state(client) == Some(coordinatool_sched::ClientState::Ready) {
                         e.recv(client, lim, NOW).unwrap();
                     }
-                    let items = drain(e);
-                    for r in items {
-                        // The owner is whoever got it (a waiting client may take the new one).
-                        let owner = e.request_owner(r.key()).flatten().unwrap_or(client);
+                    // The owner is whoever got it (a waiting client may take the new one).
+                    for (owner, r) in drain_owned(e) {
                         black_box(e.done(owner, r.key(), 0, NOW));
                     }
                     drain(e);
