@@ -308,15 +308,29 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream) {
             Err(_) => return,
         };
         if let Request::Register { uuid, archives } = &req {
+            // The stream joins the broadcast group under the same lock as the registration,
+            // before the reply: a HAL dispatched as soon as the client sees the reply must
+            // find it (else the agent would look gone). Messages queue until the writer runs.
+            let (tx, rx) = mpsc::channel::<Arc<Vec<u8>>>();
             let r = {
                 let mut core = shared.lock();
-                core.cluster.register(uuid, archives)
+                core.cluster.register(uuid, archives).map(|()| {
+                    core.next_stream += 1;
+                    let id = core.next_stream;
+                    core.streams
+                        .entry(uuid.clone())
+                        .or_default()
+                        .push(StreamTx { id, tx });
+                    id
+                })
             };
             shared.kick.notify_all();
             match r {
-                Ok(()) => {
+                Ok(id) => {
                     if rpc::write_frame(&mut stream, &Response::Ok(Reply::Unit)).is_ok() {
-                        copytool_stream(shared, stream, uuid);
+                        copytool_stream(shared, stream, uuid, id, rx);
+                    } else {
+                        remove_stream(shared, uuid, id);
                     }
                     return;
                 }
@@ -343,20 +357,16 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream) {
 
 /// Serves one registered copytool: a writer thread feeds it KUC messages while this thread
 /// waits for the connection to close.
-fn copytool_stream(shared: &Arc<Shared>, stream: UnixStream, uuid: &str) {
+fn copytool_stream(
+    shared: &Arc<Shared>,
+    stream: UnixStream,
+    uuid: &str,
+    id: u64,
+    rx: mpsc::Receiver<Arc<Vec<u8>>>,
+) {
     let Ok(mut writer) = stream.try_clone() else {
+        remove_stream(shared, uuid, id);
         return;
-    };
-    let (tx, rx) = mpsc::channel::<Arc<Vec<u8>>>();
-    let id = {
-        let mut core = shared.lock();
-        core.next_stream += 1;
-        let id = core.next_stream;
-        core.streams
-            .entry(uuid.to_owned())
-            .or_default()
-            .push(StreamTx { id, tx });
-        id
     };
     debug!(uuid, id, "copytool stream registered");
     let w = thread::Builder::new()
@@ -367,22 +377,28 @@ fn copytool_stream(shared: &Arc<Shared>, stream: UnixStream, uuid: &str) {
                     break;
                 }
             }
+            // Out of the group (daemon stopping, or the copytool gone): the copytool reads
+            // EOF after the last message, even if the stream was never sent a shutdown.
+            let _ = writer.shutdown(std::net::Shutdown::Write);
         });
     // Nothing more is expected from the copytool: EOF (or an error) means it is gone.
     let mut buf = [0u8; 64];
     let mut reader = &stream;
     while matches!(io::Read::read(&mut reader, &mut buf), Ok(n) if n > 0) {}
-    {
-        let mut core = shared.lock();
-        if let Some(v) = core.streams.get_mut(uuid) {
-            v.retain(|s| s.id != id);
-        }
-    }
+    remove_stream(shared, uuid, id);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     if let Ok(w) = w {
         let _ = w.join();
     }
     debug!(uuid, id, "copytool stream closed");
+}
+
+/// Takes copytool stream `id` of `uuid` out of the broadcast group.
+fn remove_stream(shared: &Shared, uuid: &str, id: u64) {
+    let mut core = shared.lock();
+    if let Some(v) = core.streams.get_mut(uuid) {
+        v.retain(|s| s.id != id);
+    }
 }
 
 fn fs_err(e: FsError) -> i32 {
