@@ -142,6 +142,11 @@ pub struct Sim {
 impl Sim {
     /// Starts a daemon on a fresh mount (fsname `lustre`, 2 MDTs, coordinators enabled).
     pub fn start(name: &str) -> Sim {
+        Sim::start_with(name, &ServeOptions::default())
+    }
+
+    /// Starts a daemon with `opts` on a fresh mount.
+    pub fn start_with(name: &str, opts: &ServeOptions) -> Sim {
         static N: AtomicUsize = AtomicUsize::new(0);
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "sim-{}-{}-{name}",
@@ -152,7 +157,7 @@ impl Sim {
         let mount = root.join("fs");
         std::fs::create_dir_all(&mount).expect("create mount");
         std::fs::create_dir_all(root.join("archive")).expect("create archive dir");
-        let daemon = Daemon::start(&mount, &ServeOptions::default()).expect("start the daemon");
+        let daemon = Daemon::start(&mount, opts).expect("start the daemon");
         let mount = daemon.mount().to_path_buf();
         Sim {
             daemon: Some(daemon),

@@ -1,0 +1,711 @@
+//! The safe FFI API of coordinatool-lustre against the `liblustreapi.so.1` stand-in and the
+//! simulated Lustre: registration, reception, the full life cycle of every action, the
+//! error paths of lustre-hsm.md §5.3, many threads, and a handle built by a preload library.
+
+mod sim_common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::os::raw::c_int;
+use std::path::Path;
+use std::ptr;
+
+use coordinatool_lustre::action::HsmRequestFlags;
+use coordinatool_lustre::ffi::bindings;
+use coordinatool_lustre::hal::{HsmActionItem, HsmActionList, HsmExtent, LUSTRE_EOF};
+use coordinatool_lustre::{
+    Copytool, HsmAction, HsmProgressFlags, HsmProgressState, HsmStates, HsmUserAction, LuFid,
+    LustreError,
+};
+use coordinatool_sim::server::ServeOptions;
+use sim_common::{Sim, api, pattern, wait_until};
+
+fn request(sim: &Sim, action: HsmUserAction, archive_id: u32, fids: &[LuFid]) {
+    let items: Vec<(LuFid, HsmExtent)> = fids.iter().map(|f| (*f, HsmExtent::WHOLE_FILE)).collect();
+    api()
+        .hsm_request(
+            sim.mount(),
+            action,
+            archive_id,
+            HsmRequestFlags::default(),
+            &items,
+            b"",
+        )
+        .expect("hsm_request");
+}
+
+fn poll_readable(fd: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; the timeout only bounds a broken test.
+    let n = unsafe { libc::poll(&mut p, 1, 30_000) };
+    n == 1 && p.revents & libc::POLLIN != 0
+}
+
+/// Receives lists until `n` items arrived (blocking copytool).
+fn recv_items(ct: &Copytool<'_>, n: usize) -> Vec<(HsmActionList, HsmActionItem)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(poll_readable(ct.as_raw_fd()), "no HAL within the deadline");
+        let hal = match ct.recv() {
+            Ok(hal) => hal,
+            Err(LustreError::WouldBlock { .. }) => continue,
+            Err(e) => panic!("recv: {e}"),
+        };
+        for item in &hal.items {
+            out.push((hal.clone(), item.clone()));
+        }
+    }
+    out
+}
+
+fn fid(path: &Path) -> LuFid {
+    api().path2fid(path).expect("path2fid")
+}
+
+/// Archives `path` through a full action life cycle; returns its FID.
+fn archive_with(sim: &Sim, ct: &Copytool<'_>, path: &Path) -> LuFid {
+    let f = fid(path);
+    request(sim, HsmUserAction::Archive, 1, &[f]);
+    let (_, hai) = recv_items(ct, 1).pop().unwrap();
+    let h = ct.action_begin(&hai, -1, 0, false).expect("begin");
+    h.end(hai.extent, HsmProgressFlags::default(), 0)
+        .expect("end");
+    f
+}
+
+#[test]
+fn register_errors() {
+    let sim = Sim::start("reg-errors");
+    let missing = sim.scratch("no-such-dir");
+    assert!(matches!(
+        Copytool::register(api(), &missing, &[], false),
+        Err(LustreError::NotFound { .. })
+    ));
+    // A plain directory is not a Lustre mount: no .lustre/fid (the real test uses /tmp).
+    let plain = sim.scratch("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    assert!(matches!(
+        Copytool::register(api(), &plain, &[], false),
+        Err(LustreError::NotFound { .. })
+    ));
+    // A mount whose daemon is gone: no MDT reachable.
+    let dead = sim.scratch("dead");
+    std::fs::create_dir_all(dead.join(".lustre/fid")).unwrap();
+    assert!(matches!(
+        Copytool::register(api(), &dead, &[], false),
+        Err(LustreError::NotConnected { .. })
+    ));
+
+    let s = api().symbols();
+    let mnt = std::ffi::CString::new(sim.mount().to_string_lossy().as_bytes()).unwrap();
+    let mut ct: *mut bindings::hsm_copytool_private = ptr::null_mut();
+    // SAFETY: every call below passes what the C API allows (NULLs and bad values included).
+    unsafe {
+        assert_eq!(
+            (s.llapi_hsm_copytool_register)(ptr::null_mut(), mnt.as_ptr(), 0, ptr::null_mut(), 0),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            (s.llapi_hsm_copytool_register)(&mut ct, mnt.as_ptr(), 2, ptr::null_mut(), 0),
+            -libc::EINVAL
+        );
+        let mut bad = [1 as c_int, -3];
+        assert_eq!(
+            (s.llapi_hsm_copytool_register)(&mut ct, mnt.as_ptr(), 2, bad.as_mut_ptr(), 0),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            (s.llapi_hsm_copytool_register)(&mut ct, ptr::null(), 0, ptr::null_mut(), 0),
+            -libc::EINVAL
+        );
+        assert!(ct.is_null());
+        // NULL and bad-magic handles.
+        let mut zeroes = [0u64; 16];
+        let fake = zeroes.as_mut_ptr().cast::<bindings::hsm_copytool_private>();
+        let mut hal: *mut bindings::hsm_action_list = ptr::null_mut();
+        let mut size: c_int = 7;
+        assert_eq!(
+            (s.llapi_hsm_copytool_get_fd)(ptr::null_mut()),
+            -libc::EINVAL
+        );
+        assert_eq!((s.llapi_hsm_copytool_get_fd)(fake), -libc::EINVAL);
+        assert_eq!(
+            (s.llapi_hsm_copytool_recv)(fake, &mut hal, &mut size),
+            -libc::EINVAL
+        );
+        assert!(hal.is_null() && size == 0, "outputs cleared on error");
+        assert_eq!(
+            (s.llapi_hsm_copytool_recv)(ptr::null_mut(), &mut hal, &mut size),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            (s.llapi_hsm_copytool_unregister)(ptr::null_mut()),
+            -libc::EINVAL
+        );
+        let mut null_ct: *mut bindings::hsm_copytool_private = ptr::null_mut();
+        assert_eq!(
+            (s.llapi_hsm_copytool_unregister)(&mut null_ct),
+            -libc::EINVAL
+        );
+        let mut fake_ct = fake;
+        assert_eq!(
+            (s.llapi_hsm_copytool_unregister)(&mut fake_ct),
+            -libc::EINVAL
+        );
+
+        // Archive id 0 means "any"; registering twice on one mount works; unregister
+        // clears the pointer.
+        let mut ids = [3 as c_int, 0];
+        assert_eq!(
+            (s.llapi_hsm_copytool_register)(&mut ct, mnt.as_ptr(), 2, ids.as_mut_ptr(), 0),
+            0
+        );
+        let mut ct2: *mut bindings::hsm_copytool_private = ptr::null_mut();
+        assert_eq!(
+            (s.llapi_hsm_copytool_register)(&mut ct2, mnt.as_ptr(), 0, ptr::null_mut(), 0),
+            0
+        );
+        assert!(sim.param("mdt.*.hsm.agents").contains("archive_id=ANY"));
+        let fd = (s.llapi_hsm_copytool_get_fd)(ct);
+        assert!(fd >= 0);
+        assert_eq!(
+            (s.llapi_hsm_copytool_get_fd)(ct),
+            fd,
+            "the pipe itself, not a dup"
+        );
+        assert_eq!((s.llapi_hsm_copytool_unregister)(&mut ct), 0);
+        assert!(ct.is_null());
+        assert_eq!((s.llapi_hsm_copytool_unregister)(&mut ct2), 0);
+    }
+    assert_eq!(sim.param("mdt.*.hsm.agents").trim(), "");
+}
+
+#[test]
+fn nonblocking_recv_then_poll_then_the_list() {
+    let sim = Sim::start("nonblock");
+    let path = sim.write("f", b"abc");
+    let f = fid(&path);
+    let ct = Copytool::register(api(), sim.mount(), &[1], true).expect("register");
+    // SAFETY: fcntl on the registration's open fd.
+    let flags = unsafe { libc::fcntl(ct.as_raw_fd(), libc::F_GETFL) };
+    assert_ne!(flags & libc::O_NONBLOCK, 0);
+    assert!(matches!(ct.recv(), Err(LustreError::WouldBlock { .. })));
+    assert!(sim.param("mdt.*.hsm.agents").contains("archive_id=1 "));
+
+    request(&sim, HsmUserAction::Archive, 1, &[f]);
+    assert!(poll_readable(ct.as_raw_fd()));
+    let hal = ct.recv().expect("recv");
+    assert_eq!(hal.fsname, "lustre");
+    assert_eq!(hal.archive_id, 1);
+    assert_eq!(hal.items.len(), 1);
+    let hai = &hal.items[0];
+    assert_eq!(hai.action, HsmAction::Archive);
+    assert_eq!((hai.fid, hai.dfid), (f, f));
+    assert_eq!(hai.extent, HsmExtent::new(0, LUSTRE_EOF));
+    assert!(matches!(ct.recv(), Err(LustreError::WouldBlock { .. })));
+    // The request is running on the MDT until the copytool ends it.
+    let a = api().hsm_current_action(&path).expect("current_action");
+    assert_eq!(
+        (a.state, a.action),
+        (HsmProgressState::Running, Some(HsmUserAction::Archive))
+    );
+    ct.report_error(hai, libc::EIO).expect("report_error");
+    wait_until("the failure to be recorded", || {
+        sim.status_of(&f.to_string(), "ARCHIVE").as_deref() == Some("FAILED")
+    });
+}
+
+#[test]
+fn archive_life_cycle_and_finished_cookie() {
+    let sim = Sim::start("archive");
+    let data = pattern(200_000, 5);
+    let path = sim.write("a", &data);
+    let f = fid(&path);
+    let ct = Copytool::register(api(), sim.mount(), &[], false).expect("register");
+    request(&sim, HsmUserAction::Archive, 2, &[f]);
+    let (hal, hai) = recv_items(&ct, 1).pop().unwrap();
+    assert_eq!(hal.archive_id, 2);
+    let h = ct.action_begin(&hai, -1, 0, false).expect("begin");
+    assert_eq!(h.dfid().unwrap(), f);
+    let fd1 = h.fd().expect("fd");
+    let fd2 = h.fd().expect("fd");
+    assert_ne!(fd1.as_raw_fd(), fd2.as_raw_fd(), "each get_fd is a new dup");
+    drop(fd2);
+    let mut got = Vec::new();
+    std::fs::File::from(fd1).read_to_end(&mut got).unwrap();
+    assert_eq!(got, data);
+    h.progress(
+        HsmExtent::new(0, 100_000),
+        data.len() as u64,
+        HsmProgressFlags::default(),
+    )
+    .expect("progress");
+    let a = api().hsm_current_action(&path).unwrap();
+    assert_eq!(a.state, HsmProgressState::Running);
+    assert_eq!(a.location.length, 100_000, "bytes moved so far");
+    assert!(matches!(
+        h.progress(
+            HsmExtent::new(u64::MAX - 5, 100),
+            0,
+            HsmProgressFlags::default()
+        ),
+        Err(LustreError::InvalidArgument { .. })
+    ));
+    h.end(hai.extent, HsmProgressFlags::default(), 0)
+        .expect("end");
+    let st = api().hsm_state_get(&path).unwrap();
+    assert!(
+        st.states.contains(HsmStates::EXISTS | HsmStates::ARCHIVED),
+        "{st:?}"
+    );
+    assert_eq!(st.archive_id, 2);
+    assert_eq!(
+        sim.status_of(&f.to_string(), "ARCHIVE").as_deref(),
+        Some("SUCCEED")
+    );
+    // The cookie is finished: starting it again is ENOENT.
+    assert!(matches!(
+        ct.action_begin(&hai, -1, 0, false),
+        Err(LustreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn restore_goes_through_a_volatile_committed_at_end() {
+    let sim = Sim::start("restore");
+    let data = pattern(77_777, 9);
+    let path = sim.write("r", &data);
+    let ct = Copytool::register(api(), sim.mount(), &[], false).expect("register");
+    let f = archive_with(&sim, &ct, &path);
+    sim.lfs(&["hsm_release", &path.to_string_lossy()]);
+    assert!(
+        api()
+            .hsm_state_get(&path)
+            .unwrap()
+            .states
+            .contains(HsmStates::RELEASED)
+    );
+
+    request(&sim, HsmUserAction::Restore, 0, &[f]);
+    let (_, hai) = recv_items(&ct, 1).pop().unwrap();
+    assert_eq!(hai.action, HsmAction::Restore);
+    let mnt = std::fs::File::open(sim.mount()).unwrap();
+    let mdt = api().mdt_index_by_fid(mnt.as_fd(), &f).expect("mdt index");
+    assert!(mdt == 0 || mdt == 1, "two MDTs: {mdt}");
+    let h = ct.action_begin(&hai, mdt, 0, false).expect("begin");
+    let dfid = h.dfid().unwrap();
+    assert_ne!(dfid, f, "the volatile has its own FID");
+    let mut vol = std::fs::File::from(h.fd().expect("fd"));
+    vol.write_all(&data).unwrap();
+    h.progress(
+        HsmExtent::new(0, data.len() as u64),
+        0,
+        HsmProgressFlags::default(),
+    )
+    .expect("progress");
+    // The volatile stays open until end has returned (layout swap).
+    h.end(hai.extent, HsmProgressFlags::default(), 0)
+        .expect("end");
+    drop(vol);
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    let st = api().hsm_state_get(&path).unwrap();
+    assert!(!st.states.contains(HsmStates::RELEASED), "{st:?}");
+    assert_eq!(
+        sim.status_of(&f.to_string(), "RESTORE").as_deref(),
+        Some("SUCCEED")
+    );
+}
+
+#[test]
+fn remove_has_no_data_fid_nor_fd() {
+    let sim = Sim::start("remove");
+    let path = sim.write("m", b"to remove");
+    let ct = Copytool::register(api(), sim.mount(), &[], false).expect("register");
+    let f = archive_with(&sim, &ct, &path);
+    request(&sim, HsmUserAction::Remove, 1, &[f]);
+    let (_, hai) = recv_items(&ct, 1).pop().unwrap();
+    assert_eq!(hai.action, HsmAction::Remove);
+    let h = ct.action_begin(&hai, -1, 0, false).expect("begin");
+    assert!(matches!(h.dfid(), Err(LustreError::InvalidArgument { .. })));
+    assert!(matches!(h.fd(), Err(LustreError::InvalidArgument { .. })));
+    h.end(hai.extent, HsmProgressFlags::default(), 0)
+        .expect("end");
+    let st = api().hsm_state_get(&path).unwrap();
+    assert!(
+        !st.states
+            .intersects(HsmStates::EXISTS | HsmStates::ARCHIVED),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn cancel_makes_progress_return_ecanceled() {
+    let sim = Sim::start("cancel");
+    let path = sim.write("c", &pattern(10_000, 2));
+    let f = fid(&path);
+    let ct = Copytool::register(api(), sim.mount(), &[], true).expect("register");
+    request(&sim, HsmUserAction::Archive, 1, &[f]);
+    let (_, hai) = recv_items(&ct, 1).pop().unwrap();
+    let h = ct.action_begin(&hai, -1, 0, false).expect("begin");
+    h.progress(HsmExtent::new(0, 10), 0, HsmProgressFlags::default())
+        .expect("progress");
+    request(&sim, HsmUserAction::Cancel, 0, &[f]);
+    // The CANCEL item reaches the copytool running the archive...
+    let (_, cancel) = recv_items(&ct, 1).pop().unwrap();
+    assert_eq!(
+        (cancel.action, cancel.cookie),
+        (HsmAction::Cancel, hai.cookie)
+    );
+    // ...and the copy learns it from its next progress.
+    assert!(matches!(
+        h.progress(HsmExtent::new(10, 10), 0, HsmProgressFlags::default()),
+        Err(LustreError::Canceled { .. })
+    ));
+    h.end(hai.extent, HsmProgressFlags::default(), libc::ECANCELED)
+        .expect("end");
+    wait_until("the cancel to be recorded", || {
+        sim.status_of(&f.to_string(), "CANCEL").as_deref() == Some("SUCCEED")
+    });
+    assert_eq!(
+        sim.status_of(&f.to_string(), "ARCHIVE").as_deref(),
+        Some("CANCELED")
+    );
+}
+
+#[test]
+fn action_error_paths() {
+    let sim = Sim::start("action-errors");
+    let path = sim.write("e", b"x");
+    let f = fid(&path);
+    let ct = Copytool::register(api(), sim.mount(), &[], false).expect("register");
+    request(&sim, HsmUserAction::Archive, 1, &[f]);
+    let (_, hai) = recv_items(&ct, 1).pop().unwrap();
+    let s = api().symbols();
+    let c_hai = coordinatool_lustre::copytool::c_action_item(&hai);
+    let whole = bindings::hsm_extent {
+        offset: 0,
+        length: LUSTRE_EOF,
+    };
+    let mut zeroes = [0u64; 64];
+    let fake = zeroes
+        .as_mut_ptr()
+        .cast::<bindings::hsm_copyaction_private>();
+    // SAFETY: raw C calls with the NULL and bad-magic arguments the API must reject.
+    unsafe {
+        let mut hcp: *mut bindings::hsm_copyaction_private = ptr::null_mut();
+        assert_eq!(
+            (s.llapi_hsm_action_begin)(&mut hcp, ptr::null(), &c_hai, -1, 0, false),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            (s.llapi_hsm_action_progress)(ptr::null_mut(), &whole, 0, 0),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            (s.llapi_hsm_action_progress)(fake, &whole, 0, 0),
+            -libc::EINVAL
+        );
+        assert_eq!((s.llapi_hsm_action_get_fd)(fake), -libc::EINVAL);
+        let mut out = bindings::lu_fid::default();
+        assert_eq!((s.llapi_hsm_action_get_dfid)(fake, &mut out), -libc::EINVAL);
+        let mut fake_h = fake;
+        assert_eq!(
+            (s.llapi_hsm_action_end)(&mut fake_h, &whole, 0, 0),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            (s.llapi_hsm_action_end)(&mut hcp, &whole, 0, 0),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            (s.llapi_hsm_action_end)(ptr::null_mut(), &whole, 0, 0),
+            -libc::EINVAL
+        );
+
+        // A real handle: end with a NULL extent is refused and the handle survives.
+        let ct_raw = {
+            // The safe API does not expose its handle: register a raw one on the same mount.
+            let mnt = std::ffi::CString::new(sim.mount().to_string_lossy().as_bytes()).unwrap();
+            let mut c: *mut bindings::hsm_copytool_private = ptr::null_mut();
+            assert_eq!(
+                (s.llapi_hsm_copytool_register)(&mut c, mnt.as_ptr(), 0, ptr::null_mut(), 0),
+                0
+            );
+            c
+        };
+        assert_eq!(
+            (s.llapi_hsm_action_begin)(&mut hcp, ct_raw, &c_hai, -1, 0, false),
+            0
+        );
+        assert!(!hcp.is_null());
+        assert_eq!(
+            (s.llapi_hsm_action_end)(&mut hcp, ptr::null(), 0, 0),
+            -libc::EINVAL
+        );
+        assert!(!hcp.is_null(), "not freed on invalid arguments");
+        assert_eq!(
+            (s.llapi_hsm_action_end)(&mut hcp, &whole, 0, -libc::EPERM),
+            0
+        );
+        assert!(hcp.is_null(), "*phcp = NULL after end");
+        let mut ct_raw = ct_raw;
+        assert_eq!((s.llapi_hsm_copytool_unregister)(&mut ct_raw), 0);
+    }
+    // The negative errval was reported as its absolute value: a failure.
+    wait_until("the failure to be recorded", || {
+        sim.status_of(&f.to_string(), "ARCHIVE").as_deref() == Some("FAILED")
+    });
+    // Progress on a finished cookie through a second handle: ENOENT.
+    assert!(matches!(
+        ct.action_begin(&hai, -1, 0, false),
+        Err(LustreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn shutdown_is_reported_by_recv() {
+    let mut sim = Sim::start("shutdown");
+    let ct = Copytool::register(api(), sim.mount(), &[], false).expect("register");
+    let t = std::thread::scope(|s| {
+        let h = s.spawn(|| ct.recv());
+        sim.stop();
+        h.join().unwrap()
+    });
+    assert!(matches!(t, Err(LustreError::Shutdown { .. })), "{t:?}");
+}
+
+#[test]
+fn archive_filter_is_applied_per_copytool() {
+    let sim = Sim::start("filter");
+    let path = sim.write("x", b"x");
+    let f = fid(&path);
+    // Both registrations are one agent (one client mount); the agent serves the first list.
+    let all = Copytool::register(api(), sim.mount(), &[1, 2], true).expect("register");
+    let only2 = Copytool::register(api(), sim.mount(), &[2], true).expect("register");
+    request(&sim, HsmUserAction::Archive, 1, &[f]);
+    let (hal, hai) = recv_items(&all, 1).pop().unwrap();
+    assert_eq!(hal.archive_id, 1);
+    // The same list reached the other copytool's stream, which drops it.
+    assert!(poll_readable(only2.as_raw_fd()));
+    assert!(matches!(only2.recv(), Err(LustreError::WouldBlock { .. })));
+    all.report_error(&hai, libc::EIO).expect("report");
+}
+
+#[test]
+fn many_actions_on_many_threads() {
+    const N: usize = 40;
+    let sim = Sim::start("threads");
+    let files: Vec<_> = (0..N)
+        .map(|i| {
+            let data = pattern(1000 + i * 37, i as u64);
+            (sim.write(&format!("t{i}"), &data), data)
+        })
+        .collect();
+    let fids: Vec<LuFid> = files.iter().map(|(p, _)| fid(p)).collect();
+    // Let every request run at once (the default max_requests is 3).
+    let (rc, _, err) = sim.command(&[
+        "lctl",
+        "--mount",
+        &sim.mount().to_string_lossy(),
+        "set_param",
+        "mdt.*.hsm.max_requests=64",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let ct = Copytool::register(api(), sim.mount(), &[], false).expect("register");
+    request(&sim, HsmUserAction::Archive, 1, &fids);
+    let archive = sim.archive();
+    std::thread::scope(|s| {
+        // One thread per item as soon as it arrives, as lhsmtool_posix does.
+        let mut started = 0;
+        while started < N {
+            for (_, hai) in recv_items(&ct, 1) {
+                started += 1;
+                let (ct, archive) = (&ct, &archive);
+                s.spawn(move || {
+                    let h = ct.action_begin(&hai, -1, 0, false).expect("begin");
+                    let mut src = std::fs::File::from(h.fd().expect("fd"));
+                    let mut data = Vec::new();
+                    src.read_to_end(&mut data).unwrap();
+                    std::fs::write(archive.join(format!("{:#}", hai.fid)), &data).unwrap();
+                    h.progress(
+                        HsmExtent::new(0, data.len() as u64),
+                        0,
+                        HsmProgressFlags::default(),
+                    )
+                    .expect("progress");
+                    h.end(hai.extent, HsmProgressFlags::default(), 0)
+                        .expect("end");
+                });
+            }
+        }
+    });
+    for ((_, data), f) in files.iter().zip(&fids) {
+        assert_eq!(
+            &std::fs::read(archive.join(format!("{f:#}"))).unwrap(),
+            data
+        );
+        assert_eq!(
+            sim.status_of(&f.to_string(), "ARCHIVE").as_deref(),
+            Some("SUCCEED")
+        );
+    }
+}
+
+#[test]
+fn action_functions_accept_a_handle_built_by_a_preload_library() {
+    let sim = Sim::start("fake-handle");
+    let data = pattern(5000, 4);
+    let path = sim.write("h", &data);
+    let f = fid(&path);
+    let ct = Copytool::register(api(), sim.mount(), &[], false).expect("register");
+    request(&sim, HsmUserAction::Archive, 1, &[f]);
+    let (_, hai) = recv_items(&ct, 1).pop().unwrap();
+    // What a preload library does: its own handle with the real layout's first fields (no
+    // magic), handed to the library's action functions.
+    let mnt = std::ffi::CString::new(sim.mount().to_string_lossy().as_bytes()).unwrap();
+    let mnt_file = std::fs::File::open(sim.mount()).unwrap();
+    let fid_dir = std::fs::File::open(sim.mount().join(".lustre/fid")).unwrap();
+    let layout = bindings::hsm_copytool_private_layout {
+        magic: 0,
+        mnt: mnt.as_ptr().cast_mut(),
+        kuch: ptr::null_mut(),
+        mnt_fd: mnt_file.as_raw_fd(),
+        open_by_fid_fd: fid_dir.as_raw_fd(),
+        kuc: ptr::null_mut(),
+    };
+    let s = api().symbols();
+    let c_hai = coordinatool_lustre::copytool::c_action_item(&hai);
+    let whole = bindings::hsm_extent {
+        offset: 0,
+        length: LUSTRE_EOF,
+    };
+    let mut hcp: *mut bindings::hsm_copyaction_private = ptr::null_mut();
+    // SAFETY: a handle of the documented layout, a complete item, valid out-pointers.
+    unsafe {
+        let ct_ptr = (&raw const layout).cast::<bindings::hsm_copytool_private>();
+        assert_eq!(
+            (s.llapi_hsm_action_begin)(&mut hcp, ct_ptr, &c_hai, -1, 0, false),
+            0
+        );
+        let fd = (s.llapi_hsm_action_get_fd)(hcp);
+        assert!(fd >= 0);
+        let mut got = Vec::new();
+        std::fs::File::from_raw_fd(fd)
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, data);
+        assert_eq!((s.llapi_hsm_action_end)(&mut hcp, &whole, 0, 0), 0);
+    }
+    assert_eq!(
+        sim.status_of(&f.to_string(), "ARCHIVE").as_deref(),
+        Some("SUCCEED")
+    );
+}
+
+#[test]
+fn paths_fids_fsname_and_state() {
+    // A filesystem name no other test uses: fid2path is also asked by name.
+    let opts = ServeOptions {
+        fsname: "pathtest".to_owned(),
+        ..ServeOptions::default()
+    };
+    let sim = Sim::start_with("paths", &opts);
+    std::fs::create_dir_all(sim.mount().join("d/e")).unwrap();
+    let path = sim.write("d/e/file", b"content");
+    let f = api().path2fid(&path).expect("path2fid");
+    assert_eq!(api().path2fid(&path).unwrap(), f, "stable");
+    assert_eq!(
+        api().fid2path(sim.mount(), &f).unwrap(),
+        Path::new("d/e/file")
+    );
+    // By filesystem name (a mount this process used).
+    assert_eq!(
+        api().fid2path(Path::new("pathtest"), &f).unwrap(),
+        Path::new("d/e/file")
+    );
+    let file = std::fs::File::open(&path).unwrap();
+    assert_eq!(api().fd2fid(file.as_fd()).unwrap(), f);
+    let by_fid = std::fs::File::open(sim.mount().join(format!(".lustre/fid/{f:#}"))).unwrap();
+    assert_eq!(api().fd2fid(by_fid.as_fd()).unwrap(), f, "open by FID");
+    assert_eq!(
+        api().search_fsname(&sim.mount().join("d")).unwrap(),
+        "pathtest"
+    );
+    assert!(matches!(
+        api().search_fsname(&sim.scratch("elsewhere")),
+        Err(LustreError::Other {
+            errno: libc::ENODEV,
+            ..
+        })
+    ));
+    let outside = sim.scratch("outside");
+    std::fs::write(&outside, b"o").unwrap();
+    assert!(matches!(
+        api().path2fid(&outside),
+        Err(LustreError::Other {
+            errno: libc::ENOTTY,
+            ..
+        })
+    ));
+    assert!(matches!(
+        api().path2fid(&sim.mount().join("missing")),
+        Err(LustreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        api().fid2path(sim.mount(), &LuFid::new(0x2_0000_0400, 0x7777, 0)),
+        Err(LustreError::NotFound { .. })
+    ));
+
+    api()
+        .hsm_state_set(&path, HsmStates::NORELEASE, HsmStates::default(), 0)
+        .expect("state_set");
+    let st = api().hsm_state_get(&path).unwrap();
+    assert_eq!(st.states, HsmStates::NORELEASE);
+    let a = api().hsm_current_action(&path).unwrap();
+    assert_eq!(a.action, Some(HsmUserAction::None));
+    api()
+        .hsm_state_set(&path, HsmStates::default(), HsmStates::NORELEASE, 0)
+        .expect("state_set");
+    assert_eq!(
+        api().hsm_state_get(&path).unwrap().states,
+        HsmStates::default()
+    );
+    // SAFETY: the raw fd variant on an open file.
+    unsafe {
+        let mut hus = bindings::hsm_user_state::default();
+        assert_eq!(
+            (api().symbols().llapi_hsm_state_set_fd)(file.as_raw_fd(), 0x20, 0, 0),
+            0
+        );
+        assert_eq!(
+            (api().symbols().llapi_hsm_state_get_fd)(file.as_raw_fd(), &mut hus),
+            0
+        );
+        assert_eq!(hus.hus_states, 0x20);
+    }
+}
+
+#[test]
+fn log_level_and_user_request_alloc() {
+    let s = api().symbols();
+    // SAFETY: plain C calls; the request buffer is freed with free() as documented.
+    unsafe {
+        let old = (s.llapi_msg_get_level)();
+        (s.llapi_msg_set_level)(bindings::LLAPI_MSG_DEBUG as c_int);
+        assert_eq!(
+            (s.llapi_msg_get_level)(),
+            bindings::LLAPI_MSG_DEBUG as c_int
+        );
+        (s.llapi_msg_set_level)(old);
+        let hur = (s.llapi_hsm_user_request_alloc)(3, 10);
+        assert!(!hur.is_null());
+        let bytes = std::slice::from_raw_parts(hur.cast::<u8>(), 24 + 3 * 32 + 10);
+        assert!(bytes.iter().all(|&b| b == 0), "zeroed like calloc");
+        libc::free(hur.cast());
+        assert!((s.llapi_hsm_user_request_alloc)(-1, 0).is_null());
+    }
+}
