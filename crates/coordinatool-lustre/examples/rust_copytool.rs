@@ -146,7 +146,8 @@ impl Worker<'_> {
                 return Err(libc::ECANCELED);
             }
             ticks += 1;
-            if !self.opts.no_progress && ticks % 10 == 0 {
+            if !self.opts.no_progress && ticks == 10 {
+                ticks = 0;
                 let ext = HsmExtent::new(hai.extent.offset, 0);
                 if let Err(LustreError::Canceled { .. }) =
                     h.progress(ext, 0, HsmProgressFlags::default())
