@@ -329,3 +329,44 @@ fn works_underneath_an_ld_preload_library() {
         Some("SUCCEED")
     );
 }
+
+#[test]
+fn copytools_of_two_simulated_clients_are_two_agents() {
+    let sim = Sim::start("ct-clients");
+    let spawn = |client: &str, archive: &str| {
+        let mut cmd = Command::new(ctposix());
+        cmd.env("LD_LIBRARY_PATH", lib_dir())
+            .env("COORDINATOOL_SIM_CLIENT", client)
+            .args(["--archive", archive, "--hsm-root"])
+            .arg(sim.archive())
+            .arg(sim.mount());
+        let p = Proc::spawn(client, cmd);
+        p.wait_line(&["REGISTER"]);
+        p
+    };
+    let mut a = spawn("node-a", "1");
+    let b = spawn("node-b", "2");
+    let agents = sim.param("mdt.*.hsm.agents");
+    let agent_lines: Vec<&str> = agents
+        .lines()
+        .filter(|l| l.contains("archive_id="))
+        .collect();
+    // Two agents on each of the two MDTs.
+    assert_eq!(agent_lines.len(), 4, "{agents}");
+    let f1 = sim.write("one", b"for archive 1");
+    let f2 = sim.write("two", b"for archive 2");
+    let (fid1, fid2) = (fid_of(&f1), fid_of(&f2));
+    sim.lfs(&["hsm_archive", "--archive", "1", &s(&f1)]);
+    sim.lfs(&["hsm_archive", "--archive", "2", &s(&f2)]);
+    a.wait_line(&["ARCHIVE end", &fid1.to_string(), "rc=0"]);
+    b.wait_line(&["ARCHIVE end", &fid2.to_string(), "rc=0"]);
+    assert!(!a.lines().iter().any(|l| l.contains(&fid2.to_string())));
+    assert!(!b.lines().iter().any(|l| l.contains(&fid1.to_string())));
+    // Stopping one client's copytool unregisters that client only.
+    assert!(a.signal_and_wait(libc::SIGTERM).success());
+    let agents = sim.param("mdt.*.hsm.agents");
+    assert!(
+        agents.lines().all(|l| l.contains("archive_id=2 ")),
+        "{agents}"
+    );
+}

@@ -709,3 +709,160 @@ fn log_level_and_user_request_alloc() {
         assert!((s.llapi_hsm_user_request_alloc)(-1, 0).is_null());
     }
 }
+
+#[test]
+fn shared_object_has_the_soname_and_only_llapi_exports() {
+    let so = sim_common::lib_dir().join("liblustreapi.so");
+    let out = std::process::Command::new("readelf")
+        .arg("-dW")
+        .arg(&so)
+        .output()
+        .expect("readelf");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Library soname: [liblustreapi.so.1]"),
+        "{text}"
+    );
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&so)
+        .output()
+        .expect("nm");
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .collect();
+    for sym in coordinatool_lustre::ffi::SYMBOLS
+        .iter()
+        .chain(&["llapi_error", "llapi_printf"])
+    {
+        assert!(names.iter().any(|n| n == sym), "{sym} not exported");
+    }
+    let foreign: Vec<_> = names.iter().filter(|n| !n.starts_with("llapi_")).collect();
+    assert!(foreign.is_empty(), "unexpected exports: {foreign:?}");
+}
+
+/// The variadic logging functions (defined in C inside the stand-in) with callbacks and
+/// levels, and the library's own messages going through the error callback.
+const LOG_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include "lustreapi_subset.h"
+
+static char last[512];
+static int last_level, last_err, calls;
+
+static void cb(enum llapi_message_level level, int err, const char *fmt, va_list ap)
+{
+	vsnprintf(last, sizeof(last), fmt, ap);
+	last_level = (int)level;
+	last_err = err;
+	calls++;
+}
+
+#define CHECK(c) do { if (!(c)) { fprintf(stderr, "check failed line %d: %s (last='%s')\n", __LINE__, #c, last); return 1; } } while (0)
+
+int main(int argc, char **argv)
+{
+	struct hsm_copytool_private *ct = NULL;
+	llapi_log_callback_t old;
+
+	(void)argc;
+	CHECK(llapi_msg_get_level() == LLAPI_MSG_NORMAL);
+	old = llapi_error_callback_set(cb);
+	CHECK(old != NULL);
+	CHECK(llapi_error_callback_set(cb) == cb);
+	llapi_error(LLAPI_MSG_ERROR, -EIO, "copy of %s failed after %d bytes", "f", 42);
+	CHECK(calls == 1 && strcmp(last, "copy of f failed after 42 bytes") == 0);
+	CHECK(last_level == LLAPI_MSG_ERROR && last_err == EIO);
+	llapi_error(LLAPI_MSG_DEBUG, 0, "filtered");
+	CHECK(calls == 1);
+	llapi_msg_set_level(LLAPI_MSG_DEBUG);
+	llapi_error(LLAPI_MSG_DEBUG | LLAPI_MSG_NO_ERRNO, 0, "now %s", "shown");
+	CHECK(calls == 2 && strcmp(last, "now shown") == 0);
+	CHECK(last_level == (LLAPI_MSG_DEBUG | LLAPI_MSG_NO_ERRNO));
+	llapi_msg_set_level(LLAPI_MSG_ERROR);
+	CHECK(llapi_info_callback_set(cb) != NULL);
+	llapi_printf(LLAPI_MSG_INFO, "hidden %d", 1);
+	CHECK(calls == 2);
+	llapi_printf(LLAPI_MSG_ERROR, "info %d", 7);
+	CHECK(calls == 3 && strcmp(last, "info 7") == 0 && last_err == 0);
+	/* The library's own error: registering on a mount whose daemon is gone. */
+	CHECK(llapi_hsm_copytool_register(&ct, argv[1], 0, NULL, 0) == -ENOTCONN);
+	CHECK(calls == 4 && last_err == ENOTCONN);
+	CHECK(strstr(last, "cannot start copytool interface") != NULL);
+	puts("ok");
+	return 0;
+}
+"#;
+
+#[test]
+fn variadic_logging_functions_and_callbacks() {
+    let sim = Sim::start("log");
+    let src = sim.scratch("log.c");
+    std::fs::write(&src, LOG_C).unwrap();
+    let bin = sim_common::build_c(&src, "logtest", &[]);
+    let dead = sim.scratch("dead");
+    std::fs::create_dir_all(dead.join(".lustre/fid")).unwrap();
+    let out = std::process::Command::new(bin)
+        .arg(&dead)
+        .env("LD_LIBRARY_PATH", sim_common::lib_dir())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}
+
+#[test]
+fn event_fifo_gets_json_lines() {
+    let sim = Sim::start("fifo");
+    let fifo = sim.scratch("events");
+    let cfifo = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+    let s = api().symbols();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(
+        unsafe { (s.llapi_hsm_register_event_fifo)(cfifo.as_ptr()) },
+        0
+    );
+    // Read while the test runs (other tests of this binary write events too: the FIFO is
+    // process-wide); EOF comes when the library closes its end at unregistration.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let mut r = std::fs::File::open(&fifo).expect("open fifo");
+            r.read_to_string(&mut text).expect("read fifo");
+            text
+        })
+    };
+    let path = sim.write("e", b"event data");
+    let ct = Copytool::register(api(), sim.mount(), &[], false).expect("register");
+    archive_with(&sim, &ct, &path);
+    drop(ct);
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(
+        unsafe { (s.llapi_hsm_unregister_event_fifo)(cfifo.as_ptr()) },
+        0
+    );
+    let text = reader.join().unwrap();
+    let mount = format!("\"mount_point\":\"{}\"", sim.mount().display());
+    let mine: Vec<&str> = text.lines().filter(|l| l.contains(&mount)).collect();
+    let types: Vec<&str> = mine
+        .iter()
+        .filter_map(|l| {
+            let v = l.split("\"event_type\":\"").nth(1)?;
+            v.split('"').next()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        ["REGISTER", "ARCHIVE_START", "ARCHIVE_FINISH", "UNREGISTER"],
+        "{text}"
+    );
+}
