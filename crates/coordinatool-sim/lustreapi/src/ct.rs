@@ -326,3 +326,154 @@ pub(crate) unsafe fn recv(
         return 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// A registration whose stream is one end of a socket pair (no daemon involved).
+    fn handle(archives: &[u32], nonblock: bool) -> (Box<CtPriv>, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(nonblock).unwrap();
+        let rfd = ours.into_raw_fd();
+        let mut buf = vec![0u64; KUCH_SIZE / 8].into_boxed_slice();
+        let mut kuc = vec![LK_NOFD, rfd as u32, 0, KUC_GRP_HSM, 0, LK_FLG_DATANR];
+        let ct = Box::new(CtPriv {
+            layout: hsm_copytool_private_layout {
+                magic: CT_PRIV_MAGIC as c_int,
+                mnt: ptr::null_mut(),
+                kuch: buf.as_mut_ptr().cast(),
+                mnt_fd: -1,
+                open_by_fid_fd: -1,
+                kuc: kuc.as_mut_ptr().cast(),
+            },
+            mount: PathBuf::from("/nonexistent"),
+            uuid: "test".to_owned(),
+            archives: archives.to_vec(),
+            kuc,
+            buf,
+        });
+        (ct, theirs)
+    }
+
+    fn kuc(transport: u8, msgtype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&(KUC_MAGIC as u16).to_le_bytes());
+        m.push(transport);
+        m.push(0);
+        m.extend_from_slice(&msgtype.to_le_bytes());
+        m.extend_from_slice(&((8 + payload.len()) as u16).to_le_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    fn hal(archive_id: u32) -> Vec<u8> {
+        let mut h = vec![0u8; 40];
+        h[0] = 1;
+        h[24..28].copy_from_slice(&archive_id.to_le_bytes());
+        h[32..38].copy_from_slice(b"lustre");
+        h
+    }
+
+    fn recv_raw(ct: &mut CtPriv) -> (c_int, Option<Vec<u8>>) {
+        let mut p: *mut hsm_action_list = ptr::null_mut();
+        let mut size: c_int = -1;
+        let h = (ct as *mut CtPriv).cast::<hsm_copytool_private>();
+        // SAFETY: a live handle and valid out-pointers.
+        let rc = unsafe { recv(h, &mut p, &mut size) };
+        if rc < 0 {
+            assert!(p.is_null() && size == 0, "outputs cleared on error");
+            return (rc, None);
+        }
+        // SAFETY: `size` bytes at `p` in the handle's buffer.
+        let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size as usize) };
+        (rc, Some(bytes.to_vec()))
+    }
+
+    fn kuc_type(transport: u32) -> u8 {
+        transport as u8
+    }
+
+    #[test]
+    fn framing_filter_and_errors() {
+        let (mut ct, mut peer) = handle(&[2], true);
+        assert_eq!(recv_raw(&mut ct).0, -libc::EAGAIN);
+        // A message for another archive is dropped, one of another transport skipped, the
+        // next one returned; a message split over several writes is reassembled.
+        peer.write_all(&kuc(kuc_type(KUC_TRANSPORT_HSM), HMT_ACTION_LIST, &hal(1)))
+            .unwrap();
+        peer.write_all(&kuc(7, 1, b"other")).unwrap();
+        let m = kuc(kuc_type(KUC_TRANSPORT_HSM), HMT_ACTION_LIST, &hal(2));
+        peer.write_all(&m[..5]).unwrap();
+        let writer = std::thread::spawn({
+            let mut peer = peer.try_clone().unwrap();
+            let rest = m[5..].to_vec();
+            move || peer.write_all(&rest).unwrap()
+        });
+        // The header is incomplete: recv waits for the rest of the message.
+        let (rc, got) = loop {
+            let r = recv_raw(&mut ct);
+            if r.0 != -libc::EAGAIN {
+                break r;
+            }
+        };
+        writer.join().unwrap();
+        assert_eq!(rc, 0);
+        assert_eq!(got.unwrap(), hal(2));
+        // Protocol errors.
+        peer.write_all(&kuc(kuc_type(KUC_TRANSPORT_GENERIC), 9, b""))
+            .unwrap();
+        assert_eq!(recv_raw(&mut ct).0, -libc::EPROTO);
+        peer.write_all(&kuc(kuc_type(KUC_TRANSPORT_HSM), 5, &hal(2)))
+            .unwrap();
+        assert_eq!(recv_raw(&mut ct).0, -libc::EPROTO);
+        peer.write_all(&kuc(kuc_type(KUC_TRANSPORT_HSM), HMT_ACTION_LIST, &[0; 8]))
+            .unwrap();
+        assert_eq!(
+            recv_raw(&mut ct).0,
+            -libc::EPROTO,
+            "shorter than a HAL header"
+        );
+        peer.write_all(&[0xff; 8]).unwrap();
+        assert_eq!(recv_raw(&mut ct).0, -libc::EPROTO, "bad magic");
+        // Shutdown message, then end of stream.
+        peer.write_all(&kuc(
+            kuc_type(KUC_TRANSPORT_GENERIC),
+            KUC_MSG_SHUTDOWN as u16,
+            b"",
+        ))
+        .unwrap();
+        assert_eq!(recv_raw(&mut ct).0, -libc::ESHUTDOWN);
+        drop(peer);
+        assert_eq!(recv_raw(&mut ct).0, -libc::ESHUTDOWN);
+        close(stream_fd(&ct));
+    }
+
+    #[test]
+    fn any_archive_and_blocking_read() {
+        let (mut ct, mut peer) = handle(&[], false);
+        let m = kuc(kuc_type(KUC_TRANSPORT_HSM), HMT_ACTION_LIST, &hal(77));
+        let writer = std::thread::spawn(move || {
+            peer.write_all(&m).unwrap();
+            peer
+        });
+        let (rc, got) = recv_raw(&mut ct);
+        assert_eq!(rc, 0);
+        assert_eq!(got.unwrap(), hal(77));
+        drop(writer.join().unwrap());
+        close(stream_fd(&ct));
+    }
+
+    #[test]
+    fn client_uuid_is_per_client_and_mount() {
+        let a = util::client_uuid(std::path::Path::new("/a/mount"));
+        assert_eq!(a, util::client_uuid(std::path::Path::new("/a/mount")));
+        assert_ne!(a, util::client_uuid(std::path::Path::new("/b/mount")));
+        let parts: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12], "{a}");
+        assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+    }
+}
