@@ -370,3 +370,95 @@ fn copytools_of_two_simulated_clients_are_two_agents() {
         "{agents}"
     );
 }
+
+/// Environment variable that turns [`serve_child_entry`] into `coordinatool-sim serve <it>`.
+const SERVE_ENV: &str = "SIM_CTPOSIX_SERVE_MOUNT";
+
+/// Not a test: the entry point of the daemon process of
+/// [`copytool_exits_cleanly_when_the_daemon_process_dies`] (this binary re-executed with
+/// `--ignored --exact`), running the `coordinatool-sim serve` command line until SIGTERM.
+#[test]
+#[ignore = "entry point of a child process, run by another test"]
+fn serve_child_entry() {
+    let Some(mount) = std::env::var_os(SERVE_ENV) else {
+        return;
+    };
+    let argv = vec![
+        "coordinatool-sim".to_owned(),
+        "serve".to_owned(),
+        mount.to_string_lossy().into_owned(),
+    ];
+    let mut stdin: &[u8] = b"";
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let rc = coordinatool_sim::cli::main_with_args(
+        &argv,
+        &mut coordinatool_sim::cli::Io {
+            stdin: &mut stdin,
+            out: &mut out,
+            err: &mut err,
+        },
+    );
+    std::process::exit(rc);
+}
+
+#[test]
+fn copytool_exits_cleanly_when_the_daemon_process_dies() {
+    // The simulated filesystem is served by another process running `serve`; when that
+    // process is killed (no shutdown message), the copytool's recv still ends with
+    // -ESHUTDOWN and it exits cleanly.
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sim-{}-serve-process", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mount = root.join("fs");
+    let archive = root.join("archive");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mut daemon = Command::new(std::env::current_exe().unwrap());
+    daemon
+        .args(["--ignored", "--exact", "serve_child_entry", "--nocapture"])
+        .env(SERVE_ENV, &mount);
+    let mut daemon = Proc::spawn("serve", daemon);
+    let sock = mount.join(".lustre_sim/sock");
+    wait_until("the daemon socket", || sock.exists());
+    let mount = mount.canonicalize().unwrap();
+    let data = pattern(50_000, 99);
+    let f = mount.join("file");
+    std::fs::write(&f, &data).unwrap();
+
+    let mut cmd = Command::new(ctposix());
+    cmd.env("LD_LIBRARY_PATH", lib_dir())
+        .arg("--hsm-root")
+        .arg(&archive)
+        .arg(&mount);
+    let mut ct = Proc::spawn("ctposix", cmd);
+    ct.wait_line(&["REGISTER"]);
+    let fid = fid_of(&f);
+    let lfs = |args: &[&str]| {
+        let mut argv = vec!["coordinatool-sim".to_owned(), "lfs".to_owned()];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let mut stdin: &[u8] = b"";
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let rc = coordinatool_sim::cli::main_with_args(
+            &argv,
+            &mut coordinatool_sim::cli::Io {
+                stdin: &mut stdin,
+                out: &mut out,
+                err: &mut err,
+            },
+        );
+        assert_eq!(rc, 0, "lfs {args:?}: {}", String::from_utf8_lossy(&err));
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    lfs(&["hsm_archive", &s(&f)]);
+    ct.wait_line(&["ARCHIVE end", &fid.to_string(), "rc=0 errval=0 end_rc=0"]);
+    lfs(&["hsm_release", &s(&f)]);
+    lfs(&["hsm_restore", &s(&f)]);
+    ct.wait_line(&["RESTORE end", &fid.to_string(), "rc=0 errval=0 end_rc=0"]);
+    assert_eq!(checksum(&std::fs::read(&f).unwrap()), checksum(&data));
+
+    // SIGKILL: the daemon cannot say goodbye.
+    let st = daemon.signal_and_wait(libc::SIGKILL);
+    assert!(!st.success());
+    ct.wait_line(&["SHUTDOWN"]);
+    assert!(ct.wait().success());
+    let _ = std::fs::remove_dir_all(&root);
+}
