@@ -73,9 +73,20 @@ pub fn include_dir() -> PathBuf {
 /// Builds a C program (or, with `-shared` in `extra`, a library) with
 /// `cc -std=c99 -Wall -Wextra -Werror` against the project's header and links it with the
 /// stand-in (`-llustreapi`).
+///
+/// The output is named after a checksum of the source, header and options, so test
+/// processes share one build and old builds are simply reused.
 pub fn build_c(src: &Path, out_name: &str, extra: &[&str]) -> PathBuf {
+    let mut key = std::fs::read(src).expect("read C source");
+    key.extend(std::fs::read(include_dir().join("lustreapi_subset.h")).expect("read header"));
+    key.extend(extra.join(" ").bytes());
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{out_name}-{}", std::process::id()));
+        .join(format!("{out_name}-{:016x}", checksum(&key)));
+    if out.exists() {
+        return out;
+    }
+    // Built under a private name, then renamed: concurrent builders never see half a file.
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
     let output = Command::new(&cc)
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-g"])
@@ -83,7 +94,7 @@ pub fn build_c(src: &Path, out_name: &str, extra: &[&str]) -> PathBuf {
         .arg("-I")
         .arg(include_dir())
         .arg("-o")
-        .arg(&out)
+        .arg(&tmp)
         .arg(src)
         .arg("-L")
         .arg(lib_dir())
@@ -96,6 +107,7 @@ pub fn build_c(src: &Path, out_name: &str, extra: &[&str]) -> PathBuf {
         src.display(),
         String::from_utf8_lossy(&output.stderr)
     );
+    std::fs::rename(&tmp, &out).expect("rename the build");
     out
 }
 
