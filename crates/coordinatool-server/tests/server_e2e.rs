@@ -573,3 +573,27 @@ fn a_thousand_waiting_movers_each_get_one_request() {
     assert_eq!((st.running_archive, st.pending_archive), (N, 0));
     assert_eq!(st.clients_connected, N + 1);
 }
+
+#[test]
+fn a_client_that_half_closes_still_gets_its_replies() {
+    let sim = Sim::start("halfclose");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    let mut c = srv.connect();
+    c.send(&queue(vec![item(1)]));
+    c.send(&Request::Lock(LockRequest::new(LockState::Unlocked)));
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let got: Vec<String> = c
+        .wait_closed()
+        .into_iter()
+        .map(|r| String::from_utf8(r).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            r#"{"command":"queue","enqueued":1}"#.to_owned(),
+            r#"{"command":"lock"}"#.to_owned()
+        ]
+    );
+    let mut q = srv.connect();
+    assert_eq!(status(&mut q, 4).pending_archive, 1);
+}

@@ -44,8 +44,17 @@ pub(crate) enum Event {
     Request(ClientId, Request),
     /// Input that is not a valid request: the connection reads no further.
     Malformed(ClientId, DecodeError),
-    /// The connection is gone (EOF, read or write error, write stall).
-    Closed(ClientId, String),
+    /// The connection is gone: end of input (`graceful`: replies already queued are still
+    /// written, a client may half-close after its last request), or a read or write error or
+    /// a write stall (not graceful).
+    Closed {
+        /// The connection.
+        id: ClientId,
+        /// What happened, for the logs.
+        reason: String,
+        /// Whether queued replies should still be written.
+        graceful: bool,
+    },
 }
 
 /// The loop's handle on a connection.
@@ -148,17 +157,20 @@ fn set_keepalive(stream: &TcpStream, peer: &str) {
 async fn read_loop(mut rd: OwnedReadHalf, id: ClientId, events: mpsc::Sender<Event>) {
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; READ_CHUNK];
-    let reason = loop {
+    let (reason, graceful) = loop {
         let n = match rd.read(&mut buf).await {
             Ok(0) if dec.is_mid_message() => {
-                break format!(
-                    "connection closed in the middle of a message ({} bytes)",
-                    dec.buffered()
+                break (
+                    format!(
+                        "connection closed in the middle of a message ({} bytes)",
+                        dec.buffered()
+                    ),
+                    true,
                 );
             }
-            Ok(0) => break "connection closed by peer".to_owned(),
+            Ok(0) => break ("connection closed by peer".to_owned(), true),
             Ok(n) => n,
-            Err(e) => break format!("read error: {e}"),
+            Err(e) => break (format!("read error: {e}"), false),
         };
         dec.feed(&buf[..n]);
         loop {
@@ -177,7 +189,21 @@ async fn read_loop(mut rd: OwnedReadHalf, id: ClientId, events: mpsc::Sender<Eve
             }
         }
     };
-    let _ = events.send(Event::Closed(id, reason)).await;
+    let _ = events
+        .send(Event::Closed {
+            id,
+            reason,
+            graceful,
+        })
+        .await;
+}
+
+fn broken(id: ClientId, reason: String) -> Event {
+    Event::Closed {
+        id,
+        reason,
+        graceful: false,
+    }
 }
 
 async fn write_loop(
@@ -201,25 +227,18 @@ async fn write_loop(
         while off < len {
             match tokio::time::timeout(WRITE_STALL, wr.write(&buf[off..])).await {
                 Ok(Ok(0)) => {
-                    let _ = events
-                        .send(Event::Closed(id, "write returned 0".into()))
-                        .await;
+                    let _ = events.send(broken(id, "write returned 0".into())).await;
                     return;
                 }
                 Ok(Ok(n)) => off += n,
                 Ok(Err(e)) => {
-                    let _ = events
-                        .send(Event::Closed(id, format!("write error: {e}")))
-                        .await;
+                    let _ = events.send(broken(id, format!("write error: {e}"))).await;
                     return;
                 }
                 Err(_) => {
                     warn!(client = %id, "no write progress for {WRITE_STALL:?}: dropping the connection");
                     let _ = events
-                        .send(Event::Closed(
-                            id,
-                            format!("write stalled for {WRITE_STALL:?}"),
-                        ))
+                        .send(broken(id, format!("write stalled for {WRITE_STALL:?}")))
                         .await;
                     return;
                 }

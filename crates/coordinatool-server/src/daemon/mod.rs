@@ -736,12 +736,22 @@ impl Server {
                 self.outbox.push(Out::Close(id));
                 self.disconnect(id);
             }
-            Event::Closed(id, reason) => {
-                if let Some(conn) = self.conns.remove(&id) {
-                    debug!(peer = %conn.peer, client = %id, "{reason}");
+            Event::Closed {
+                id,
+                reason,
+                graceful,
+            } => {
+                let Some(conn) = self.conns.get(&id) else {
+                    return;
+                };
+                debug!(peer = %conn.peer, client = %id, "{reason}");
+                if graceful {
+                    // Replies to its last requests are still in this turn's outbox.
+                    self.outbox.push(Out::Close(id));
+                } else if let Some(conn) = self.conns.remove(&id) {
                     conn.abort();
-                    self.disconnect(id);
                 }
+                self.disconnect(id);
             }
         }
     }

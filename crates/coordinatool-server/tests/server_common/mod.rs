@@ -318,6 +318,7 @@ impl Client {
     /// Connects to `addr`.
     pub fn connect(addr: &str) -> Client {
         let stream = TcpStream::connect(addr).expect("connect to the server");
+        stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
