@@ -1,6 +1,6 @@
-//! Actions (`llapi_hsm_action_*`). Every call opens its own short connection to the daemon,
-//! so actions work from any thread and from forked children, whatever happened to the
-//! registration's stream.
+//! Actions (`llapi_hsm_action_*`). Calls go over the calling thread's own daemon connection
+//! (see `util::call`), never over the registration's stream, so actions work from any thread
+//! and from forked children.
 
 use std::os::raw::{c_char, c_int};
 use std::path::{Path, PathBuf};

@@ -16,8 +16,9 @@
 //! Every call is a request to the daemon serving the mount (`coordinatool_sim::rpc`), found
 //! by its socket in the mount directory. A registration's "pipe" is the daemon connection
 //! that carries the KUC messages, so `llapi_hsm_copytool_get_fd`, `poll` and `O_NONBLOCK`
-//! work as on Lustre; the action functions open a short connection per call, so they work
-//! from any thread and from forked children.
+//! work as on Lustre; every other call goes over a connection of the calling thread (a
+//! forked child opens its own), so the action functions work from any thread and from forked
+//! children.
 //!
 //! Behaviour set: Lustre 2.17 (a signal interrupting a blocking `recv` before any byte gives
 //! `-EINTR`, as the single `read()` of 2.12–2.17 does). Differences from Lustre, all

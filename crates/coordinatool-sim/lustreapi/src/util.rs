@@ -83,11 +83,78 @@ pub(crate) fn path_cstring(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
-/// One request/response exchange on a fresh connection (so it works from any thread and in
-/// forked children). Returns a positive errno on failure.
+/// One request/response exchange with the daemon of `mount`. Returns a positive errno.
+///
+/// Each thread keeps one connection (to the mount it used last), tagged with the process id:
+/// a forked child never shares its parent's connection (it opens its own), so calls work
+/// from any thread and from forked children. A kept connection found broken (daemon
+/// restarted) is replaced once when the request could not have reached the daemon.
 pub(crate) fn call(mount: &Path, req: &Request) -> Result<Reply, i32> {
+    let pid = std::process::id();
+    let kept = CONN.with(|c| c.borrow_mut().take());
+    if let Some(k) = kept
+        && k.pid == pid
+        && k.mount == mount
+    {
+        // Err(Unsent): nothing reached the daemon, safe to send again on a new connection.
+        if let Ok(r) = exchange(&k.stream, req) {
+            if !matches!(r, Err(e) if is_transport_errno(e)) {
+                keep(k);
+            }
+            return r;
+        }
+    }
     let stream = connect(mount)?;
-    call_on(&stream, req)
+    match exchange(&stream, req) {
+        Ok(r) => {
+            if !matches!(r, Err(e) if is_transport_errno(e)) {
+                keep(Kept {
+                    pid,
+                    mount: mount.to_owned(),
+                    stream,
+                });
+            }
+            r
+        }
+        Err(Unsent) => Err(libc::ENOTCONN),
+    }
+}
+
+/// A connection kept by a thread for its next calls.
+struct Kept {
+    pid: u32,
+    mount: PathBuf,
+    stream: UnixStream,
+}
+
+thread_local! {
+    static CONN: std::cell::RefCell<Option<Kept>> = const { std::cell::RefCell::new(None) };
+}
+
+fn keep(k: Kept) {
+    CONN.with(|c| *c.borrow_mut() = Some(k));
+}
+
+/// The request could not be written: nothing reached the daemon.
+struct Unsent;
+
+fn is_transport_errno(e: i32) -> bool {
+    matches!(
+        e,
+        libc::ENOTCONN | libc::EPIPE | libc::ECONNRESET | libc::EPROTO
+    )
+}
+
+/// Sends `req` and reads the response; `Err(Unsent)` if the send failed.
+fn exchange(stream: &UnixStream, req: &Request) -> Result<Result<Reply, i32>, Unsent> {
+    let mut frame = Vec::new();
+    if let Err(e) = rpc::write_frame(&mut frame, req) {
+        return Ok(Err(e.errno()));
+    }
+    if send_all(stream, &frame).is_err() {
+        return Err(Unsent);
+    }
+    Ok(read_response(stream))
 }
 
 /// Connects to the daemon of `mount`: `ENOTCONN` when it is not running.
@@ -103,9 +170,10 @@ pub(crate) fn connect(mount: &Path) -> Result<UnixStream, i32> {
 
 /// Sends `req` on `stream` and reads the response.
 pub(crate) fn call_on(stream: &UnixStream, req: &Request) -> Result<Reply, i32> {
-    let mut frame = Vec::new();
-    rpc::write_frame(&mut frame, req).map_err(|e| e.errno())?;
-    send_all(stream, &frame)?;
+    exchange(stream, req).unwrap_or(Err(libc::ENOTCONN))
+}
+
+fn read_response(stream: &UnixStream) -> Result<Reply, i32> {
     let mut r = stream;
     match rpc::read_frame::<Response>(&mut r) {
         Ok(Some(Response::Ok(reply))) => Ok(reply),
