@@ -18,12 +18,12 @@ pub mod fid;
 pub mod hal;
 
 pub use action::{HsmAction, HsmProgressFlags, HsmStates, HsmUserAction};
-pub use fid::{FidParseError, LuFid};
 pub use active_requests::{ActionRecord, ActiveRequest, AgentReqStatus};
+pub use copytool::{ActionHandle, Copytool, HsmCurrentAction, HsmProgressState, HsmUserState};
+pub use ffi::log::LlapiLogLevel;
+pub use ffi::{LoadError, LustreError, Lustreapi};
+pub use fid::{FidParseError, LuFid};
 pub use hal::{
     HaiView, HalError, HalView, HsmActionItem, HsmActionList, HsmExtent, HsmUserItem,
     HsmUserRequest, LUSTRE_EOF,
 };
-pub use copytool::{ActionHandle, Copytool, HsmCurrentAction, HsmProgressState, HsmUserState};
-pub use ffi::log::LlapiLogLevel;
-pub use ffi::{LoadError, LustreError, Lustreapi};
