@@ -77,7 +77,7 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 #[non_exhaustive]
 pub enum DaemonError {
     /// `liblustreapi.so.1` could not be loaded.
-    #[error("{0} (the server needs Lustre's liblustreapi.so.1, or a stand-in on LD_LIBRARY_PATH)")]
+    #[error("{0}")]
     Lustreapi(#[from] LoadError),
     /// The mount point is not a Lustre client mount.
     #[error("{}: not a Lustre mount point: {source}", mnt.display())]
@@ -189,7 +189,7 @@ pub fn main() -> ExitCode {
     match run(loaded.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e}");
+            // On stderr whatever the log level (logs go to stderr too: once is enough).
             eprintln!("{prog}: {e}");
             ExitCode::FAILURE
         }
