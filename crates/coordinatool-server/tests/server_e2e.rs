@@ -597,3 +597,35 @@ fn a_client_that_half_closes_still_gets_its_replies() {
     let mut q = srv.connect();
     assert_eq!(status(&mut q, 4).pending_archive, 1);
 }
+
+#[test]
+fn a_mover_back_within_its_grace_keeps_what_it_still_runs() {
+    let sim = Sim::start("takeover");
+    let srv = Server::start(&sim, &config(&sim, "client_grace_ms 600000\n"));
+    let mut q = srv.connect();
+    q.call(&queue(vec![item(1), item(2)]));
+    let mut m = srv.connect();
+    m.call(&ehlo("m1"));
+    let hal = hal_of(m.call(&recv_max_archive(2)));
+    assert_eq!(hal.list.len(), 2);
+    drop(m);
+    wait_until("m1 disconnected", || {
+        status(&mut q, 4).clients.iter().any(|c| {
+            c.client_id == "m1" && c.status == coordinatool_proto::ClientState::Disconnected
+        })
+    });
+    // Back, still running the first one only: the second is queued again.
+    let mut m = srv.connect();
+    let mut e = EhloRequest::new(Some("m1".into()));
+    e.hai_list = vec![hal.list[0].clone()];
+    assert_eq!(m.call_text(&Request::Ehlo(e)), r#"{"command":"ehlo"}"#);
+    let st = status(&mut q, 4);
+    assert_eq!((st.running_archive, st.pending_archive), (1, 1));
+    let m1 = st.clients.iter().find(|c| c.client_id == "m1").unwrap();
+    assert_eq!(
+        (m1.status, m1.current_archive),
+        (coordinatool_proto::ClientState::Ready, 1)
+    );
+    let again = hal_of(m.call(&recv()));
+    assert_eq!(again.list[0].cookie, hal.list[1].cookie);
+}
