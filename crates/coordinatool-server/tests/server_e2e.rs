@@ -629,3 +629,49 @@ fn a_mover_back_within_its_grace_keeps_what_it_still_runs() {
     let again = hal_of(m.call(&recv()));
     assert_eq!(again.list[0].cookie, hal.list[1].cookie);
 }
+
+#[test]
+fn every_request_of_a_multi_file_lustre_request_reaches_a_mover_once() {
+    let sim = Sim::start("bulk");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    // Lustre hands a copytool at most hsm.max_requests (default 3) active requests per MDT;
+    // the coordinatool needs it high (README "pitfalls").
+    let m = sim.mount.to_string_lossy().into_owned();
+    let (rc, _, err) = sim.command(&[
+        "lctl",
+        "--mount",
+        &m,
+        "set_param",
+        "mdt.*.hsm.max_requests=1000",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let files: Vec<_> = (0..50).map(|i| sim.file(&format!("f{i}"))).collect();
+    let mut args = vec!["hsm_archive".to_owned(), "-a".into(), "1".into()];
+    args.extend(files.iter().map(|(p, _)| p.to_string_lossy().into_owned()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    sim.lfs(&argv);
+    let mut m = srv.connect();
+    m.call(&ehlo("m1"));
+    let mut got: Vec<LuFid> = Vec::new();
+    while got.len() < files.len() {
+        let hal = hal_of(m.call(&recv()));
+        for h in &hal.list {
+            assert_eq!(h.action, HsmAction::Archive);
+            assert_eq!(
+                m.call_text(&done(h.cookie, h.dfid)),
+                r#"{"command":"done"}"#
+            );
+        }
+        got.extend(hal.list.iter().map(|h| h.dfid));
+    }
+    got.sort();
+    let mut want: Vec<LuFid> = files.iter().map(|(_, f)| *f).collect();
+    want.sort();
+    assert_eq!(got, want);
+    let mut q = srv.connect();
+    let st = status(&mut q, 4);
+    assert_eq!(
+        (st.done_archive, st.running_archive, st.pending_archive),
+        (50, 0, 0)
+    );
+}
