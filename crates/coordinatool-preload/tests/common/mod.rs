@@ -343,8 +343,30 @@ pub fn bins() -> &'static Bins {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let include = manifest.join("../coordinatool-lustre/include");
         let src = manifest.join("tests/c");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("preload-tests");
-        std::fs::create_dir_all(&dir).unwrap();
+        // nextest runs every test in its own process, so several processes build at once:
+        // each builds in a private staging directory, then publishes it atomically under a
+        // name derived from the sources; a loser of the race uses the winner's copy.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("preload-tests");
+        std::fs::create_dir_all(&root).unwrap();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for f in [
+            src.join("stub_lustreapi.c"),
+            src.join("ct_test.c"),
+            include.join("lustreapi_subset.h"),
+        ] {
+            for b in std::fs::read(&f).unwrap() {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        let final_dir = root.join(format!("{hash:016x}"));
+        let staging = root.join(format!("staging-{}", std::process::id()));
+        let dir = if final_dir.exists() {
+            final_dir.clone()
+        } else {
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging).unwrap();
+            staging.clone()
+        };
         let cc = |args: &[&std::ffi::OsStr]| {
             let out = Command::new("cc").args(args).output().expect("cc");
             assert!(
@@ -354,39 +376,55 @@ pub fn bins() -> &'static Bins {
             );
         };
         let so = dir.join("liblustreapi.so.1");
-        cc(&[
-            "-std=gnu99".as_ref(),
-            "-Wall".as_ref(),
-            "-Wextra".as_ref(),
-            "-Werror".as_ref(),
-            "-shared".as_ref(),
-            "-fPIC".as_ref(),
-            "-I".as_ref(),
-            include.as_os_str(),
-            "-Wl,-soname,liblustreapi.so.1".as_ref(),
-            "-o".as_ref(),
-            so.as_os_str(),
-            src.join("stub_lustreapi.c").as_os_str(),
-        ]);
-        let link = dir.join("liblustreapi.so");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink("liblustreapi.so.1", &link).unwrap();
+        let built = dir != final_dir;
+        if built {
+            cc(&[
+                "-std=gnu99".as_ref(),
+                "-Wall".as_ref(),
+                "-Wextra".as_ref(),
+                "-Werror".as_ref(),
+                "-shared".as_ref(),
+                "-fPIC".as_ref(),
+                "-I".as_ref(),
+                include.as_os_str(),
+                "-Wl,-soname,liblustreapi.so.1".as_ref(),
+                "-o".as_ref(),
+                so.as_os_str(),
+                src.join("stub_lustreapi.c").as_os_str(),
+            ]);
+            let link = dir.join("liblustreapi.so");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink("liblustreapi.so.1", &link).unwrap();
+            let ct = dir.join("ct_test");
+            cc(&[
+                "-std=gnu99".as_ref(),
+                "-Wall".as_ref(),
+                "-Wextra".as_ref(),
+                "-Werror".as_ref(),
+                "-I".as_ref(),
+                include.as_os_str(),
+                "-o".as_ref(),
+                ct.as_os_str(),
+                src.join("ct_test.c").as_os_str(),
+                "-L".as_ref(),
+                dir.as_os_str(),
+                "-llustreapi".as_ref(),
+                "-lpthread".as_ref(),
+            ]);
+        }
+        let dir = if built {
+            match std::fs::rename(&staging, &final_dir) {
+                Ok(()) => final_dir,
+                Err(_) if final_dir.exists() => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    final_dir
+                }
+                Err(e) => panic!("publishing {}: {e}", staging.display()),
+            }
+        } else {
+            final_dir
+        };
         let ct = dir.join("ct_test");
-        cc(&[
-            "-std=gnu99".as_ref(),
-            "-Wall".as_ref(),
-            "-Wextra".as_ref(),
-            "-Werror".as_ref(),
-            "-I".as_ref(),
-            include.as_os_str(),
-            "-o".as_ref(),
-            ct.as_os_str(),
-            src.join("ct_test.c").as_os_str(),
-            "-L".as_ref(),
-            dir.as_os_str(),
-            "-llustreapi".as_ref(),
-            "-lpthread".as_ref(),
-        ]);
         // The cdylib sits next to the test executable (target/<profile>/deps).
         let deps = std::env::current_exe()
             .unwrap()
