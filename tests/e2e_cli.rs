@@ -215,21 +215,49 @@ fn e2e_cli_drain_with_client_id_acknowledges_without_lustre() {
     lfs_chunks(&sim, "hsm_archive", &args);
     wait_until("three pending", || server.status().pending_archive == 3);
 
+    // One recv reply per run (-i 1), each item acknowledged; run again while work is left.
     let mut drained = 0;
     wait_until("everything drained", || {
-        let out = server.cli(&["--timeout", "5", "-I", "drainer", "--drain", "-i", "1"]);
+        if server.status().pending_archive == 0 {
+            return true;
+        }
+        let out = server.cli(&[
+            "--timeout",
+            "5",
+            "--json",
+            "-I",
+            "drainer",
+            "--drain",
+            "-i",
+            "1",
+        ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        drained += text(&out.stdout)
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains(r#""command":"recv""#)),
+            "{stdout}"
+        );
+        drained += stdout
             .lines()
-            .filter(|l| l.starts_with("drained "))
+            .filter(|l| l.contains(r#""command":"done""#))
             .count();
-        drained >= 3
+        false
     });
     assert_eq!(drained, 3);
     let st = server.status();
     assert_eq!(
         (st.pending_archive, st.running_archive, st.done_archive),
         (0, 0, 3),
+        "{st:?}"
+    );
+    // The acknowledgements are counted for the client id given with -I.
+    assert!(
+        st.clients
+            .iter()
+            .any(|c| c.client_id == "drainer" && c.done_archive == 3),
         "{st:?}"
     );
     // Lustre was not told: the files are not archived.
