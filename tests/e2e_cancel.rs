@@ -87,9 +87,6 @@ fn e2e_cancel_of_a_held_transfer_reaches_the_mover() {
 }
 
 #[test]
-#[ignore = "bug: ctposix (crates/coordinatool-sim/copytool/ctposix.c running_cancel) matches a \
-            CANCEL on the cookie alone, so it also cancels a transfer from another MDT that \
-            has the same cookie; it should match cookie and FID"]
 fn e2e_cancel_leaves_a_transfer_of_another_mdt_with_the_same_cookie() {
     cancel_one_of_two_held("e2e-cancel-mdts", false);
 }

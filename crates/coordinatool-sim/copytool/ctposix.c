@@ -78,6 +78,10 @@ struct options {
 /* One running action; lives in MAP_SHARED memory so --fork children see cancels. */
 struct running {
 	unsigned long long cookie; /* 0: free slot */
+	/* The FID completes the key: cookies are only unique per MDT. */
+	unsigned long long fid_seq;
+	unsigned int fid_oid;
+	unsigned int fid_ver;
 	int canceled;
 };
 
@@ -145,7 +149,7 @@ static const char *action_name(unsigned int action)
 
 /* ---- table of running actions ------------------------------------------------------------ */
 
-static struct running *running_add(unsigned long long cookie)
+static struct running *running_add(unsigned long long cookie, const struct lu_fid *fid)
 {
 	int i;
 
@@ -154,6 +158,9 @@ static struct running *running_add(unsigned long long cookie)
 
 		if (__atomic_compare_exchange_n(&running_table[i].cookie, &expected, cookie, false,
 						__ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+			__atomic_store_n(&running_table[i].fid_seq, fid->f_seq, __ATOMIC_SEQ_CST);
+			__atomic_store_n(&running_table[i].fid_oid, fid->f_oid, __ATOMIC_SEQ_CST);
+			__atomic_store_n(&running_table[i].fid_ver, fid->f_ver, __ATOMIC_SEQ_CST);
 			__atomic_store_n(&running_table[i].canceled, 0, __ATOMIC_SEQ_CST);
 			return &running_table[i];
 		}
@@ -167,12 +174,17 @@ static void running_del(struct running *r)
 		__atomic_store_n(&r->cookie, 0ULL, __ATOMIC_SEQ_CST);
 }
 
-static int running_cancel(unsigned long long cookie)
+static int running_cancel(unsigned long long cookie, const struct lu_fid *fid)
 {
 	int i, found = 0;
 
 	for (i = 0; i < MAX_RUNNING; i++) {
-		if (__atomic_load_n(&running_table[i].cookie, __ATOMIC_SEQ_CST) == cookie) {
+		struct running *r = &running_table[i];
+
+		if (__atomic_load_n(&r->cookie, __ATOMIC_SEQ_CST) == cookie &&
+		    __atomic_load_n(&r->fid_seq, __ATOMIC_SEQ_CST) == fid->f_seq &&
+		    __atomic_load_n(&r->fid_oid, __ATOMIC_SEQ_CST) == fid->f_oid &&
+		    __atomic_load_n(&r->fid_ver, __ATOMIC_SEQ_CST) == fid->f_ver) {
 			__atomic_store_n(&running_table[i].canceled, 1, __ATOMIC_SEQ_CST);
 			found = 1;
 		}
@@ -503,7 +515,7 @@ static void run_job(struct job *job)
 	switch (hai->hai_action) {
 	case HSMA_ARCHIVE:
 	case HSMA_RESTORE:
-		r = running_add(hai->hai_cookie);
+		r = running_add(hai->hai_cookie, &hai->hai_fid);
 		if (hai->hai_action == HSMA_ARCHIVE)
 			do_archive(job, r);
 		else
@@ -609,7 +621,7 @@ static void process_hal(struct hsm_action_list *hal, int msgsize, const char *fs
 			return;
 		}
 		if (hai->hai_action == HSMA_CANCEL) {
-			int found = running_cancel(hai->hai_cookie);
+			int found = running_cancel(hai->hai_cookie, &hai->hai_fid);
 
 			event("CANCEL " FIDF " cookie=%#llx running=%d", FIDP(&hai->hai_fid),
 			      (unsigned long long)hai->hai_cookie, found);
