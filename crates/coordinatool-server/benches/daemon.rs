@@ -32,10 +32,7 @@ fn item(n: u32) -> WireHai {
 
 fn run(store: &str, requests: u32, movers: u32, per_recv: u32) {
     let sim = Sim::start(&format!("bench-{store}"));
-    let srv = Server::start(
-        &sim,
-        &config(&sim, &format!("store {store}\n")),
-    );
+    let srv = Server::start(&sim, &config(&sim, &format!("store {store}\n")));
     let mut q = srv.connect();
     let mut n = 0;
     while n < requests {
