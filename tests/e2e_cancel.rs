@@ -1,5 +1,5 @@
-//! Issue 7, against the real server: `lfs hsm_cancel` of a transfer a mover holds
-//! (`ctposix --wait-file`) reaches that mover, the transfer ends with ECANCELED, the file is
+//! Issue 7, against the real server: `lfs hsm_cancel` (or `coordinatool-client cancel`) of a
+//! transfer a mover holds (`ctposix --wait-file`) reaches that mover, the transfer ends with ECANCELED, the file is
 //! not archived, and the server's counters return to zero.
 
 mod e2e_common;
@@ -16,7 +16,7 @@ fn seq(fid: &str) -> &str {
 /// Holds two archives, cancels one: `same_mdt` picks the other file on the same MDT as the
 /// canceled one (distinct cookies), else on the other MDT (the simulated MDTs, like Lustre's,
 /// number their cookies independently, so the two cookies can be equal).
-fn cancel_one_of_two_held(name: &str, same_mdt: bool) {
+fn cancel_one_of_two_held(name: &str, same_mdt: bool, via_client: bool) {
     let sim = Sim::start(name);
     raise_max_requests(&sim);
     let server = Server::start(&sim);
@@ -40,7 +40,16 @@ fn cancel_one_of_two_held(name: &str, same_mdt: bool) {
         .to_owned();
     assert_eq!(server.status().running_archive, 2);
 
-    sim.lfs(&["hsm_cancel", &s(&canceled)]);
+    if via_client {
+        let out = server.cli(&["cancel", &s(&canceled)]);
+        assert!(
+            out.status.success(),
+            "coordinatool-client cancel: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        sim.lfs(&["hsm_cancel", &s(&canceled)]);
+    }
     let cancel = mover.wait_line(&["CANCEL ", &cfid]);
     assert!(cancel.contains(&cookie), "{cancel}");
     assert!(cancel.contains("running=1"), "{cancel}");
@@ -83,10 +92,15 @@ fn cancel_one_of_two_held(name: &str, same_mdt: bool) {
 
 #[test]
 fn e2e_cancel_of_a_held_transfer_reaches_the_mover() {
-    cancel_one_of_two_held("e2e-cancel", true);
+    cancel_one_of_two_held("e2e-cancel", true, false);
+}
+
+#[test]
+fn e2e_client_cancel_subcommand_cancels_a_held_transfer() {
+    cancel_one_of_two_held("e2e-cancel-cli", true, true);
 }
 
 #[test]
 fn e2e_cancel_leaves_a_transfer_of_another_mdt_with_the_same_cookie() {
-    cancel_one_of_two_held("e2e-cancel-mdts", false);
+    cancel_one_of_two_held("e2e-cancel-mdts", false, false);
 }

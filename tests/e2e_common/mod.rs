@@ -304,6 +304,9 @@ impl Drop for Server {
 fn cli_command(port: u16, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin_dir().join("coordinatool-client"));
     clean_env(&mut cmd);
+    // `cancel` goes through liblustreapi: the simulator's stand-in.
+    cmd.env("LD_LIBRARY_PATH", lib_dir())
+        .env_remove("COORDINATOOL_LIBLUSTREAPI");
     cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         // No config file of the machine is read.

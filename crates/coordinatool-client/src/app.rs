@@ -97,6 +97,30 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: &dyn Fn(&str) -> Optio
     }
 }
 
+/// `cancel FILES`: one `llapi_hsm_request(HUA_CANCEL)` for every file, as `lfs hsm_cancel`.
+fn cancel(files: &[std::path::PathBuf]) -> Result<(), Fail> {
+    use coordinatool_lustre::hal::HsmExtent;
+    use coordinatool_lustre::{HsmUserAction, Lustreapi, action::HsmRequestFlags};
+
+    let api = Lustreapi::global().map_err(|e| Fail(exit::USAGE, e.to_string()))?;
+    let mut items = Vec::with_capacity(files.len());
+    for f in files {
+        let fid = api
+            .path2fid(f)
+            .map_err(|e| Fail(exit::USAGE, format!("{}: {e}", f.display())))?;
+        items.push((fid, HsmExtent::WHOLE_FILE));
+    }
+    api.hsm_request(
+        &files[0],
+        HsmUserAction::Cancel,
+        0,
+        HsmRequestFlags::default(),
+        &items,
+        &[],
+    )
+    .map_err(|e| Fail(exit::SERVER, format!("cancel refused by Lustre: {e}")))
+}
+
 fn run_cli(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Fail> {
     let out = std::io::stdout();
     if cli.upstream.version {
@@ -113,6 +137,7 @@ fn run_cli(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Fail> {
             );
             return Ok(());
         }
+        Some(Cmd::Cancel { files }) => return cancel(files),
         Some(Cmd::Man) => {
             return clap_mangen::Man::new(Cli::command())
                 .render(&mut out.lock())
@@ -194,7 +219,9 @@ fn run_cli(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Fail> {
             count: *count,
             dump: *dump,
         },
-        Some(Cmd::Completions { .. } | Cmd::Man) => unreachable!("handled above"),
+        Some(Cmd::Completions { .. } | Cmd::Man | Cmd::Cancel { .. }) => {
+            unreachable!("handled above")
+        }
     };
 
     // Upstream clears the configured client id: the CLI is anonymous unless -I is given.

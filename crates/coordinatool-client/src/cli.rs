@@ -10,7 +10,8 @@ Without a subcommand the client behaves as upstream's coordinatool-client: statu
 or the mode chosen by -Q, --lock, --unlock, --lock-quit, -R or --drain, with upstream's output.
 
 Exit status: 0 success; 1 bad usage, bad configuration or bad input (nothing sent);
-2 the server answered with an error (or a queue reply did not account for every item);
+2 the server answered with an error (or a queue reply did not account for every item, or
+Lustre refused a cancel);
 3 could not connect (see --timeout), or the connection failed or carried garbage.
 
 Environment: COORDINATOOL_CONF, COORDINATOOL_HOST, COORDINATOOL_PORT, COORDINATOOL_CLIENT_ID,
@@ -166,6 +167,16 @@ pub enum Cmd {
         /// Ask for the queue dump each time (queue lengths, oldest waiting request).
         #[arg(long)]
         dump: bool,
+    },
+    /// Cancel the HSM requests of FILES through Lustre (HUA_CANCEL, like `lfs hsm_cancel`).
+    ///
+    /// The MDT hands the cancel to coordinatool like any request: a queued request is dropped
+    /// and reported cancelled, a running one is cancelled on its mover. Needs liblustreapi.so.1
+    /// and FILES on a Lustre mount; no connection to the server is made.
+    Cancel {
+        /// Files whose requests to cancel (all on one filesystem).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Print a shell completion script.
     Completions {
