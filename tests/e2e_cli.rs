@@ -265,3 +265,57 @@ fn e2e_cli_drain_with_client_id_acknowledges_without_lustre() {
         assert!(!sim.state(p).contains("archived"), "{}", sim.state(p));
     }
 }
+
+#[test]
+fn e2e_cli_recv_dump_and_watch_against_the_server() {
+    let sim = Sim::start("e2e-cli-recv");
+    raise_max_requests(&sim);
+    let server = Server::start(&sim);
+    let (_paths, args) = files(&sim, "f", 2);
+    lfs_chunks(&sim, "hsm_archive", &args);
+    wait_until("two pending", || server.status().pending_archive == 2);
+
+    // -vv: the status dump lists both queued requests.
+    let out = server.cli(&["--timeout", "5", "-vv"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dump = text(&out.stdout);
+    assert!(dump.starts_with("Got status reply:"), "{dump}");
+    assert!(dump.contains("\"waiting_archive\""), "{dump}");
+    assert_eq!(dump.matches("\"hai_cookie\"").count(), 2, "{dump}");
+
+    // -R -A 1 -i 1: one recv reply with work for archive id 1, printed upstream's way; the
+    // items are not acknowledged, so they go back to the queue when the CLI leaves.
+    let out = server.cli(&["--timeout", "5", "-R", "-A", "1", "-i", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let recv = text(&out.stdout);
+    assert!(recv.starts_with("Got recv reply:"), "{recv}");
+    assert!(recv.contains("\"hal_archive_id\": 1"), "{recv}");
+    wait_until("the received items back in the queue", || {
+        let st = server.status();
+        st.pending_archive == 2 && st.running_archive == 0
+    });
+
+    // watch --json --count 2: one status object per refresh.
+    let out = server.cli(&[
+        "--timeout",
+        "5",
+        "--json",
+        "watch",
+        "-n",
+        "0.2",
+        "--count",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let frames: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.to_string().contains("pending_archive")),
+        "{frames:?}"
+    );
+}
