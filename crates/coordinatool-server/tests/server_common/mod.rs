@@ -4,7 +4,7 @@
 //! bounded by [`DEADLINE`]; no test sleeps for a fixed time.
 #![allow(dead_code)]
 
-use coordinatool_lustre::{LuFid, Lustreapi};
+use coordinatool_lustre::LuFid;
 use coordinatool_proto::{Decoder, Reply, Request};
 use coordinatool_sim::server::{Daemon, ServeOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,49 +12,14 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Upper bound of every wait: only reached when something is broken.
-pub const DEADLINE: Duration = Duration::from_secs(30);
-
-/// `target/<profile>/deps`, where cargo builds the stand-in, with a `liblustreapi.so.1`
-/// symlink (created atomically: test binaries run in parallel).
-pub fn lib_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe.parent().expect("deps dir").to_path_buf();
-        assert!(
-            dir.join("liblustreapi.so").exists(),
-            "{}/liblustreapi.so missing: the coordinatool-sim-lustreapi dev-dependency builds it",
-            dir.display()
-        );
-        let so1 = dir.join("liblustreapi.so.1");
-        let tmp = dir.join(format!("liblustreapi.so.1.tmp{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink("liblustreapi.so", &tmp).expect("symlink");
-        std::fs::rename(&tmp, &so1).expect("rename symlink");
-        dir
-    })
-}
-
-/// The stand-in loaded in the test process (for path2fid).
-pub fn api() -> &'static Lustreapi {
-    static API: OnceLock<Lustreapi> = OnceLock::new();
-    API.get_or_init(|| {
-        Lustreapi::load_from(lib_dir().join("liblustreapi.so.1")).expect("load the stand-in")
-    })
-}
-
-/// Polls `cond` until it holds; panics naming `what` after [`DEADLINE`].
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+#[path = "../../../../tests/support/standin.rs"]
+mod standin;
+// Not every test binary uses every helper (as `dead_code` above).
+#[allow(unused_imports)]
+pub use standin::{DEADLINE, api, lib_dir, wait_until};
 
 /// A simulated filesystem (fsname `lustre`, 2 MDTs) with a scratch directory for the server's
 /// state. Removed on drop.
