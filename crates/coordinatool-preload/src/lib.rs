@@ -150,7 +150,7 @@ unsafe fn register(
         );
         return -libc::EIO;
     }
-    let loaded = match config::Config::load() {
+    let loaded = match config::load() {
         Ok(l) => l,
         Err(e) => {
             ct_log!(Error, -e.errno(), "{e}");
@@ -158,7 +158,7 @@ unsafe fn register(
         }
     };
     let cfg = loaded.config;
-    log::set_level(cfg.verbose, cfg.verbose_set);
+    log::set_level(config::log_level(cfg.verbose), cfg.verbose_set);
     for w in &loaded.warnings {
         ct_log!(Warn, 0, "{w}");
     }
