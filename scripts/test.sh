@@ -37,7 +37,7 @@ step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnin
 step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
 # The library crates must stay publishable (metadata, README, no path-only dependency).
 step "cargo package" cargo package --locked --no-verify --allow-dirty -q \
-    -p coordinatool-lustre -p coordinatool-proto -p coordinatool-sched -p coordinatool-sim
+    -p coordinatool-config -p coordinatool-lustre -p coordinatool-proto -p coordinatool-sched -p coordinatool-sim
 if command -v cargo-nextest >/dev/null; then
     step "cargo nextest" cargo nextest run --workspace --locked --no-fail-fast
     # nextest does not run doctests
