@@ -866,3 +866,471 @@ fn event_fifo_gets_json_lines() {
         "{text}"
     );
 }
+
+type FidParseFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *mut bindings::lu_fid,
+    *mut *mut libc::c_char,
+) -> c_int;
+type ParseSizeFn = unsafe extern "C" fn(*const libc::c_char, *mut u64, *mut u64, c_int) -> c_int;
+type Fid2PathAtFn = unsafe extern "C" fn(
+    c_int,
+    *const bindings::lu_fid,
+    *mut libc::c_char,
+    c_int,
+    *mut libc::c_longlong,
+    *mut c_int,
+) -> c_int;
+type Fid2PathFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *const libc::c_char,
+    *mut libc::c_char,
+    c_int,
+    *mut libc::c_longlong,
+    *mut c_int,
+) -> c_int;
+type ImportFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    c_int,
+    *const libc::stat,
+    libc::c_ulonglong,
+    c_int,
+    c_int,
+    c_int,
+    *mut libc::c_char,
+    *mut bindings::lu_fid,
+) -> c_int;
+
+/// A symbol of the stand-in that the safe API does not wrap.
+fn sym<T: Copy>(name: &str) -> T {
+    // SAFETY: the caller names the symbol's real C type.
+    unsafe {
+        *sim_common::raw_lib()
+            .get::<T>(name.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+}
+
+fn c_fid(f: LuFid) -> bindings::lu_fid {
+    bindings::lu_fid {
+        f_seq: f.seq,
+        f_oid: f.oid,
+        f_ver: f.ver,
+    }
+}
+
+fn from_c_fid(f: bindings::lu_fid) -> LuFid {
+    LuFid::new(f.f_seq, f.f_oid, f.f_ver)
+}
+
+#[test]
+fn fid_parse_sets_endptr_and_returns_negative_errnos() {
+    let parse: FidParseFn = sym("llapi_fid_parse");
+    let cases: &[(&str, c_int, Option<LuFid>, usize)] = &[
+        (
+            "[0x200000401:0x4:0x0]",
+            0,
+            Some(LuFid::new(0x2_0000_0401, 4, 0)),
+            21,
+        ),
+        (
+            "0x200000401:0x4:0x1 tail",
+            0,
+            Some(LuFid::new(0x2_0000_0401, 4, 1)),
+            19,
+        ),
+        ("  [0x7:0x1:0x0]x", 0, Some(LuFid::new(7, 1, 0)), 15),
+        ("[0x1:0x2]", -libc::EINVAL, None, 8),
+        ("nofid", -libc::EINVAL, None, 0),
+        ("0x1:0x123456789:0x0", -libc::ERANGE, None, 15),
+    ];
+    for &(text, rc, want, end) in cases {
+        let c = std::ffi::CString::new(text).unwrap();
+        let mut out = c_fid(LuFid::new(9, 9, 9));
+        let mut endp: *mut libc::c_char = ptr::null_mut();
+        // SAFETY: a C string and valid out-pointers.
+        let got = unsafe { parse(c.as_ptr(), &mut out, &mut endp) };
+        assert_eq!(got, rc, "{text}");
+        assert_eq!(endp as usize - c.as_ptr() as usize, end, "endptr of {text}");
+        match want {
+            Some(f) => assert_eq!(from_c_fid(out), f, "{text}"),
+            None => assert_eq!(from_c_fid(out), LuFid::new(9, 9, 9), "untouched: {text}"),
+        }
+    }
+    // A NULL endptr is allowed; NULL string or FID is EINVAL.
+    let c = std::ffi::CString::new("[0x1:0x2:0x3]").unwrap();
+    let mut out = c_fid(LuFid::new(0, 0, 0));
+    // SAFETY: NULLs where the API allows or rejects them.
+    unsafe {
+        assert_eq!(parse(c.as_ptr(), &mut out, ptr::null_mut()), 0);
+        assert_eq!(from_c_fid(out), LuFid::new(1, 2, 3));
+        assert_eq!(parse(ptr::null(), &mut out, ptr::null_mut()), -libc::EINVAL);
+        assert_eq!(
+            parse(c.as_ptr(), ptr::null_mut(), ptr::null_mut()),
+            -libc::EINVAL
+        );
+    }
+}
+
+#[test]
+fn parse_size_units_default_unit_and_errors() {
+    let parse: ParseSizeFn = sym("llapi_parse_size");
+    let run = |text: &str, units: u64, bytes_spec: c_int| -> (c_int, u64, u64) {
+        let c = std::ffi::CString::new(text).unwrap();
+        let (mut size, mut u) = (12345u64, units);
+        // SAFETY: a C string and valid out-pointers.
+        let rc = unsafe { parse(c.as_ptr(), &mut size, &mut u, bytes_spec) };
+        (rc, size, u)
+    };
+    // lhsmtool_posix's --bandwidth: a bare number counts in MiB, a suffix overrides.
+    assert_eq!(run("10", 1 << 20, 0), (0, 10 << 20, 1 << 20));
+    assert_eq!(run("512k", 1 << 20, 0), (0, 512 << 10, 1 << 10));
+    // A zero unit means bytes.
+    assert_eq!(run("4096", 0, 0), (0, 4096, 1));
+    assert_eq!(run("1.5G", 0, 0), (0, 3 << 29, 1 << 30));
+    assert_eq!(run("3T", 0, 0), (0, 3 << 40, 1 << 40));
+    assert_eq!(run("2P", 0, 0), (0, 2 << 50, 1 << 50));
+    assert_eq!(run("1e", 0, 0), (0, 1 << 60, 1 << 60));
+    assert_eq!(run("0x20M", 0, 0), (0, 32 << 20, 1 << 20));
+    assert_eq!(run("4b", 0, 0), (0, 2048, 512), "512-byte blocks");
+    assert_eq!(run("4b", 0, 1), (0, 4, 1), "bytes when bytes_spec");
+    for bad in ["-1", "", "12x", "1MB", "k"] {
+        assert_eq!(run(bad, 0, 0), (-libc::EINVAL, 12345, 0), "{bad:?}");
+    }
+    assert_eq!(run("16E", 0, 0), (-libc::ERANGE, 12345, 0));
+    let mut size = 0u64;
+    let mut units = 0u64;
+    // SAFETY: NULL arguments are rejected before any access.
+    unsafe {
+        assert_eq!(parse(ptr::null(), &mut size, &mut units, 0), -libc::EINVAL);
+        assert_eq!(
+            parse(c"1".as_ptr(), ptr::null_mut(), &mut units, 0),
+            -libc::EINVAL
+        );
+    }
+}
+
+/// Calls `llapi_fid2path_at` with `linkno`; returns (rc, path, linkno after).
+fn fid2path_at(fd: c_int, f: LuFid, len: c_int, linkno: c_int) -> (c_int, String, c_int) {
+    let call: Fid2PathAtFn = sym("llapi_fid2path_at");
+    let mut buf = vec![0 as libc::c_char; len.max(1) as usize];
+    let mut recno: libc::c_longlong = -1;
+    let mut link = linkno;
+    let cf = c_fid(f);
+    // SAFETY: a buffer of `len` bytes and valid in/out pointers.
+    let rc = unsafe { call(fd, &cf, buf.as_mut_ptr(), len, &mut recno, &mut link) };
+    assert_eq!(recno, -1, "recno is left as given");
+    // SAFETY: NUL-terminated on success; empty otherwise.
+    let path = if rc == 0 {
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        String::new()
+    };
+    (rc, path, link)
+}
+
+#[test]
+fn fid2path_at_walks_hard_links_with_linkno() {
+    let sim = Sim::start("fid2path-at");
+    std::fs::create_dir_all(sim.mount().join("a/b")).unwrap();
+    std::fs::create_dir_all(sim.mount().join("z")).unwrap();
+    let path = sim.write("a/b/file", b"linked");
+    let f = fid(&path);
+    let mnt = std::fs::File::open(sim.mount()).unwrap();
+    let fd = mnt.as_raw_fd();
+
+    // One link: linkno stays 0 (no more links), whatever the buffer.
+    assert_eq!(fid2path_at(fd, f, 256, 0), (0, "a/b/file".into(), 0));
+    // Exactly the path and its NUL fit; one byte less overflows.
+    assert_eq!(fid2path_at(fd, f, 9, 0), (0, "a/b/file".into(), 0));
+    assert_eq!(fid2path_at(fd, f, 8, 0).0, -libc::EOVERFLOW);
+
+    // Two more names for the same file: lfs fid2path's loop sees all three, in order.
+    std::fs::hard_link(&path, sim.mount().join("z/second")).unwrap();
+    std::fs::hard_link(&path, sim.mount().join("a/third")).unwrap();
+    let mut seen = Vec::new();
+    let mut linkno = 0;
+    loop {
+        let (rc, p, next) = fid2path_at(fd, f, 256, linkno);
+        assert_eq!(rc, 0);
+        seen.push(p);
+        if next == linkno {
+            break;
+        }
+        assert_eq!(next, linkno + 1);
+        linkno = next;
+        assert!(seen.len() <= 3, "linkno loop does not end: {seen:?}");
+    }
+    assert_eq!(seen, ["a/b/file", "a/third", "z/second"]);
+    // An index past the last link gives the first one, linkno unchanged.
+    assert_eq!(fid2path_at(fd, f, 256, 7), (0, "a/b/file".into(), 7));
+    // The name-based variant has the same linkno semantics.
+    let by_name: Fid2PathFn = sym("llapi_fid2path");
+    let dev = std::ffi::CString::new(sim.mount().to_string_lossy().as_bytes()).unwrap();
+    let fidstr = std::ffi::CString::new(format!("{f:#}")).unwrap();
+    let mut buf = [0 as libc::c_char; 64];
+    let mut link = 1;
+    // SAFETY: C strings, a 64-byte buffer, valid pointers.
+    unsafe {
+        assert_eq!(
+            by_name(
+                dev.as_ptr(),
+                fidstr.as_ptr(),
+                buf.as_mut_ptr(),
+                64,
+                ptr::null_mut(),
+                &mut link
+            ),
+            0
+        );
+        assert_eq!(
+            std::ffi::CStr::from_ptr(buf.as_ptr()).to_str().unwrap(),
+            "a/third"
+        );
+    }
+    assert_eq!(link, 2);
+
+    // The root, an fd opened anywhere in the mount, errors.
+    let root = fid(sim.mount());
+    assert_eq!(fid2path_at(fd, root, 16, 0), (0, String::new(), 0));
+    let sub = std::fs::File::open(sim.mount().join("a")).unwrap();
+    assert_eq!(fid2path_at(sub.as_raw_fd(), f, 256, 0).1, "a/b/file");
+    assert_eq!(
+        fid2path_at(fd, LuFid::new(0x2_0000_0400, 0x7777, 0), 256, 0).0,
+        -libc::ENOENT
+    );
+    let outside = std::fs::File::open(sim.scratch("")).unwrap();
+    assert_eq!(fid2path_at(outside.as_raw_fd(), f, 256, 0).0, -libc::ENOTTY);
+    assert_eq!(fid2path_at(-1, f, 256, 0).0, -libc::EBADF);
+    assert_eq!(fid2path_at(fd, f, 0, 0).0, -libc::EINVAL);
+    let call: Fid2PathAtFn = sym("llapi_fid2path_at");
+    // SAFETY: a NULL FID is rejected before any access.
+    unsafe {
+        assert_eq!(
+            call(
+                fd,
+                ptr::null(),
+                buf.as_mut_ptr(),
+                64,
+                ptr::null_mut(),
+                ptr::null_mut()
+            ),
+            -libc::EINVAL
+        );
+    }
+}
+
+/// A `struct stat` as a copytool's import gets it from the archived file.
+fn stat_of(path: &Path) -> libc::stat {
+    let c = std::ffi::CString::new(path.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: a zeroed out-struct and a C string.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        assert_eq!(libc::stat(c.as_ptr(), &mut st), 0);
+        st
+    }
+}
+
+#[test]
+fn hsm_import_then_restore_brings_the_archived_data_back() {
+    use std::os::unix::fs::MetadataExt;
+
+    let sim = Sim::start("import");
+    let data = pattern(300_000, 21);
+    let archived = sim.scratch("archived-file");
+    std::fs::write(&archived, &data).unwrap();
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789);
+    std::fs::File::options()
+        .write(true)
+        .open(&archived)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::set_permissions(
+        &archived,
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    let st = stat_of(&archived);
+    let import: ImportFn = sym("llapi_hsm_import");
+    std::fs::create_dir_all(sim.mount().join("imported")).unwrap();
+    let dst = sim.mount().join("imported/file");
+    let cdst = std::ffi::CString::new(dst.to_string_lossy().as_bytes()).unwrap();
+    let mut newfid = c_fid(LuFid::new(0, 0, 0));
+    // SAFETY: a C string, a valid stat and out-FID; no pool.
+    let rc = unsafe {
+        import(
+            cdst.as_ptr(),
+            3,
+            &st,
+            0,
+            -1,
+            0,
+            0,
+            ptr::null_mut(),
+            &mut newfid,
+        )
+    };
+    assert_eq!(rc, 0);
+    let f = from_c_fid(newfid);
+    assert_eq!(fid(&dst), f, "newfid is the file's FID");
+
+    // Released, archived in archive 3, with the archived file's size, mtime and mode.
+    let hs = api().hsm_state_get(&dst).unwrap();
+    assert_eq!(
+        hs.states,
+        HsmStates::EXISTS | HsmStates::ARCHIVED | HsmStates::RELEASED
+    );
+    assert_eq!(hs.archive_id, 3);
+    assert!(
+        sim.state(&dst)
+            .contains("released exists archived, archive_id:3"),
+        "{}",
+        sim.state(&dst)
+    );
+    let md = std::fs::metadata(&dst).unwrap();
+    assert_eq!(md.len(), data.len() as u64);
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_600_000_000, 123_456_789));
+    assert_eq!(md.mode() & 0o7777, 0o640);
+    assert_ne!(std::fs::read(&dst).unwrap(), data, "no data before restore");
+
+    // Errors: the name is taken, a directory's mode, off the mount, NULLs; nothing is left.
+    // SAFETY: as above; NULLs are rejected before any access.
+    unsafe {
+        assert_eq!(
+            import(
+                cdst.as_ptr(),
+                3,
+                &st,
+                0,
+                -1,
+                0,
+                0,
+                ptr::null_mut(),
+                ptr::null_mut()
+            ),
+            -libc::EEXIST
+        );
+        let dir_st = stat_of(sim.mount());
+        let other =
+            std::ffi::CString::new(sim.mount().join("dir").to_string_lossy().as_bytes()).unwrap();
+        assert_eq!(
+            import(
+                other.as_ptr(),
+                3,
+                &dir_st,
+                0,
+                -1,
+                0,
+                0,
+                ptr::null_mut(),
+                ptr::null_mut()
+            ),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            import(
+                other.as_ptr(),
+                -1,
+                &st,
+                0,
+                -1,
+                0,
+                0,
+                ptr::null_mut(),
+                ptr::null_mut()
+            ),
+            -libc::EINVAL
+        );
+        let off = std::ffi::CString::new(sim.scratch("off").to_string_lossy().as_bytes()).unwrap();
+        assert_eq!(
+            import(
+                off.as_ptr(),
+                3,
+                &st,
+                0,
+                -1,
+                0,
+                0,
+                ptr::null_mut(),
+                ptr::null_mut()
+            ),
+            -libc::ENOTTY
+        );
+        assert_eq!(
+            import(
+                ptr::null(),
+                3,
+                &st,
+                0,
+                -1,
+                0,
+                0,
+                ptr::null_mut(),
+                ptr::null_mut()
+            ),
+            -libc::EINVAL
+        );
+        assert_eq!(
+            import(
+                other.as_ptr(),
+                3,
+                ptr::null(),
+                0,
+                -1,
+                0,
+                0,
+                ptr::null_mut(),
+                ptr::null_mut()
+            ),
+            -libc::EINVAL
+        );
+        let missing_dir =
+            std::ffi::CString::new(sim.mount().join("no/such").to_string_lossy().as_bytes())
+                .unwrap();
+        assert_eq!(
+            import(
+                missing_dir.as_ptr(),
+                3,
+                &st,
+                0,
+                -1,
+                0,
+                0,
+                ptr::null_mut(),
+                ptr::null_mut()
+            ),
+            -libc::ENOENT
+        );
+    }
+    assert!(!sim.mount().join("dir").exists() && !sim.scratch("off").exists());
+
+    // A copytool of archive 3 restores it: the item names the imported FID and archive 3.
+    let ct = Copytool::register(api(), sim.mount(), &[3], false).expect("register");
+    request(&sim, HsmUserAction::Restore, 0, &[f]);
+    let (hal, hai) = recv_items(&ct, 1).pop().unwrap();
+    assert_eq!(
+        (hai.action, hai.fid, hal.archive_id),
+        (HsmAction::Restore, f, 3)
+    );
+    let h = ct.action_begin(&hai, -1, 0, false).expect("begin");
+    let mut vol = std::fs::File::from(h.fd().expect("fd"));
+    vol.write_all(&data).unwrap();
+    h.end(hai.extent, HsmProgressFlags::default(), 0)
+        .expect("end");
+    drop(vol);
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    let hs = api().hsm_state_get(&dst).unwrap();
+    assert_eq!(hs.states, HsmStates::EXISTS | HsmStates::ARCHIVED);
+    // Still archived and clean: it can be released again without a new archive.
+    sim.lfs(&["hsm_release", &dst.to_string_lossy()]);
+    assert!(
+        api()
+            .hsm_state_get(&dst)
+            .unwrap()
+            .states
+            .contains(HsmStates::RELEASED)
+    );
+}

@@ -605,3 +605,86 @@ impl SimFs {
         self.entries.is_empty()
     }
 }
+
+/// Attributes of an imported file (`struct hsm_user_import`, `LL_IOC_HSM_IMPORT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportAttrs {
+    /// Archive holding the file's data.
+    pub archive_id: u32,
+    /// Size of the archived data (the file reads as zeros of that size until restored).
+    pub size: u64,
+    /// Access time (seconds, nanoseconds).
+    pub atime: (u64, u32),
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (u64, u32),
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// `st_mode`: the permission bits are applied.
+    pub mode: u32,
+}
+
+impl SimFs {
+    /// `LL_IOC_HSM_IMPORT`: turns the regular file at `path` into a released copy of a file
+    /// already in archive `attrs.archive_id` (`exists archived released`, data version =
+    /// archive version), with the given size, times, mode and owner, so that a later restore
+    /// through a copytool brings the data in. Any data it had is dropped. The owner is set
+    /// only where the daemon's privileges allow it (Lustre's MDT always can); the model
+    /// records it in any case.
+    pub fn import(
+        &mut self,
+        path: &Path,
+        attrs: &ImportAttrs,
+        cluster: &mut Cluster,
+    ) -> Result<LuFid, FsError> {
+        use std::os::unix::fs::PermissionsExt;
+
+        let rel = self.rel(path)?;
+        let p = self.root.join(&rel);
+        let md = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+        if rel.as_os_str().is_empty() || rel.starts_with(DOT_LUSTRE) || !md.is_file() {
+            return Err(FsError::NotRegular(rel));
+        }
+        let fid = self.track(&rel, &md, cluster)?;
+        let link = self.fid_link(fid);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&link)
+            .map_err(io_err("open", &link))?;
+        let time = |(s, ns): (u64, u32)| UNIX_EPOCH + Duration::new(s, ns.min(999_999_999));
+        f.set_len(0)
+            .and_then(|()| f.set_len(attrs.size))
+            .and_then(|()| f.set_permissions(fs::Permissions::from_mode(attrs.mode & 0o7777)))
+            .and_then(|()| {
+                f.set_times(
+                    FileTimes::new()
+                        .set_accessed(time(attrs.atime))
+                        .set_modified(time(attrs.mtime)),
+                )
+            })
+            .map_err(io_err("import", &link))?;
+        if (md.uid(), md.gid()) != (attrs.uid, attrs.gid)
+            && let Err(e) = std::os::unix::fs::fchown(&f, Some(attrs.uid), Some(attrs.gid))
+        {
+            debug!(%fid, error = %e, "import: owner not changed on disk");
+        }
+        let md = f.metadata().map_err(io_err("stat", &link))?;
+        let prev = cluster.file(fid).copied().unwrap_or_default();
+        cluster.put_file(
+            fid,
+            FileAttrs {
+                states: HsmStates::EXISTS | HsmStates::ARCHIVED | HsmStates::RELEASED,
+                archive_id: attrs.archive_id,
+                uid: attrs.uid,
+                gid: attrs.gid,
+                data_version: prev.data_version,
+                archive_version: prev.data_version,
+            },
+        );
+        let e = self.entries.get_mut(&fid).expect("tracked above");
+        e.stamp = stamp(&md);
+        e.size = attrs.size;
+        Ok(fid)
+    }
+}

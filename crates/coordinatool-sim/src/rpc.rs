@@ -237,6 +237,31 @@ pub enum Request {
         /// Value written.
         value: String,
     },
+    /// `LL_IOC_HSM_IMPORT` (`llapi_hsm_import`) on a regular file just created: makes it
+    /// `exists archived released` with `archive_id`, the given size (no data: it reads as
+    /// zeros until restored), times, mode and owner ([`Reply::Fid`]: its FID).
+    Import {
+        /// The file (absolute, or relative to the mount).
+        path: PathBuf,
+        /// `hui_archive_id`.
+        archive_id: u32,
+        /// `hui_size`.
+        size: u64,
+        /// `hui_atime` (seconds).
+        atime: u64,
+        /// `hui_atime_ns`.
+        atime_ns: u32,
+        /// `hui_mtime` (seconds).
+        mtime: u64,
+        /// `hui_mtime_ns`.
+        mtime_ns: u32,
+        /// `hui_uid`.
+        uid: u32,
+        /// `hui_gid`.
+        gid: u32,
+        /// `hui_mode` (permission bits are applied; the file type must be regular).
+        mode: u32,
+    },
 }
 
 /// A successful reply.

@@ -649,6 +649,35 @@ fn handle_inner(core: &mut Core, mount: &Path, req: Request) -> Result<Reply, i3
                 .map(|(n, r)| (n, r.err().map_or(0, Errno::code)))
                 .collect(),
         }),
+        Request::Import {
+            path,
+            archive_id,
+            size,
+            atime,
+            atime_ns,
+            mtime,
+            mtime_ns,
+            uid,
+            gid,
+            mode,
+        } => {
+            let p = if path.is_absolute() {
+                path
+            } else {
+                mount.join(path)
+            };
+            let attrs = crate::fs::ImportAttrs {
+                archive_id,
+                size,
+                atime: (atime, atime_ns),
+                mtime: (mtime, mtime_ns),
+                uid,
+                gid,
+                mode,
+            };
+            let fid = fs.import(&p, &attrs, cluster).map_err(fs_err)?;
+            Ok(Reply::Fid { fid: Fid(fid) })
+        }
     }
 }
 

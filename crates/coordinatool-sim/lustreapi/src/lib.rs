@@ -35,7 +35,7 @@
 //! unwinding crosses into C, and internal calls never go through an exported symbol, so the
 //! library keeps working under an `LD_PRELOAD` library that overrides some of its functions.
 
-use std::os::raw::{c_char, c_int, c_longlong};
+use std::os::raw::{c_char, c_int, c_longlong, c_ulonglong};
 
 use coordinatool_lustre::ffi::bindings::{
     hsm_action_item, hsm_action_list, hsm_copyaction_private, hsm_copytool_private,
@@ -45,7 +45,9 @@ use coordinatool_lustre::ffi::bindings::{
 mod action;
 mod ct;
 mod events;
+mod import;
 mod misc;
+mod parse;
 mod util;
 
 pub use util::{CLIENT_ENV, MOUNTS_ENV};
@@ -371,4 +373,131 @@ pub unsafe extern "C" fn llapi_path2fid(path: *const c_char, fid: *mut lu_fid) -
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn llapi_fd2fid(fd: c_int, fid: *mut lu_fid) -> c_int {
     util::guard(EIO, || misc::fd2fid(fd, fid))
+}
+
+/// The path of a FID relative to the filesystem root, the filesystem given by an open fd
+/// (`mnt_fd`, usually the mount root). `linkno` (optional) selects the hard link and is
+/// advanced when another link follows; `recno` is accepted and left unchanged (no changelog
+/// in the simulator). `-EOVERFLOW` when the path does not fit `pathlen` bytes with its NUL,
+/// `-ENOENT` for an unknown FID, `-ENOTTY` for an fd off the simulated mounts.
+///
+/// # Safety
+/// C API: `path` holds `pathlen` bytes; `recno`/`linkno` NULL or valid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn llapi_fid2path_at(
+    mnt_fd: c_int,
+    fid: *const lu_fid,
+    path: *mut c_char,
+    pathlen: c_int,
+    recno: *mut c_longlong,
+    linkno: *mut c_int,
+) -> c_int {
+    // SAFETY: forwarded C contract.
+    util::guard(EIO, || unsafe {
+        misc::fid2path_at(mnt_fd, fid, path, pathlen, recno, linkno)
+    })
+}
+
+/// Parses a FID, `[0x..:0x..:0x..]` or without brackets (leading white space skipped, each
+/// field in C notation). `*endptr` (if `endptr` is not NULL) points past the FID (past `]`
+/// when bracketed), or where parsing stopped on error. Returns 0, `-EINVAL` (not a FID) or
+/// `-ERANGE` (a field too large); `*fid` is only written on success.
+///
+/// # Safety
+/// C API: `fidstr` NULL or a C string, `fid` NULL or writable, `endptr` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn llapi_fid_parse(
+    fidstr: *const c_char,
+    fid: *mut lu_fid,
+    endptr: *mut *mut c_char,
+) -> c_int {
+    util::guard(EIO, || {
+        if fidstr.is_null() || fid.is_null() {
+            if !endptr.is_null() {
+                // SAFETY: writable (caller's contract).
+                unsafe { *endptr = fidstr.cast_mut() };
+            }
+            return -libc::EINVAL;
+        }
+        // SAFETY: a NUL-terminated string.
+        let bytes = unsafe { std::ffi::CStr::from_ptr(fidstr) }.to_bytes();
+        let (rc, end) = match parse::fid_parse(bytes) {
+            Ok((f, end)) => {
+                // SAFETY: writable (checked non-NULL); lu_fid is packed.
+                unsafe { fid.write_unaligned(action::from_fid(f)) };
+                (0, end)
+            }
+            Err(e) => (-e.errno, e.end),
+        };
+        if !endptr.is_null() {
+            // SAFETY: `end` is within the string (at most its NUL); endptr writable.
+            unsafe { *endptr = fidstr.add(end).cast_mut() };
+        }
+        rc
+    })
+}
+
+/// Parses a size: a number (C notation, optional decimal fraction) with an optional unit
+/// suffix `k`, `m`, `g`, `t`, `p`, `e` (powers of 1024, either case) or `b` (512-byte blocks,
+/// or bytes when `bytes_spec` is non-zero). Without a suffix the number counts in
+/// `*size_units` (0 meaning bytes); on return `*size_units` is the unit used. Returns 0,
+/// `-EINVAL` for a NULL argument, a negative or malformed value, `-ERANGE` when the size does
+/// not fit 64 bits (`*size` is only written on success). Lustre's own version returns -1 for
+/// every error; both are negative, which is what callers test.
+///
+/// # Safety
+/// C API: `optarg` NULL or a C string; `size` and `size_units` NULL or valid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn llapi_parse_size(
+    optarg: *const c_char,
+    size: *mut c_ulonglong,
+    size_units: *mut c_ulonglong,
+    bytes_spec: c_int,
+) -> c_int {
+    util::guard(EIO, || {
+        if optarg.is_null() || size.is_null() || size_units.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: a NUL-terminated string and valid pointers (checked non-NULL).
+        unsafe {
+            let bytes = std::ffi::CStr::from_ptr(optarg).to_bytes();
+            match parse::parse_size(bytes, *size_units, bytes_spec != 0) {
+                Ok((v, unit)) => {
+                    *size = v;
+                    *size_units = unit;
+                    0
+                }
+                Err(e) => -e,
+            }
+        }
+    })
+}
+
+/// Creates `dst` as a released copy of a file already archived in `archive` (HSM flags
+/// `exists archived released`, archive id `archive`), with the size, times, mode and owner of
+/// `st`, and returns its FID in `newfid` (if not NULL). A restore through a copytool of that
+/// archive then brings the data in. `-EINVAL` for NULL arguments, a negative archive id or a
+/// mode that is not a regular file; `-EEXIST` if `dst` exists; `-ENOTTY` off the simulated
+/// mounts. On failure nothing is left behind. The striping arguments and `pool_name` are
+/// accepted and ignored (the simulator has no OSTs).
+///
+/// # Safety
+/// C API: `dst` a C string, `st` a valid `struct stat`, `newfid` NULL or writable.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn llapi_hsm_import(
+    dst: *const c_char,
+    archive: c_int,
+    st: *const libc::stat,
+    _stripe_size: c_ulonglong,
+    _stripe_offset: c_int,
+    _stripe_count: c_int,
+    _stripe_pattern: c_int,
+    _pool_name: *mut c_char,
+    newfid: *mut lu_fid,
+) -> c_int {
+    // SAFETY: forwarded C contract.
+    util::guard(EIO, || unsafe {
+        import::hsm_import(dst, archive, st, newfid)
+    })
 }

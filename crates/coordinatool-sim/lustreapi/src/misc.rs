@@ -270,13 +270,111 @@ pub(crate) unsafe fn mdt_index_by_fid(fd: c_int, fid: *const lu_fid, idx: *mut c
     })())
 }
 
+/// Every path of the regular file `rel` of `mount` (its hard links, the `.lustre/fid` link
+/// excepted): `rel` first, then the others in name order. A walk of the mount, done only for
+/// a file with more than one link.
+fn links_of(mount: &Path, rel: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+
+    let mut out = vec![rel.to_owned()];
+    let Ok(md) = std::fs::symlink_metadata(mount.join(rel)) else {
+        return out;
+    };
+    // One link is the open-by-FID entry under `.lustre/fid`.
+    if !md.is_file() || md.nlink() <= 2 {
+        return out;
+    }
+    let mut others = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(mount.join(&dir)) else {
+            continue;
+        };
+        for ent in rd.filter_map(Result::ok) {
+            let name = ent.file_name();
+            if dir.as_os_str().is_empty()
+                && (name == coordinatool_sim::fs::DOT_LUSTRE
+                    || name == coordinatool_sim::fs::STATE_DIR)
+            {
+                continue;
+            }
+            let r = dir.join(&name);
+            let Ok(m) = std::fs::symlink_metadata(mount.join(&r)) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(r);
+            } else if m.ino() == md.ino() && m.dev() == md.dev() && r != rel {
+                others.push(r);
+            }
+        }
+    }
+    others.sort();
+    out.extend(others);
+    out
+}
+
+/// The common part of `llapi_fid2path` and `llapi_fid2path_at`: the path of `fid` relative
+/// to the root of `mount`, written NUL-terminated into `buf`.
+///
+/// `linkno` (if not NULL) selects the hard link (0: the first); on return it is advanced to
+/// the next link when there is one, and left unchanged for the last link, so a caller loops
+/// until it stops changing (as `lfs fid2path` does). An index past the last link gives the
+/// first link, unchanged. `recno` (changelog record) is accepted and left as it is: the
+/// simulator keeps no changelog, so paths are always the current ones.
+///
+/// # Safety
+/// `buf` holds `buflen` bytes; `linkno` is NULL or valid.
+unsafe fn fid2path_in(
+    mount: &Path,
+    fid: LuFid,
+    buf: *mut c_char,
+    buflen: c_int,
+    linkno: *mut c_int,
+) -> c_int {
+    let rel = match util::call(mount, &Request::Fid2Path { fid: Fid(fid) }) {
+        Ok(Reply::Path { path }) => path,
+        Ok(_) => return -libc::EPROTO,
+        Err(e) => return -e,
+    };
+    let links = if rel.as_os_str().is_empty() {
+        vec![rel]
+    } else {
+        links_of(mount, &rel)
+    };
+    // SAFETY: NULL or valid (caller's contract).
+    let asked = if linkno.is_null() {
+        0
+    } else {
+        unsafe { *linkno }
+    };
+    let idx = usize::try_from(asked)
+        .ok()
+        .filter(|&i| i < links.len())
+        .unwrap_or(0);
+    let bytes = links[idx].as_os_str().as_bytes();
+    if bytes.len() + 1 > buflen as usize {
+        return -libc::EOVERFLOW;
+    }
+    // SAFETY: the caller's buffer holds buflen bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), bytes.len());
+        *buf.add(bytes.len()) = 0;
+    }
+    if !linkno.is_null() && usize::try_from(asked).is_ok_and(|a| a + 1 < links.len()) {
+        // SAFETY: checked non-NULL.
+        unsafe { *linkno = asked + 1 };
+    }
+    0
+}
+
 pub(crate) unsafe fn fid2path(
     device: *const c_char,
     fidstr: *const c_char,
     buf: *mut c_char,
     buflen: c_int,
     _recno: *mut c_longlong,
-    _linkno: *mut c_int,
+    linkno: *mut c_int,
 ) -> c_int {
     // SAFETY: NULL or C strings.
     let (Some(device), Some(fidstr)) = (unsafe { util::c_path(device) }, unsafe {
@@ -287,29 +385,41 @@ pub(crate) unsafe fn fid2path(
     if buf.is_null() || buflen <= 0 {
         return -libc::EINVAL;
     }
-    let Ok(fid) = fidstr.to_string_lossy().trim().parse::<LuFid>() else {
+    let Ok((fid, _)) = crate::parse::fid_parse(fidstr.as_os_str().as_bytes()) else {
         return -libc::EINVAL;
     };
     let Some(mount) = util::mount_of_device(&device) else {
         return -libc::ENODEV;
     };
-    match util::call(&mount, &Request::Fid2Path { fid: Fid(fid) }) {
-        Ok(Reply::Path { path }) => {
-            let bytes = path.as_os_str().as_bytes();
-            if bytes.len() + 1 > buflen as usize {
-                return -libc::EOVERFLOW;
-            }
-            // SAFETY: the caller's buffer holds buflen bytes.
-            unsafe {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), bytes.len());
-                *buf.add(bytes.len()) = 0;
-            }
-            // Simulated files have one link: recno/linkno stay as given.
-            0
-        }
-        Ok(_) => -libc::EPROTO,
-        Err(e) => -e,
+    // SAFETY: forwarded caller's contract.
+    unsafe { fid2path_in(&mount, fid, buf, buflen, linkno) }
+}
+
+/// `llapi_fid2path_at`: like [`fid2path`], the filesystem given by any open fd on it (the
+/// mount root, usually). `-EBADF` for a closed fd, `-ENOTTY` for an fd off the simulated
+/// mounts (the ioctl's answer there).
+pub(crate) unsafe fn fid2path_at(
+    mnt_fd: c_int,
+    fid: *const lu_fid,
+    buf: *mut c_char,
+    buflen: c_int,
+    _recno: *mut c_longlong,
+    linkno: *mut c_int,
+) -> c_int {
+    if fid.is_null() || buf.is_null() || buflen <= 0 {
+        return -libc::EINVAL;
     }
+    // SAFETY: a packed 16-byte struct (checked non-NULL).
+    let fid = to_fid(unsafe { fid.read_unaligned() });
+    let path = match util::fd_path(mnt_fd) {
+        Ok(p) => p,
+        Err(e) => return -e,
+    };
+    let Some(mount) = util::mount_of(&path) else {
+        return -libc::ENOTTY;
+    };
+    // SAFETY: forwarded caller's contract.
+    unsafe { fid2path_in(&mount, fid, buf, buflen, linkno) }
 }
 
 fn write_fid(out: *mut lu_fid, fid: LuFid) {
