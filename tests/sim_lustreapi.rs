@@ -1334,3 +1334,97 @@ fn hsm_import_then_restore_brings_the_archived_data_back() {
             .contains(HsmStates::RELEASED)
     );
 }
+
+/// A monitoring set-up as lhsmtool_posix's `-f`: an event FIFO plus `llapi_hsm_log_error` as
+/// the error callback. argv[1]: a FIFO nobody reads (events must not block), argv[2]: a FIFO
+/// the test reads.
+const LOG_EVENTS_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include "lustreapi_subset.h"
+
+int main(int argc, char **argv)
+{
+	int i;
+
+	if (argc != 3)
+		return 2;
+	llapi_error_callback_set(llapi_hsm_log_error);
+	/* Nobody reads: far more than a pipe holds, and no blocking. */
+	if (llapi_hsm_register_event_fifo(argv[1]) != 0)
+		return 3;
+	for (i = 0; i < 5000; i++)
+		llapi_error(LLAPI_MSG_ERROR, EIO, "unread message %d with some padding text", i);
+	if (llapi_hsm_unregister_event_fifo(argv[1]) != 0)
+		return 4;
+	if (llapi_hsm_unregister_event_fifo(argv[1]) != -EINVAL)
+		return 5;
+	if (llapi_hsm_register_event_fifo(argv[2]) != 0)
+		return 6;
+	llapi_error(LLAPI_MSG_ERROR, -ENOSPC, "copy of %s failed", "f1");
+	llapi_error(LLAPI_MSG_WARN | LLAPI_MSG_NO_ERRNO, 0, "just %d warning", 1);
+	llapi_error(LLAPI_MSG_DEBUG, 0, "below the level: not logged");
+	if (llapi_hsm_unregister_event_fifo(argv[2]) != 0)
+		return 7;
+	puts("ok");
+	return 0;
+}
+"#;
+
+#[test]
+fn hsm_log_error_turns_messages_into_fifo_events_and_never_blocks() {
+    let sim = Sim::start("log-events");
+    let src = sim.scratch("log_events.c");
+    std::fs::write(&src, LOG_EVENTS_C).unwrap();
+    let bin = sim_common::build_c(&src, "log_events", &[]);
+    let unread = sim.scratch("unread.fifo");
+    let read = sim.scratch("read.fifo");
+    let cread = std::ffi::CString::new(read.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: a C path.
+    assert_eq!(unsafe { libc::mkfifo(cread.as_ptr(), 0o600) }, 0);
+    // The open blocks until the program opens its write end; EOF at its unregistration.
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::fs::File::open(&read)
+            .expect("open fifo")
+            .read_to_string(&mut text)
+            .expect("read fifo");
+        text
+    });
+    let out = std::process::Command::new(bin)
+        .arg(&unread)
+        .arg(sim.scratch("read.fifo"))
+        .env("LD_LIBRARY_PATH", sim_common::lib_dir())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{:?} {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::symlink_metadata(&unread).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_fifo(&md.file_type()),
+        "created as a FIFO"
+    );
+    let text = reader.join().unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    for e in &events {
+        assert_eq!(e["event_type"], "LOGGED_MESSAGE");
+        assert!(
+            e["event_time"].as_str().is_some_and(|t| t.len() >= 19),
+            "{e}"
+        );
+    }
+    assert_eq!(events[0]["message"], "copy of f1 failed");
+    assert_eq!(events[0]["errno"], libc::ENOSPC);
+    assert_eq!(events[0]["level"], bindings::LLAPI_MSG_ERROR);
+    assert_eq!(events[1]["message"], "just 1 warning");
+    assert!(events[1].get("errno").is_none(), "{}", events[1]);
+}
