@@ -111,9 +111,19 @@ pub struct Mdt {
     restore_locks: HashSet<LuFid>,
     cookie: u64,
     last_housekeeping: u64,
+    /// Latest `now` passed in: the time of changelog records made by calls without one.
+    clock: u64,
     wake: bool,
     next_oid: u32,
     outbox: VecDeque<Dispatch>,
+    /// CL_HSM records not yet cleared by every changelog user.
+    changelog: VecDeque<ChangelogRecord>,
+    /// Number the next changelog record gets.
+    changelog_next: u64,
+    changelog_users: Vec<ChangelogUser>,
+    changelog_next_user: u32,
+    /// A `purge` waiting for the thread to be idle, with the state to go back to.
+    purge_wait: Option<CdtState>,
 }
 
 fn count_slot(a: HsmAction) -> Option<usize> {
@@ -122,6 +132,15 @@ fn count_slot(a: HsmAction) -> Option<usize> {
         HsmAction::Restore => Some(1),
         HsmAction::Remove => Some(2),
         _ => None,
+    }
+}
+
+fn event_of(action: HsmAction) -> HsmEvent {
+    match action {
+        HsmAction::Archive => HsmEvent::Archive,
+        HsmAction::Restore => HsmEvent::Restore,
+        HsmAction::Remove => HsmEvent::Remove,
+        HsmAction::Cancel | HsmAction::None => HsmEvent::Cancel,
     }
 }
 
@@ -195,9 +214,15 @@ impl Mdt {
             restore_locks: HashSet::new(),
             cookie: 0,
             last_housekeeping: 0,
+            clock: 0,
             wake: false,
             next_oid: 1,
             outbox: VecDeque::new(),
+            changelog: VecDeque::new(),
+            changelog_next: 1,
+            changelog_users: Vec::new(),
+            changelog_next_user: 1,
+            purge_wait: None,
         }
     }
 
@@ -295,7 +320,7 @@ impl Mdt {
 
     /// True if a request, completion or registration asked the coordinator to look for work.
     pub fn wants_scan(&self) -> bool {
-        self.wake && self.state == CdtState::Running
+        (self.wake && self.state == CdtState::Running) || self.purge_wait.is_some()
     }
 
     /// HSM attributes of a file owned by this MDT.
@@ -342,8 +367,10 @@ impl Mdt {
         let f = self.files.get_mut(&fid).ok_or(Errno::ENOENT)?;
         if f.data_version != data_version {
             f.data_version = data_version;
-            if f.states.contains(HsmStates::EXISTS) {
+            if f.states.contains(HsmStates::EXISTS) && !f.states.contains(HsmStates::DIRTY) {
                 f.states.insert(HsmStates::DIRTY);
+                // The HSM xattr changed: the MDD logs it as a state change.
+                self.emit(self.clock, HsmEvent::State, 0, true, fid);
             }
         }
         Ok(())
@@ -352,6 +379,7 @@ impl Mdt {
     /// Removes a file (last unlink). With `remove_archive_on_last_unlink` set and the file
     /// `HS_EXISTS`, records a REMOVE for its archive copy, even with the coordinator stopped.
     pub fn unlink_file(&mut self, now: u64, fid: LuFid) -> Result<(), Errno> {
+        self.at(now);
         let f = self.files.remove(&fid).ok_or(Errno::ENOENT)?;
         if self.tunables.remove_archive_on_last_unlink && f.states.contains(HsmStates::EXISTS) {
             let archive_id = if f.archive_id != 0 {
@@ -392,6 +420,7 @@ impl Mdt {
             return Err(Errno::EPERM);
         }
         f.states.insert(HsmStates::RELEASED);
+        self.emit(self.clock, HsmEvent::Release, 0, false, fid);
         Ok(())
     }
 
@@ -426,6 +455,8 @@ impl Mdt {
         if archive_id != 0 {
             f.archive_id = archive_id;
         }
+        let dirty = s.contains(HsmStates::DIRTY);
+        self.emit(self.clock, HsmEvent::State, 0, dirty, fid);
         Ok(())
     }
 
@@ -513,6 +544,11 @@ impl Mdt {
     }
 
     fn stop(&mut self) {
+        // The thread passes its idle point on the way out: a waiting purge runs first.
+        if let Some(saved) = self.purge_wait.take() {
+            self.state = saved;
+            self.purge(self.clock);
+        }
         self.state = CdtState::Stopping;
         // The thread frees its in-memory requests and agent list on exit.
         for a in self.active.drain() {
@@ -529,6 +565,7 @@ impl Mdt {
     /// word followed by anything, whole input shorter than 10 bytes); other input is `EINVAL`.
     /// `shutdown` of a stopped coordinator is `EALREADY` (the simulator stops instantly).
     pub fn control(&mut self, now: u64, input: &str) -> Result<(), Errno> {
+        self.at(now);
         let is = |w: &str| input.len() < 10 && input.starts_with(w);
         if is("enabled") {
             match self.state {
@@ -549,7 +586,7 @@ impl Mdt {
                 _ => self.stop(),
             }
         } else if is("purge") {
-            self.purge(now);
+            self.purge_start(now);
         } else if is("help") {
             // The kernel prints the usage to its log only.
         } else {
@@ -557,6 +594,53 @@ impl Mdt {
         }
         debug!(mdt = %self.name, state = self.state.name(), "hsm_control");
         Ok(())
+    }
+
+    /// Starts a purge (§9.7): the coordinator is set DISABLE and the purge waits until its
+    /// thread is idle. The thread is busy when it has a scan to run at `now` (work flagged, or
+    /// housekeeping due); then the purge stays [`PurgeStatus::Waiting`] until the next
+    /// [`Mdt::tick`], where the thread sees DISABLE, scans nothing and goes idle, and the
+    /// purge runs and restores the previous state. An idle (or stopped) coordinator is purged
+    /// at once. A purge asked while one waits joins it.
+    fn purge_start(&mut self, now: u64) {
+        if self.purge_wait.is_some() {
+            return;
+        }
+        let saved = self.state;
+        let busy = self.state == CdtState::Running
+            && (self.wake || self.last_housekeeping + u64::from(self.tunables.loop_period) <= now);
+        if self.thread_up() {
+            self.state = CdtState::Disable;
+        }
+        if busy {
+            debug!(mdt = %self.name, "purge waits for the coordinator to be idle");
+            self.purge_wait = Some(saved);
+            return;
+        }
+        self.purge(now);
+        self.state = saved;
+    }
+
+    /// Whether a `purge` is waiting for the coordinator thread.
+    pub fn purge_status(&self) -> PurgeStatus {
+        if self.purge_wait.is_some() {
+            PurgeStatus::Waiting
+        } else {
+            PurgeStatus::Idle
+        }
+    }
+
+    /// The writer of a waiting `purge` was interrupted by a signal: the purge is abandoned
+    /// (nothing canceled), the previous state restored, and the writer gets `EINTR`.
+    /// `Ok(())` when no purge was waiting (it already ran).
+    pub fn interrupt_purge(&mut self) -> Result<(), Errno> {
+        match self.purge_wait.take() {
+            Some(saved) => {
+                self.state = saved;
+                Err(Errno::EINTR)
+            }
+            None => Ok(()),
+        }
     }
 
     /// `hsm_control=purge`: a one-item CANCEL HAL for every active request (to the least
@@ -590,6 +674,98 @@ impl Mdt {
             }
             self.set_status(key, AgentReqStatus::Canceled, now);
         }
+    }
+
+    // ---------------------------------------------------------------- changelog
+
+    fn at(&mut self, now: u64) {
+        self.clock = self.clock.max(now);
+    }
+
+    /// Appends a CL_HSM record, if some changelog user is registered (an MDT records no
+    /// changelog until the first `changelog_register`).
+    fn emit(&mut self, now: u64, event: HsmEvent, error: u32, dirty: bool, fid: LuFid) {
+        if self.changelog_users.is_empty() {
+            return;
+        }
+        let index = self.changelog_next;
+        self.changelog_next += 1;
+        self.changelog.push_back(ChangelogRecord {
+            index,
+            kind: CL_HSM,
+            time: now.max(self.clock),
+            flags: hsm_changelog_flags(event, error, dirty),
+            tfid: fid,
+        });
+    }
+
+    /// `lctl changelog_register`: a new changelog user (`cl<id>`); recording starts with the
+    /// first one.
+    pub fn changelog_register(&mut self) -> u32 {
+        let id = self.changelog_next_user;
+        self.changelog_next_user += 1;
+        self.changelog_users.push(ChangelogUser {
+            id,
+            cleared: self.changelog_next - 1,
+        });
+        id
+    }
+
+    /// `lctl changelog_deregister cl<id>`: `ENOENT` for an unknown user. Records nobody
+    /// needs any more are dropped; with the last user gone recording stops.
+    pub fn changelog_deregister(&mut self, id: u32) -> Result<(), Errno> {
+        let pos = self
+            .changelog_users
+            .iter()
+            .position(|u| u.id == id)
+            .ok_or(Errno::ENOENT)?;
+        self.changelog_users.remove(pos);
+        self.changelog_gc();
+        Ok(())
+    }
+
+    /// The registered changelog users.
+    pub fn changelog_users(&self) -> &[ChangelogUser] {
+        &self.changelog_users
+    }
+
+    /// `lfs changelog_clear <mdt> cl<id> <endrec>`: user `id` no longer needs the records up
+    /// to `endrec` (0 = every current record). `ENOENT` for an unknown user, `EINVAL` for an
+    /// `endrec` past the last record. Records every user cleared are dropped.
+    pub fn changelog_clear(&mut self, id: u32, endrec: u64) -> Result<(), Errno> {
+        let last = self.changelog_next - 1;
+        let end = if endrec == 0 { last } else { endrec };
+        if end > last {
+            return Err(Errno::EINVAL);
+        }
+        let u = self
+            .changelog_users
+            .iter_mut()
+            .find(|u| u.id == id)
+            .ok_or(Errno::ENOENT)?;
+        u.cleared = u.cleared.max(end);
+        self.changelog_gc();
+        Ok(())
+    }
+
+    fn changelog_gc(&mut self) {
+        let keep_from = self
+            .changelog_users
+            .iter()
+            .map(|u| u.cleared)
+            .min()
+            .unwrap_or(u64::MAX);
+        while self.changelog.front().is_some_and(|r| r.index <= keep_from) {
+            self.changelog.pop_front();
+        }
+    }
+
+    /// The changelog records numbered `start..=end` (`end` 0 = up to the last one).
+    pub fn changelog(&self, start: u64, end: u64) -> impl Iterator<Item = &ChangelogRecord> {
+        let end = if end == 0 { u64::MAX } else { end };
+        self.changelog
+            .iter()
+            .filter(move |r| r.index >= start && r.index <= end)
     }
 
     // ---------------------------------------------------------------- agents
@@ -759,6 +935,21 @@ impl Mdt {
     /// not at offset 0); items before the failing one stay recorded. `ENODATA` means recorded
     /// under the NonBlockingRestore policy.
     pub fn request(&mut self, now: u64, caller: Caller, req: &UserRequest) -> Result<(), Errno> {
+        self.request_from(now, caller, false, req)
+    }
+
+    /// [`Mdt::request`] from a client whose export is read-only (`read_only`): every item
+    /// of an existing file is refused with `EROFS`, except RESTOREs (§9.2). An admin REMOVE
+    /// or CANCEL of a file that no longer exists is recorded without any check, as the MDT
+    /// does once the lookup failed.
+    pub fn request_from(
+        &mut self,
+        now: u64,
+        caller: Caller,
+        read_only: bool,
+        req: &UserRequest,
+    ) -> Result<(), Errno> {
+        self.at(now);
         if !self.thread_up() {
             return Err(Errno::EAGAIN);
         }
@@ -815,6 +1006,9 @@ impl Mdt {
                     if !self.allowed(caller, f, action) {
                         return Err(Errno::EPERM);
                     }
+                    if read_only && action != HsmAction::Restore {
+                        return Err(Errno::EROFS);
+                    }
                     if action != HsmAction::Cancel {
                         if !force && !needed(action, f.states) {
                             continue;
@@ -825,11 +1019,16 @@ impl Mdt {
                     }
                 }
             }
-            if archive_id == 0 {
-                archive_id = file
-                    .map(|f| f.archive_id)
-                    .filter(|a| *a != 0)
-                    .unwrap_or(self.tunables.default_archive_id);
+            // A missing file goes straight to the record: an admin REMOVE without archive id
+            // keeps 0 (sent to every archive at dispatch, see `fan_out_remove`).
+            if archive_id == 0
+                && let Some(f) = file
+            {
+                archive_id = if f.archive_id != 0 {
+                    f.archive_id
+                } else {
+                    self.tunables.default_archive_id
+                };
             }
             if action == HsmAction::Restore {
                 if extent.offset != 0 {
@@ -869,6 +1068,14 @@ impl Mdt {
     /// dispatch), else an event scan (dispatch only) if something asked for it. Nothing happens
     /// unless the coordinator is enabled. Produced HALs are queued for [`Mdt::poll_dispatch`].
     pub fn tick(&mut self, now: u64) {
+        self.at(now);
+        if let Some(saved) = self.purge_wait.take() {
+            // The thread wakes, finds the coordinator disabled and goes idle: the waiting
+            // purge runs now and gives the state back.
+            self.purge(now);
+            self.state = saved;
+            return;
+        }
         if self.state != CdtState::Running {
             return;
         }
@@ -943,6 +1150,15 @@ impl Mdt {
             if let Some(s) = count_slot(a.item.action) {
                 self.counts[s] -= 1;
             }
+            // The coordinator completes it itself, logged as canceled.
+            if let Some(dirty) = self
+                .files
+                .get(&a.item.fid)
+                .map(|f| f.states.contains(HsmStates::DIRTY))
+            {
+                let event = event_of(a.item.action);
+                self.emit(now, event, libc::ECANCELED as u32, dirty, a.item.fid);
+            }
             if a.item.action == HsmAction::Restore {
                 self.restore_locks.remove(&a.item.fid);
             }
@@ -966,12 +1182,18 @@ impl Mdt {
         let mut picked = 0u64;
         let empty_hal = hal_size_for(&self.fsname, []);
         let mut limit_at = None;
+        let any_agent = self.agents.iter().any(|a| a.archives.is_empty());
+        let mut fan_out = Vec::new();
         for &key in &self.waiting {
             let r = &self.log[&key];
             let item_sz = align8(r.item.hai_len());
             if active + picked >= max {
                 limit_at = Some(key);
                 break;
+            }
+            if r.archive_id == 0 && r.item.action == HsmAction::Remove && !any_agent {
+                fan_out.push(key);
+                continue;
             }
             let slot = batches
                 .iter()
@@ -1036,6 +1258,9 @@ impl Mdt {
                 });
             }
         }
+        for key in fan_out {
+            self.fan_out_remove(now, key);
+        }
         for b in batches {
             if self.active.len() as u64 >= max {
                 break;
@@ -1044,6 +1269,35 @@ impl Mdt {
                 self.send(now, b);
             }
         }
+    }
+
+    /// A REMOVE for archive id 0 that no agent serving ANY can take: one new REMOVE per
+    /// distinct archive id the registered agents serve (registration order), and the
+    /// original record SUCCEEDs (§8).
+    fn fan_out_remove(&mut self, now: u64, key: u64) {
+        let mut ids: Vec<u32> = Vec::new();
+        for a in &self.agents {
+            for id in &a.archives {
+                if !ids.contains(id) {
+                    ids.push(*id);
+                }
+            }
+        }
+        let Some(r) = self.log.get(&key) else {
+            return;
+        };
+        let (flags, base) = (r.flags, r.item.clone());
+        for id in ids {
+            self.cookie += 1;
+            let item = HsmActionItem {
+                cookie: self.cookie,
+                ..base.clone()
+            };
+            debug!(mdt = %self.name, fid = %item.fid, archive_id = id, cookie = item.cookie, "REMOVE for every archive");
+            self.append(now, id, flags, item);
+        }
+        self.set_status(key, AgentReqStatus::Succeed, now);
+        self.wake = true;
     }
 
     /// `mdt_hsm_agent_send` (2.17+): choose the agent, fail items the file no longer allows,
@@ -1157,6 +1411,7 @@ impl Mdt {
     /// gone: `EPIPE`, which also unregisters the agent). Its requests leave memory and their
     /// records go back to WAITING (change time touched), to be sent again.
     pub fn send_failed(&mut self, now: u64, d: &Dispatch, err: Errno) {
+        self.at(now);
         let mut n = 0u64;
         for it in &d.items {
             if it.action == HsmAction::Cancel {
@@ -1207,6 +1462,7 @@ impl Mdt {
     where
         F: FnOnce(LuFid, LuFid) -> Result<(), Errno>,
     {
+        self.at(now);
         if !self.thread_up() {
             return Err(Errno::EAGAIN);
         }
@@ -1307,6 +1563,25 @@ impl Mdt {
                 }
                 _ => {}
             }
+        }
+        // CL_HSM record of the completion: a copytool without cancel support (ENOSYS) is
+        // logged as canceled, a failed layout swap with the swap's error; an error too large
+        // for the 7-bit field is logged as overflow and refused (EINVAL to the copytool).
+        let cl_error = match (&ret, errval) {
+            (Err(e), _) => e.code() as u32,
+            (Ok(()), libc::ENOSYS) => libc::ECANCELED as u32,
+            (Ok(()), e) => e as u32,
+        };
+        if cl_error > u32::from(CLF_HSM_MAXERROR) && ret.is_ok() {
+            ret = Err(Errno::EINVAL);
+        }
+        if let Some(dirty) = self
+            .files
+            .get(&a.item.fid)
+            .map(|f| f.states.contains(HsmStates::DIRTY))
+        {
+            let event = event_of(a.item.action);
+            self.emit(now, event, cl_error, dirty, a.item.fid);
         }
         if a.item.action == HsmAction::Restore && status != AgentReqStatus::Waiting {
             self.restore_locks.remove(&a.item.fid);

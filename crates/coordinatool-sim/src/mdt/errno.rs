@@ -18,6 +18,8 @@ impl Errno {
     pub const EINTR: Errno = Errno(libc::EINTR);
     /// `ENXIO` (6): coordinator not running (registration).
     pub const ENXIO: Errno = Errno(libc::ENXIO);
+    /// `ENOMEM` (12): `max_requests` beyond what the RAM allows.
+    pub const ENOMEM: Errno = Errno(libc::ENOMEM);
     /// `E2BIG` (7): user request too large.
     pub const E2BIG: Errno = Errno(libc::E2BIG);
     /// `EAGAIN` (11): coordinator not able to take the call now / no agent.
@@ -30,6 +32,8 @@ impl Errno {
     pub const EEXIST: Errno = Errno(libc::EEXIST);
     /// `EINVAL` (22): invalid argument.
     pub const EINVAL: Errno = Errno(libc::EINVAL);
+    /// `EROFS` (30): request from a read-only export.
+    pub const EROFS: Errno = Errno(libc::EROFS);
     /// `EPIPE` (32): the copytool's pipe is gone.
     pub const EPIPE: Errno = Errno(libc::EPIPE);
     /// `ENOSYS` (38): copytool does not support the action.
@@ -67,6 +71,8 @@ impl Errno {
             libc::EINTR => "EINTR",
             libc::ENXIO => "ENXIO",
             libc::E2BIG => "E2BIG",
+            libc::ENOMEM => "ENOMEM",
+            libc::EROFS => "EROFS",
             libc::EAGAIN => "EAGAIN",
             libc::EACCES => "EACCES",
             libc::EBUSY => "EBUSY",

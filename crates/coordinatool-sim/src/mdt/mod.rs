@@ -11,10 +11,16 @@
 //! Time is an argument everywhere (`now`, epoch seconds, non-decreasing). Nothing here reads
 //! a clock, a file or a socket; HALs for agents are pulled with [`Cluster::poll_dispatch`].
 //!
+//! Also modelled: CL_HSM changelog records per MDT ([`Mdt::changelog`], recorded while a
+//! changelog user is registered), read-only exports ([`Cluster::request_from`], `EROFS`), the
+//! 2.17+ `max_requests` RAM cap ([`Cluster::set_ram_bytes`]), a purge that waits for the
+//! coordinator thread to be idle and can be interrupted ([`Mdt::purge_status`],
+//! [`Mdt::interrupt_purge`]), and the fan-out of an admin REMOVE with archive id 0 of a file
+//! that no longer exists.
+//!
 //! Simplifications, all documented on the items concerned: coordinator start and stop are
-//! instantaneous (`init`/`stopping` are never observed); no changelog; no read-only exports;
-//! the `max_requests` RAM cap is not applied; REMOVE with archive id 0 never happens because
-//! `default_archive_id` cannot be 0.
+//! instantaneous (`init`/`stopping` are never observed); changelog records carry whole
+//! seconds.
 
 mod core;
 mod errno;
@@ -35,6 +41,22 @@ pub use types::*;
 pub struct Cluster {
     fsname: String,
     mdts: Vec<Mdt>,
+    ram_bytes: u64,
+}
+
+/// Bytes of RAM one unit of `max_requests` is charged in the 2.17+ cap (one page per
+/// request: the reference gives only the "1/8 of RAM" ratio, the unit is this model's).
+pub const RAM_CAP_BYTES_PER_REQUEST: u64 = 4096;
+
+/// Total RAM of this machine (`sysinfo(2)`), `u64::MAX` if it cannot be read.
+pub fn machine_ram_bytes() -> u64 {
+    // SAFETY: sysinfo only writes into the zeroed struct we pass.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `si` is a valid, writable sysinfo struct.
+    if unsafe { libc::sysinfo(&mut si) } != 0 {
+        return u64::MAX;
+    }
+    (si.totalram as u64).saturating_mul(u64::from(si.mem_unit.max(1)))
 }
 
 /// Matches one lctl glob component (`*`, `?`) against a name component.
@@ -63,7 +85,40 @@ impl Cluster {
         Cluster {
             fsname: fsname.to_owned(),
             mdts: (0..mdt_count.max(1)).map(|i| Mdt::new(fsname, i)).collect(),
+            ram_bytes: machine_ram_bytes(),
         }
+    }
+
+    /// The RAM the `max_requests` cap is computed from (default: [`machine_ram_bytes`]).
+    pub fn ram_bytes(&self) -> u64 {
+        self.ram_bytes
+    }
+
+    /// Sets the RAM the `max_requests` cap is computed from (tests, smaller simulated
+    /// servers). Values already set are kept even if now above the cap.
+    pub fn set_ram_bytes(&mut self, bytes: u64) {
+        self.ram_bytes = bytes;
+    }
+
+    /// The largest sum of `max_requests` over the MDTs that 2.17+ accepts: 1/8 of the RAM,
+    /// counted in [`RAM_CAP_BYTES_PER_REQUEST`] units.
+    pub fn max_requests_cap(&self) -> u64 {
+        self.ram_bytes / RAM_CAP_BYTES_PER_REQUEST / 8
+    }
+
+    /// Index of the MDT named `name` (`<fsname>-MDT0000`).
+    pub fn mdt_index(&self, name: &str) -> Option<u32> {
+        self.mdts
+            .iter()
+            .position(|m| m.name() == name)
+            .map(|i| i as u32)
+    }
+
+    /// True if some coordinator has a purge waiting for its thread.
+    pub fn purge_waiting(&self) -> bool {
+        self.mdts
+            .iter()
+            .any(|m| m.purge_status() == PurgeStatus::Waiting)
     }
 
     /// Like [`Cluster::new`], with every coordinator enabled at `now`.
@@ -183,11 +238,23 @@ impl Cluster {
     /// `LL_IOC_HSM_REQUEST`: `E2BIG` when `hur_len() >= 1706` (llite's check), else the items
     /// go to their MDTs in order; the first error is returned after all MDTs were asked.
     pub fn request(&mut self, now: u64, caller: Caller, req: &UserRequest) -> Result<(), Errno> {
+        self.request_from(now, caller, false, req)
+    }
+
+    /// [`Cluster::request`] from a client whose export is read-only: see
+    /// [`Mdt::request_from`] (`EROFS` for everything but RESTORE).
+    pub fn request_from(
+        &mut self,
+        now: u64,
+        caller: Caller,
+        read_only: bool,
+        req: &UserRequest,
+    ) -> Result<(), Errno> {
         if req.hur_len() >= USER_REQUEST_LIMIT {
             return Err(Errno::E2BIG);
         }
         if self.mdts.len() == 1 {
-            return self.mdts[0].request(now, caller, req);
+            return self.mdts[0].request_from(now, caller, read_only, req);
         }
         let mut per: Vec<Vec<(LuFid, HsmExtent)>> = vec![Vec::new(); self.mdts.len()];
         for &(fid, ext) in &req.items {
@@ -202,7 +269,7 @@ impl Cluster {
                 items,
                 ..req.clone()
             };
-            let r = self.mdts[i].request(now, caller, &sub);
+            let r = self.mdts[i].request_from(now, caller, read_only, &sub);
             if rc.is_ok() {
                 rc = r;
             }
@@ -355,6 +422,23 @@ impl Cluster {
             return m.control(now, value);
         }
         let p = param.strip_prefix("hsm.").ok_or(Errno::ENOENT)?;
+        if p == "max_requests" {
+            // 2.17+: the sum over the MDTs may not exceed 1/8 of the RAM.
+            let mut t = m.tunables().clone();
+            t.set(p, value)?;
+            let others: u64 = self
+                .mdts
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, o)| o.tunables().max_requests)
+                .fold(0, u64::saturating_add);
+            if others.saturating_add(t.max_requests) > self.max_requests_cap() {
+                return Err(Errno::ENOMEM);
+            }
+            self.mdts[i].tunables_mut().max_requests = t.max_requests;
+            return Ok(());
+        }
         if m.tunables_mut().set(p, value)? {
             Ok(())
         } else {

@@ -1058,3 +1058,279 @@ fn multi_mdt_request_is_split_and_first_error_returned() {
     assert_eq!(e.end(b, on1.cookie, 0), Ok(()));
     assert_eq!(e.end(a, on1.cookie + 1000, 0), Err(Errno::ENOENT));
 }
+
+fn cl(e: &Env, mdt: u32) -> Vec<(u64, Option<HsmEvent>, u16, bool, LuFid)> {
+    e.c.mdt(mdt)
+        .unwrap()
+        .changelog(0, 0)
+        .map(|r| (r.index, r.event(), r.error(), r.dirty(), r.tfid))
+        .collect()
+}
+
+#[test]
+fn changelog_flags_layout() {
+    assert_eq!(hsm_changelog_flags(HsmEvent::Archive, 0, false), 0);
+    assert_eq!(hsm_changelog_flags(HsmEvent::Restore, 0, false), 0x80);
+    assert_eq!(hsm_changelog_flags(HsmEvent::State, 0, false), 0x280);
+    assert_eq!(hsm_changelog_flags(HsmEvent::State, 0, true), 0x680);
+    assert_eq!(hsm_changelog_flags(HsmEvent::Archive, 16, true), 0x410);
+    assert_eq!(hsm_changelog_flags(HsmEvent::Remove, 0x7E, false), 0x27E);
+    assert_eq!(hsm_changelog_flags(HsmEvent::Remove, 0x7F, false), 0x27F);
+    assert_eq!(hsm_changelog_flags(HsmEvent::Cancel, 5000, false), 0x17F);
+    let r = ChangelogRecord {
+        index: 1,
+        kind: CL_HSM,
+        time: 0,
+        flags: 0x6A3,
+        tfid: LuFid::new(1, 2, 0),
+    };
+    assert_eq!(
+        (r.event(), r.error(), r.dirty()),
+        (Some(HsmEvent::State), 0x23, true)
+    );
+}
+
+#[test]
+fn changelog_records_hsm_events_for_registered_users_only() {
+    let mut e = Env::new(2);
+    e.c.register(UUID_A, &[]).unwrap();
+    // No changelog user: nothing recorded.
+    let quiet = e.archived(0);
+    assert!(cl(&e, 0).is_empty());
+    let user = e.c.mdt_mut(0).unwrap().changelog_register();
+    assert_eq!(user, 1);
+    let f = e.archived(0);
+    e.c.release(f, 1).unwrap();
+    // Already released: no second record.
+    e.c.release(f, 1).unwrap();
+    e.c.state_set(
+        Caller::ROOT,
+        quiet,
+        u64::from(HsmStates::NORELEASE.bits()),
+        0,
+        0,
+    )
+    .unwrap();
+    // A write to an archived file: HE_STATE with the dirty flag, once.
+    e.c.file_modified(quiet, 7).unwrap();
+    e.c.file_modified(quiet, 8).unwrap();
+    // Failed archive of the dirty file: error and dirty flag.
+    e.req(HsmUserAction::Archive, 0, &[quiet]).unwrap();
+    let c = e.tick()[0].items[0].cookie;
+    e.end(quiet, c, libc::EIO as u16).unwrap();
+    // A copytool without cancel support: logged as canceled.
+    e.req(HsmUserAction::Restore, 0, &[f]).unwrap();
+    let c = e.advance(1)[0].items[0].cookie;
+    e.end(f, c, libc::ENOSYS as u16).unwrap();
+    assert_eq!(
+        cl(&e, 0),
+        vec![
+            (1, Some(HsmEvent::Archive), 0, false, f),
+            (2, Some(HsmEvent::Release), 0, false, f),
+            (3, Some(HsmEvent::State), 0, false, quiet),
+            (4, Some(HsmEvent::State), 0, true, quiet),
+            (5, Some(HsmEvent::Archive), libc::EIO as u16, true, quiet),
+            (6, Some(HsmEvent::Restore), libc::ECANCELED as u16, false, f),
+        ]
+    );
+    assert!(cl(&e, 1).is_empty(), "each MDT has its own changelog");
+    let r = e.c.mdt(0).unwrap().changelog(2, 3).collect::<Vec<_>>();
+    assert_eq!(r.len(), 2);
+    assert_eq!((r[0].kind, r[0].flags, r[0].time), (CL_HSM, 0x180, T0));
+    // Clearing: unknown user ENOENT, past the end EINVAL; records every user cleared go.
+    let m = e.c.mdt_mut(0).unwrap();
+    assert_eq!(m.changelog_clear(9, 0), Err(Errno::ENOENT));
+    assert_eq!(m.changelog_clear(user, 7), Err(Errno::EINVAL));
+    // A user registered now only needs what comes next.
+    let second = m.changelog_register();
+    assert_eq!(m.changelog_users()[1].cleared, 6);
+    m.changelog_clear(user, 4).unwrap();
+    assert_eq!(
+        m.changelog(0, 0).map(|r| r.index).collect::<Vec<_>>(),
+        [5, 6]
+    );
+    m.changelog_clear(second, 0).unwrap();
+    assert_eq!(m.changelog(0, 0).count(), 2, "user 1 still needs them");
+    assert_eq!(m.changelog_deregister(second), Ok(()));
+    assert_eq!(m.changelog_deregister(second), Err(Errno::ENOENT));
+    m.changelog_deregister(user).unwrap();
+    assert_eq!(m.changelog(0, 0).count(), 0);
+}
+
+#[test]
+fn changelog_of_timeouts_and_oversized_errors() {
+    let mut e = Env::new(1);
+    e.c.register(UUID_A, &[]).unwrap();
+    e.c.mdt_mut(0).unwrap().changelog_register();
+    e.c.set_param(e.now, "mdt.*.hsm.active_request_timeout", "100");
+    let f = e.file(0);
+    let g = e.file(0);
+    e.req(HsmUserAction::Archive, 1, &[f, g]).unwrap();
+    let d = e.tick();
+    let (cf, cg) = (d[0].items[0].cookie, d[0].items[1].cookie);
+    // An error that does not fit the 7-bit field: overflow in the log, EINVAL back.
+    assert_eq!(e.end(g, cg, 200), Err(Errno::EINVAL));
+    assert_eq!(e.status(cg, 0), AgentReqStatus::Failed);
+    e.advance(110);
+    assert_eq!(e.status(cf, 0), AgentReqStatus::Canceled);
+    assert_eq!(
+        cl(&e, 0),
+        vec![
+            (1, Some(HsmEvent::Archive), CLF_HSM_ERROVERFLOW, false, g),
+            (2, Some(HsmEvent::Archive), libc::ECANCELED as u16, false, f),
+        ]
+    );
+}
+
+#[test]
+fn read_only_export_refuses_everything_but_restore() {
+    let mut e = Env::new(1);
+    e.c.register(UUID_A, &[]).unwrap();
+    let f = e.archived(0);
+    e.c.release(f, 1).unwrap();
+    let g = e.file(0);
+    let ro = |e: &mut Env, a, fids: &[LuFid]| {
+        let r = UserRequest::whole_files(a, 0, fids);
+        e.c.request_from(e.now, Caller::ROOT, true, &r)
+    };
+    assert_eq!(ro(&mut e, HsmUserAction::Archive, &[g]), Err(Errno::EROFS));
+    assert_eq!(ro(&mut e, HsmUserAction::Remove, &[f]), Err(Errno::EROFS));
+    let before = e.c.mdt(0).unwrap().records().count();
+    ro(&mut e, HsmUserAction::Restore, &[f]).unwrap();
+    assert_eq!(e.c.mdt(0).unwrap().records().count(), before + 1);
+    assert_eq!(ro(&mut e, HsmUserAction::Cancel, &[f]), Err(Errno::EROFS));
+    // Items before the refused one stay recorded.
+    let h = e.file(0);
+    e.req(HsmUserAction::Archive, 1, &[h]).unwrap();
+    e.tick();
+    let r = UserRequest::whole_files(HsmUserAction::Restore, 0, &[f]);
+    assert_eq!(e.c.request_from(e.now, Caller::ROOT, false, &r), Ok(()));
+}
+
+#[test]
+fn max_requests_sum_is_capped_at_an_eighth_of_ram() {
+    let mut e = Env::new(2);
+    // 64 MiB of RAM: 8 MiB for requests = 2048 four-KiB units over both MDTs.
+    e.c.set_ram_bytes(64 << 20);
+    assert_eq!(e.c.max_requests_cap(), 2048);
+    let r =
+        e.c.set_param(e.now, "mdt.lustre-MDT0000.hsm.max_requests", "2045");
+    assert_eq!(r[0].1, Ok(()));
+    let r =
+        e.c.set_param(e.now, "mdt.lustre-MDT0001.hsm.max_requests", "4");
+    assert_eq!(r[0].1, Err(Errno::ENOMEM));
+    assert_eq!(e.c.mdt(1).unwrap().tunables().max_requests, 3);
+    let r = e.c.set_param(e.now, "mdt.*.hsm.max_requests", "1024");
+    assert_eq!(r.iter().map(|x| x.1).collect::<Vec<_>>(), [Ok(()), Ok(())]);
+    let r =
+        e.c.set_param(e.now, "mdt.lustre-MDT0000.hsm.max_requests", "0");
+    assert_eq!(r[0].1, Err(Errno::EINVAL), "0 is still EINVAL, not ENOMEM");
+    // The machine's RAM by default: the Lustre default fits anywhere.
+    let c = Cluster::new("lustre", 1);
+    assert!(c.ram_bytes() > 1 << 20);
+}
+
+#[test]
+fn purge_waits_for_the_coordinator_thread_and_can_be_interrupted() {
+    let mut e = Env::new(1);
+    e.c.register(UUID_A, &[]).unwrap();
+    e.tick();
+    let f = e.file(0);
+    // A request just flagged the thread: it is busy, the purge waits for its next wake-up.
+    e.req(HsmUserAction::Archive, 1, &[f]).unwrap();
+    let r =
+        e.c.set_param(e.now, "mdt.lustre-MDT0000.hsm_control", "purge");
+    assert_eq!(r[0].1, Ok(()));
+    let m = e.c.mdt(0).unwrap();
+    assert_eq!(m.purge_status(), PurgeStatus::Waiting);
+    assert_eq!(m.state(), CdtState::Disable);
+    assert!(e.c.purge_waiting() && e.c.wants_scan());
+    assert_eq!(m.records().next().unwrap().status, AgentReqStatus::Waiting);
+    // The interrupted writer gets EINTR; nothing was canceled, the state is back.
+    assert_eq!(e.c.mdt_mut(0).unwrap().interrupt_purge(), Err(Errno::EINTR));
+    let m = e.c.mdt(0).unwrap();
+    assert_eq!(
+        (m.purge_status(), m.state()),
+        (PurgeStatus::Idle, CdtState::Running)
+    );
+    assert_eq!(m.records().next().unwrap().status, AgentReqStatus::Waiting);
+    // Again, and this time the thread wakes: it scans nothing, the purge runs.
+    e.c.set_param(e.now, "mdt.lustre-MDT0000.hsm_control", "purge");
+    assert!(
+        e.advance(1).is_empty(),
+        "the flagged work is not dispatched"
+    );
+    let m = e.c.mdt(0).unwrap();
+    assert_eq!(
+        (m.purge_status(), m.state()),
+        (PurgeStatus::Idle, CdtState::Running)
+    );
+    assert_eq!(m.records().next().unwrap().status, AgentReqStatus::Canceled);
+    assert_eq!(e.c.mdt_mut(0).unwrap().interrupt_purge(), Ok(()));
+    // A housekeeping scan due also keeps the thread busy; a disabled coordinator stays so.
+    e.c.mdt_mut(0).unwrap().control(e.now, "disabled").unwrap();
+    e.c.set_param(e.now, "mdt.lustre-MDT0000.hsm_control", "purge");
+    assert_eq!(e.c.mdt(0).unwrap().purge_status(), PurgeStatus::Idle);
+    e.c.mdt_mut(0).unwrap().control(e.now, "enabled").unwrap();
+    e.now += 30;
+    e.c.set_param(e.now, "mdt.lustre-MDT0000.hsm_control", "purge");
+    assert_eq!(e.c.mdt(0).unwrap().purge_status(), PurgeStatus::Waiting);
+    e.c.mdt_mut(0).unwrap().control(e.now, "shutdown").unwrap();
+    assert_eq!(e.c.mdt(0).unwrap().purge_status(), PurgeStatus::Idle);
+    assert_eq!(e.c.mdt(0).unwrap().state(), CdtState::Stopped);
+}
+
+#[test]
+fn admin_remove_of_a_gone_file_without_archive_id_goes_to_every_archive() {
+    let mut e = Env::new(1);
+    let ghost = LuFid::new(FID_SEQ_BASE, 4242, 0);
+    e.req(HsmUserAction::Remove, 0, &[ghost]).unwrap();
+    let r = e.c.mdt(0).unwrap().records().next().unwrap().clone();
+    assert_eq!((r.archive_id, r.item.action), (0, HsmAction::Remove));
+    // No agent: stays WAITING.
+    assert!(e.advance(1).is_empty());
+    e.c.register(UUID_A, &[3, 1]).unwrap();
+    e.c.register(UUID_B, &[1, 7]).unwrap();
+    // The scan that meets it records one REMOVE per archive served and closes it.
+    assert!(e.advance(1).is_empty());
+    let recs: Vec<(u32, AgentReqStatus, u64)> =
+        e.c.mdt(0)
+            .unwrap()
+            .records()
+            .map(|r| (r.archive_id, r.status, r.item.cookie))
+            .collect();
+    let c0 = r.item.cookie;
+    assert_eq!(
+        recs,
+        vec![
+            (0, AgentReqStatus::Succeed, c0),
+            (3, AgentReqStatus::Waiting, c0 + 1),
+            (1, AgentReqStatus::Waiting, c0 + 2),
+            (7, AgentReqStatus::Waiting, c0 + 3),
+        ]
+    );
+    let d = e.advance(1);
+    let mut sent: Vec<(u32, &str)> = d.iter().map(|d| (d.archive_id, &*d.agent)).collect();
+    sent.sort();
+    assert_eq!(sent, vec![(1, UUID_B), (3, UUID_A), (7, UUID_B)]);
+    assert!(d.iter().all(|d| d.items[0].fid == ghost));
+    // With an agent serving ANY the record goes to it as is.
+    let mut e = Env::new(1);
+    e.req(HsmUserAction::Remove, 0, &[ghost]).unwrap();
+    e.c.register(UUID_A, &[2]).unwrap();
+    e.c.register(UUID_B, &[]).unwrap();
+    let d = e.advance(1);
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].archive_id, &*d[0].agent), (0, UUID_B));
+    // An existing file never gets archive id 0.
+    let f = e.file(0);
+    e.c.put_file(
+        f,
+        FileAttrs {
+            states: HsmStates::EXISTS | HsmStates::ARCHIVED,
+            ..*e.c.file(f).unwrap()
+        },
+    );
+    e.req(HsmUserAction::Remove, 0, &[f]).unwrap();
+    assert_eq!(e.c.mdt(0).unwrap().records().last().unwrap().archive_id, 1);
+}

@@ -298,3 +298,107 @@ pub struct CurrentAction {
     /// Requested range (waiting) or offset + bytes moved (running).
     pub location: HsmExtent,
 }
+
+/// `CL_HSM`: the changelog record type of HSM events.
+pub const CL_HSM: u32 = 16;
+/// `CLF_HSM_MAXERROR`: the largest error a CL_HSM record carries as is.
+pub const CLF_HSM_MAXERROR: u16 = 0x7E;
+/// `CLF_HSM_ERROVERFLOW`: the error field of a record whose error did not fit.
+pub const CLF_HSM_ERROVERFLOW: u16 = 0x7F;
+/// `CLF_HSM_DIRTY`: flag of a CL_HSM record whose file is dirty (bit 10 of the flags).
+pub const CLF_HSM_DIRTY: u16 = 1;
+
+/// `enum hsm_event`: what a CL_HSM changelog record reports (3 bits of its flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HsmEvent {
+    /// `HE_ARCHIVE`: an archive finished (error 0) or failed.
+    Archive = 0,
+    /// `HE_RESTORE`: a restore finished or failed.
+    Restore = 1,
+    /// `HE_CANCEL`.
+    Cancel = 2,
+    /// `HE_RELEASE`: the file was released.
+    Release = 3,
+    /// `HE_REMOVE`: an archive copy was removed.
+    Remove = 4,
+    /// `HE_STATE`: the HSM flags were changed (`lfs hsm_set/clear`, a write making it dirty).
+    State = 5,
+}
+
+impl HsmEvent {
+    /// The event encoded in a record's flags, `None` for the two unused values.
+    pub const fn from_code(code: u16) -> Option<HsmEvent> {
+        Some(match code {
+            0 => HsmEvent::Archive,
+            1 => HsmEvent::Restore,
+            2 => HsmEvent::Cancel,
+            3 => HsmEvent::Release,
+            4 => HsmEvent::Remove,
+            5 => HsmEvent::State,
+            _ => return None,
+        })
+    }
+}
+
+/// The flags word of a CL_HSM record: bits 0-6 the error (positive errno, `0x7F` when it
+/// exceeds [`CLF_HSM_MAXERROR`]), bits 7-9 the event, bits 10-11 the flags ([`CLF_HSM_DIRTY`]).
+pub fn hsm_changelog_flags(event: HsmEvent, error: u32, dirty: bool) -> u16 {
+    let err = if error > u32::from(CLF_HSM_MAXERROR) {
+        CLF_HSM_ERROVERFLOW
+    } else {
+        error as u16
+    };
+    let flags = if dirty { CLF_HSM_DIRTY } else { 0 };
+    err | ((event as u16) << 7) | (flags << 10)
+}
+
+/// One changelog record of an MDT (the simulator only produces `CL_HSM` records).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangelogRecord {
+    /// Record number (`cr_index`), from 1, increasing per MDT.
+    pub index: u64,
+    /// Record type (`cr_type`), [`CL_HSM`].
+    pub kind: u32,
+    /// Time of the event (epoch seconds; the simulator has no finer clock).
+    pub time: u64,
+    /// `cr_flags`, see [`hsm_changelog_flags`].
+    pub flags: u16,
+    /// The file (`cr_tfid`).
+    pub tfid: LuFid,
+}
+
+impl ChangelogRecord {
+    /// The HSM event of a CL_HSM record.
+    pub fn event(&self) -> Option<HsmEvent> {
+        HsmEvent::from_code((self.flags >> 7) & 0x7)
+    }
+
+    /// The error of a CL_HSM record (positive errno, `0x7F` = overflow).
+    pub fn error(&self) -> u16 {
+        self.flags & 0x7F
+    }
+
+    /// True if the record carries [`CLF_HSM_DIRTY`].
+    pub fn dirty(&self) -> bool {
+        (self.flags >> 10) & CLF_HSM_DIRTY != 0
+    }
+}
+
+/// A changelog consumer registered on an MDT (`lctl changelog_register`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangelogUser {
+    /// The `N` of `clN`.
+    pub id: u32,
+    /// Last record number this user cleared (0 = none).
+    pub cleared: u64,
+}
+
+/// What a `hsm_control=purge` write is doing ([`crate::mdt::Mdt::purge_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurgeStatus {
+    /// No purge waiting.
+    Idle,
+    /// The coordinator was disabled and the purge waits for its thread to be idle; the
+    /// writer blocks until the next [`crate::mdt::Mdt::tick`] (or is interrupted).
+    Waiting,
+}
