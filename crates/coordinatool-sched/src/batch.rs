@@ -1,12 +1,14 @@
 //! Archive batching (§4.10): archives waiting with the same hint (the whole hsm data) form a
 //! group; a client's batch slot owns at most one group for a time slice. Groups are indexed by
 //! (target queue, archive id, flags, hint) and unowned groups are ordered by age, so placement
-//! and slot refill are O(1)/O(log groups), never a rescan of the archive queue.
+//! and slot refill are O(1)/O(log groups), never a rescan of the archive queue. Inside a
+//! group, archives are ordered like any queue (priority partitions, fair-share flows), so
+//! priorities, aging and fair share also apply to what a slot sends.
 
 use crate::fxhash::FxHashMap;
 use crate::hint::fnv1a;
-use crate::queue::{Fifo, LinkStore};
-use crate::types::Time;
+use crate::queue::{LinkStore, PartKey, QueueSet, Slot};
+use crate::types::{Kind, Time};
 use std::collections::BTreeSet;
 
 /// `Req::slot` value of a request not sent from a batch slot.
@@ -19,14 +21,20 @@ pub(crate) struct Group {
     pub(crate) archive_id: u32,
     pub(crate) flags: u64,
     pub(crate) hint: Box<[u8]>,
-    pub(crate) fifo: Fifo,
+    /// The waiting archives, by priority partition and fair-share flow.
+    pub(crate) q: QueueSet,
     /// (client index, slot index) owning it.
     pub(crate) owner: Option<(u32, u8)>,
     /// Age order among unowned groups (first time it was queued).
     pub(crate) seq: u64,
-    /// Last time it was served or became non-empty (for aging against other kinds).
-    pub(crate) since: Time,
     hash: u64,
+}
+
+impl Group {
+    /// Archives waiting in the group.
+    pub(crate) fn len(&self) -> u64 {
+        self.q.len_by_kind[Kind::Archive.index()]
+    }
 }
 
 /// One batch slot of a client.
@@ -86,7 +94,6 @@ impl Groups {
         archive_id: u32,
         flags: u64,
         hint: &[u8],
-        now: Time,
     ) -> u32 {
         let hash = fnv1a(hint);
         let key = (target, archive_id, flags, hash);
@@ -101,10 +108,9 @@ impl Groups {
             archive_id,
             flags,
             hint: hint.into(),
-            fifo: Fifo::default(),
+            q: QueueSet::default(),
             owner: None,
             seq: self.seq,
-            since: now,
             hash,
         };
         let g = match self.free.pop() {
@@ -123,23 +129,26 @@ impl Groups {
         g
     }
 
+    /// Queues a request in group `g` (`share` is its fair-share flow and weight).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn push<L: LinkStore + ?Sized>(
         &mut self,
         links: &mut L,
         g: u32,
+        key: PartKey,
+        share: (u64, u32),
         id: u32,
+        front: bool,
         now: Time,
-    ) {
+    ) -> Slot {
         let group = self.get_mut(g);
-        let was_empty = group.fifo.len == 0;
-        group.fifo.push_back(links, id);
-        if was_empty {
-            group.since = now;
-            if group.owner.is_none() {
-                let k = (group.target, group.seq, g);
-                self.unowned.insert(k);
-            }
+        let was_empty = group.len() == 0;
+        let slot = group.q.push(links, key, share, id, front, now);
+        if was_empty && group.owner.is_none() {
+            let k = (group.target, group.seq, g);
+            self.unowned.insert(k);
         }
+        slot
     }
 
     /// Removes a request; frees the group when it is empty and unowned.
@@ -147,16 +156,14 @@ impl Groups {
         &mut self,
         links: &mut L,
         g: u32,
+        slot: Slot,
         id: u32,
         served: bool,
         now: Time,
     ) {
         let group = self.get_mut(g);
-        group.fifo.remove(links, id);
-        if served {
-            group.since = now;
-        }
-        if group.fifo.len == 0 && group.owner.is_none() {
+        group.q.remove(links, slot, id, served, now);
+        if group.len() == 0 && group.owner.is_none() {
             let k = (group.target, group.seq, g);
             self.unowned.remove(&k);
             self.free_group(g);
@@ -177,7 +184,7 @@ impl Groups {
     pub(crate) fn release(&mut self, g: u32) {
         let group = self.get_mut(g);
         group.owner = None;
-        if group.fifo.len == 0 {
+        if group.len() == 0 {
             self.free_group(g);
         } else {
             let k = (group.target, group.seq, g);

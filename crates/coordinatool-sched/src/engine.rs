@@ -14,6 +14,7 @@ use crate::types::{
     RequestKey, Time,
 };
 use coordinatool_lustre::HsmAction;
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, VecDeque};
 use tracing::{debug, info, warn};
 
@@ -23,8 +24,12 @@ pub const LOCATE_FAILED_HOST: &str = "phobos_error_dummy_host";
 /// Set index of the global queue.
 const GLOBAL: u32 = 0;
 
-/// Marks a batch slot among dispatch candidates (real set indexes are much smaller).
-const SLOT_SET: u32 = u32::MAX;
+/// Where a dispatch candidate comes from: a queue set, or a batch slot of the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Src {
+    Set(u32),
+    Slot(u8),
+}
 
 /// Errors returned to the client that sent a command.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +129,24 @@ pub enum DoneOutcome {
     Unknown,
 }
 
+/// Where a request is, as [`Engine::requests`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// Waiting in the global queue, for any compatible mover.
+    Queued,
+    /// Waiting in one client's own queue (host mapping, restore locality, a placeholder).
+    QueuedOn(ClientId),
+    /// Waiting in a batch slot of a client (archive batching): only that client sends it.
+    InSlot {
+        /// The client owning the slot.
+        client: ClientId,
+        /// Slot index.
+        slot: u8,
+    },
+    /// Running on a client.
+    Running(ClientId),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Loc {
     Detached,
@@ -137,6 +160,7 @@ enum Loc {
     /// Waiting in a batch group.
     Grouped {
         group: u32,
+        slot: Slot,
     },
 }
 
@@ -230,6 +254,9 @@ pub struct Engine {
     groups: Groups,
     /// Batch slot deadlines: (when, client, slot).
     batch_deadlines: BTreeSet<(Time, u32, u8)>,
+    /// Free batch slots of handshaken connected clients, in upstream's search order for a
+    /// new slot: slot index, then newest client first.
+    free_slots: BTreeSet<(u8, Reverse<u64>, u32)>,
     running: [u64; 3],
     pending: [u64; 3],
     done: [u64; 3],
@@ -248,9 +275,6 @@ pub struct Engine {
     /// Locator answers per request slot (`None` = anywhere).
     locality: FxHashMap<u32, Option<Box<str>>>,
     dirty: bool,
-    /// Some waiting client found a queue head too big for its budget: when another client
-    /// takes work, waiting clients are offered everything again (the head may be gone).
-    hol_blocked: bool,
     policy: Box<dyn Policy>,
 }
 
@@ -298,6 +322,7 @@ impl Engine {
             expiries: BTreeSet::new(),
             groups: Groups::default(),
             batch_deadlines: BTreeSet::new(),
+            free_slots: BTreeSet::new(),
             running: [0; 3],
             pending: [0; 3],
             done: [0; 3],
@@ -313,7 +338,6 @@ impl Engine {
             locator: None,
             locality: FxHashMap::default(),
             dirty: false,
-            hol_blocked: false,
             policy,
         }
     }
@@ -404,6 +428,39 @@ impl Engine {
         }
     }
 
+    /// Every live request (queued or running) with where it is, in no particular order.
+    /// The data is what movers are sent (after an upstream-mode consistent-hash rewrite).
+    /// O(requests); meant for status pages and for embedders rebuilding their own view.
+    pub fn requests(&self) -> impl Iterator<Item = (&Request, Placed)> + '_ {
+        self.reqs.iter().filter_map(move |r| {
+            let r = r.as_ref()?;
+            let placed = match r.loc {
+                Loc::Running { client } => Placed::Running(self.handle(client)),
+                Loc::Queued { set, .. } => self.placed_in_set(set),
+                Loc::Grouped { group, .. } => {
+                    let g = self.groups.get(group);
+                    match g.owner {
+                        Some((c, slot)) => Placed::InSlot {
+                            client: self.handle(c),
+                            slot,
+                        },
+                        None => self.placed_in_set(g.target),
+                    }
+                }
+                Loc::Detached => unreachable!("requests are detached only inside an input"),
+            };
+            Some((&r.r, placed))
+        })
+    }
+
+    fn placed_in_set(&self, set: u32) -> Placed {
+        if set == GLOBAL {
+            Placed::Queued
+        } else {
+            Placed::QueuedOn(self.handle(self.sets[set as usize].owner))
+        }
+    }
+
     // ----------------------------------------------------------------- inputs: clients
 
     /// A new connection (upstream INIT state). `peer` (`host:port`) names it until `ehlo`
@@ -465,12 +522,14 @@ impl Engine {
         }
         if ehlo.id.is_none() {
             self.by_name.insert(name, c);
+            self.list_slots(c);
             return Ok(());
         }
         self.cl_mut(c).id_set = true;
         if let Some(old) = existing {
             self.takeover(old, c);
         }
+        self.list_slots(c);
         self.by_name.insert(name, c);
         self.reconcile(c, ehlo.running, now);
         self.dirty = true;
@@ -557,6 +616,7 @@ impl Engine {
         } else {
             self.connected -= 1;
             self.unwait(c);
+            self.unlist_slots(c);
             let order = self.next_order();
             let exp = now.add_nanos(self.grace_ns());
             let cl = self.cl_mut(c);
@@ -693,26 +753,7 @@ impl Engine {
             info!(client = %self.cl(c).name, "grace period expired, re-queuing its requests");
             self.free_client(c, now);
         }
-        while let Some(&(t, c, i)) = self.batch_deadlines.first() {
-            if t > now {
-                break;
-            }
-            self.batch_deadlines.pop_first();
-            let slot = &mut self.cl_mut(c).slots[i as usize];
-            slot.deadline = None;
-            let Some(g) = slot.group else { continue };
-            let empty = self.groups.get(g).fifo.len == 0;
-            let slot = &self.cl(c).slots[i as usize];
-            if slot.expired(empty, now) {
-                // Released at once (upstream waited for the owner's next recv): other
-                // movers may claim the leftovers, which keep their host routing and age.
-                self.release_slot(c, i);
-            } else {
-                // The idle deadline passed while archives still wait: only the max counts now.
-                let max = slot.expire_max;
-                self.set_slot_deadline(c, i, max);
-            }
-        }
+        self.expire_slots(now);
         self.dirty = true;
         self.flush(now);
     }
@@ -785,7 +826,7 @@ impl Engine {
                     for g in self.groups.of_target(s) {
                         let group = self.groups.get(g);
                         if group.owner.is_none() {
-                            v.extend(group.fifo.iter(&self.reqs).map(entry));
+                            v.extend(group.q.iter_kind(&self.reqs, k).map(entry));
                         }
                     }
                 }
@@ -807,7 +848,9 @@ impl Engine {
                         expire_max: group.and(sl.expire_max),
                         waiting_archive: dump.then(|| {
                             group.map_or_else(Vec::new, |g| {
-                                g.fifo.iter(&self.reqs).map(entry).collect()
+                                g.q.iter_kind(&self.reqs, Kind::Archive)
+                                    .map(entry)
+                                    .collect()
                             })
                         }),
                     }
@@ -883,13 +926,14 @@ impl Engine {
                         *per_slot.entry((client, r.slot)).or_default() += 1;
                     }
                 }
-                Loc::Grouped { group } => {
+                Loc::Grouped { group, .. } => {
                     pending[r.kind.index()] += 1;
                     if r.kind != Kind::Archive {
                         return Err(format!("non-archive request {id} in a batch group"));
                     }
                     match self.groups.slab.get(group as usize) {
-                        Some(Some(g)) if g.fifo.iter(&self.reqs).any(|x| x == id) => {}
+                        Some(Some(g))
+                            if g.q.iter_kind(&self.reqs, Kind::Archive).any(|x| x == id) => {}
                         _ => return Err(format!("request {id} not in its group {group}")),
                     }
                 }
@@ -898,14 +942,19 @@ impl Engine {
         for (g, group) in self.groups.slab.iter().enumerate() {
             let Some(group) = group else { continue };
             let g = g as u32;
-            for id in group.fifo.iter(&self.reqs) {
-                if self.rq(id).loc != (Loc::Grouped { group: g }) {
+            let mut n = 0;
+            for id in group.q.iter_kind(&self.reqs, Kind::Archive) {
+                n += 1;
+                if !matches!(self.rq(id).loc, Loc::Grouped { group, .. } if group == g) {
                     return Err(format!("group {g} lists request {id} located elsewhere"));
                 }
             }
+            if n != group.len() || n != group.q.parts.iter().map(|p| p.len).sum::<u64>() {
+                return Err(format!("group {g} length mismatch"));
+            }
             let listed = self.groups.unowned.contains(&(group.target, group.seq, g));
             match group.owner {
-                None if group.fifo.len == 0 => return Err(format!("empty unowned group {g} kept")),
+                None if group.len() == 0 => return Err(format!("empty unowned group {g} kept")),
                 None if !listed => return Err(format!("unowned group {g} not claimable")),
                 Some(_) if listed => return Err(format!("owned group {g} listed as unowned")),
                 Some((c, i)) => {
@@ -1033,6 +1082,23 @@ impl Engine {
             return Err(format!(
                 "pending_cancel {} recount {cancels}",
                 self.pending_cancel
+            ));
+        }
+        let mut free_slots = BTreeSet::new();
+        for (idx, slot) in self.clients.iter().enumerate() {
+            let Some(cl) = &slot.client else { continue };
+            if matches!(cl.state, ClientState::Ready | ClientState::Waiting) {
+                for (i, sl) in cl.slots.iter().enumerate() {
+                    if sl.group.is_none() {
+                        free_slots.insert((i as u8, Reverse(cl.order), idx as u32));
+                    }
+                }
+            }
+        }
+        if free_slots != self.free_slots {
+            return Err(format!(
+                "free slot list {:?}, recount {free_slots:?}",
+                self.free_slots
             ));
         }
         for (name, &c) in &self.by_name {
@@ -1200,7 +1266,7 @@ impl Engine {
                 self.dispatch(self.sets[set as usize].owner, now);
                 return;
             }
-            Loc::Grouped { group } => {
+            Loc::Grouped { group, .. } => {
                 let g = self.groups.get(group);
                 if let Some((c, _)) = g.owner {
                     self.dispatch(c, now);
@@ -1226,7 +1292,7 @@ impl Engine {
                 && (!matches!(loc, Loc::Grouped { .. })
                     || cl.slots.iter().any(|sl| match sl.group {
                         None => true,
-                        Some(g) => sl.expired(self.groups.get(g).fifo.len == 0, now),
+                        Some(g) => sl.expired(self.groups.get(g).len() == 0, now),
                     }));
             if could {
                 self.dispatch(c, now);
@@ -1318,9 +1384,18 @@ impl Engine {
                 }
                 self.running[kind.index()] -= 1;
             }
-            Loc::Grouped { group } => {
-                self.groups.remove(&mut self.reqs, group, id, served, now);
+            Loc::Grouped { group, slot } => {
+                self.groups
+                    .remove(&mut self.reqs, group, slot, id, served, now);
                 self.pending[kind.index()] -= 1;
+                // An owned slot whose list emptied may expire on its idle deadline again.
+                if let Some(g) = self.groups.slab[group as usize].as_ref()
+                    && g.len() == 0
+                    && let Some((c, i)) = g.owner
+                {
+                    let next = self.cl(c).slots[i as usize].next_deadline();
+                    self.set_slot_deadline(c, i, next);
+                }
             }
         }
         let r = self.rq_mut(id);
@@ -1328,20 +1403,23 @@ impl Engine {
         r.slot = NO_SLOT;
     }
 
+    /// The queue partition of a request, its fair-share flow and weight.
+    fn part_key(&self, id: u32) -> (PartKey, u64, u32) {
+        let r = self.rq(id);
+        (
+            PartKey {
+                kind: r.kind,
+                prio: r.prio,
+                archive_id: r.r.archive_id,
+                flags: r.r.hal_flags,
+            },
+            r.share,
+            r.weight,
+        )
+    }
+
     fn enqueue(&mut self, set: u32, id: u32, front: bool, now: Time) {
-        let (key, share, weight) = {
-            let r = self.rq(id);
-            (
-                PartKey {
-                    kind: r.kind,
-                    prio: r.prio,
-                    archive_id: r.r.archive_id,
-                    flags: r.r.hal_flags,
-                },
-                r.share,
-                r.weight,
-            )
-        };
+        let (key, share, weight) = self.part_key(id);
         let slot =
             self.sets[set as usize].push(&mut self.reqs, key, (share, weight), id, front, now);
         self.pending[key.kind.index()] += 1;
@@ -1448,7 +1526,7 @@ impl Engine {
             None => GLOBAL,
         };
         if kind == Kind::Archive && self.slot_count() > 0 {
-            self.enqueue_grouped(set, id, now);
+            self.enqueue_grouped(set, id, front, now);
         } else {
             self.enqueue(set, id, front, now);
         }
@@ -1463,26 +1541,131 @@ impl Engine {
         }
     }
 
-    /// Batching: the archive joins the group of its hint in its target queue; if a slot owns
-    /// that group, the slot's idle deadline is pushed back (upstream's "active slot").
-    fn enqueue_grouped(&mut self, set: u32, id: u32, now: Time) {
-        let (aid, flags) = {
-            let r = &self.rq(id).r;
-            (r.archive_id, r.hal_flags)
-        };
+    /// Batching (§4.8 steps 1 and 3): the archive joins the group of its hint in its target
+    /// queue. A group a slot owns keeps that slot (its idle deadline is pushed back, or the
+    /// slice restarts if it had expired); an unowned group reserves a free slot at once, as
+    /// upstream does at placement: on the host for a host queue, else on the newest
+    /// handshaken connected client (lowest slot index first) that accepts its archive id.
+    fn enqueue_grouped(&mut self, set: u32, id: u32, front: bool, now: Time) {
+        let (key, share, weight) = self.part_key(id);
         let hint = &self.reqs[id as usize]
             .as_ref()
             .expect("live request")
             .r
             .data;
-        let g = self.groups.get_or_create(set, aid, flags, hint, now);
-        self.groups.push(&mut self.reqs, g, id, now);
+        let g = self
+            .groups
+            .get_or_create(set, key.archive_id, key.flags, hint);
+        let slot = self
+            .groups
+            .push(&mut self.reqs, g, key, (share, weight), id, front, now);
         self.pending[Kind::Archive.index()] += 1;
-        self.rq_mut(id).loc = Loc::Grouped { group: g };
-        if let Some((c, i)) = self.groups.get(g).owner {
+        self.rq_mut(id).loc = Loc::Grouped { group: g, slot };
+        match self.groups.get(g).owner {
+            Some((c, i)) => {
+                let slot = &self.cl(c).slots[i as usize];
+                if slot.expired(false, now) {
+                    self.start_slice(c, i, now);
+                } else {
+                    self.touch_slot(c, i, now);
+                }
+            }
+            None => self.reserve_slot(g, now),
+        }
+    }
+
+    /// Gives unowned group `g` a slot if one is free (placement-time reservation).
+    fn reserve_slot(&mut self, g: u32, now: Time) {
+        // Slots whose slice ended are released first, so they count as free.
+        self.expire_slots(now);
+        let (target, aid) = {
+            let group = self.groups.get(g);
+            (group.target, group.archive_id)
+        };
+        let found = if target == GLOBAL {
+            self.free_slots
+                .iter()
+                .map(|&(i, _, c)| (c, i))
+                .find(|&(c, _)| self.cl(c).accepts(aid))
+        } else {
+            // A host's queue: that host's first free slot, whatever its state (as upstream).
+            let c = self.sets[target as usize].owner;
+            self.cl(c)
+                .slots
+                .iter()
+                .position(|sl| sl.group.is_none())
+                .map(|i| (c, i as u8))
+        };
+        if let Some((c, i)) = found {
+            self.claim_slot(c, i, g, now);
+        }
+    }
+
+    /// Slot `i` of client `c` (free) takes group `g` for a new slice.
+    fn claim_slot(&mut self, c: u32, i: u8, g: u32, now: Time) {
+        debug_assert!(self.cl(c).slots[i as usize].group.is_none());
+        self.groups.claim(g, (c, i));
+        let order = self.cl(c).order;
+        self.free_slots.remove(&(i, Reverse(order), c));
+        self.cl_mut(c).slots[i as usize].group = Some(g);
+        self.start_slice(c, i, now);
+    }
+
+    /// (Re)starts the time slice of an owned slot.
+    fn start_slice(&mut self, c: u32, i: u8, now: Time) {
+        let b = self.cfg.batching;
+        self.cl_mut(c).slots[i as usize].expire_max =
+            (b.max_secs > 0).then(|| now.add_nanos(b.max_secs.saturating_mul(1_000_000_000)));
+        self.touch_slot(c, i, now);
+    }
+
+    /// Whether client `c`'s free slots are offered to new groups (handshaken and connected).
+    fn lists_slots(&self, c: u32) -> bool {
+        matches!(self.cl(c).state, ClientState::Ready | ClientState::Waiting)
+    }
+
+    /// Takes client `c`'s slots out of the free-slot list (before its state or order changes).
+    fn unlist_slots(&mut self, c: u32) {
+        let order = self.cl(c).order;
+        for i in 0..self.cl(c).slots.len() as u8 {
+            self.free_slots.remove(&(i, Reverse(order), c));
+        }
+    }
+
+    /// Puts client `c`'s free slots in the free-slot list if it may receive new groups.
+    fn list_slots(&mut self, c: u32) {
+        if !self.lists_slots(c) {
+            return;
+        }
+        let cl = self.clients[c as usize].client.as_ref().expect("client");
+        for (i, sl) in cl.slots.iter().enumerate() {
+            if sl.group.is_none() {
+                self.free_slots.insert((i as u8, Reverse(cl.order), c));
+            }
+        }
+    }
+
+    /// Releases every slot whose slice ended by `now` (batch deadlines that passed).
+    fn expire_slots(&mut self, now: Time) {
+        while let Some(&(t, c, i)) = self.batch_deadlines.first() {
+            if t > now {
+                break;
+            }
+            self.batch_deadlines.pop_first();
+            let slot = &mut self.cl_mut(c).slots[i as usize];
+            slot.deadline = None;
+            let Some(g) = slot.group else { continue };
+            let empty = self.groups.get(g).len() == 0;
             let slot = &self.cl(c).slots[i as usize];
-            if !slot.expired(false, now) {
-                self.touch_slot(c, i, now);
+            if slot.expired(empty, now) {
+                // Released at once (upstream waited for the owner's next recv): other
+                // movers may claim the leftovers, which keep their host routing and age.
+                self.release_slot(c, i);
+                self.dirty = true;
+            } else {
+                // The idle deadline passed while archives still wait: only the max counts now.
+                let max = slot.expire_max;
+                self.set_slot_deadline(c, i, max);
             }
         }
     }
@@ -1520,6 +1703,10 @@ impl Engine {
             slot.expire_max = None;
             slot.expire_idle = Time(0);
             self.groups.release(g);
+            if self.lists_slots(c) {
+                let order = self.cl(c).order;
+                self.free_slots.insert((i, Reverse(order), c));
+            }
         }
     }
 
@@ -1536,7 +1723,7 @@ impl Engine {
         for i in 0..cl.slots.len() as u8 {
             let slot = &self.cl(c).slots[i as usize];
             if let Some(g) = slot.group {
-                let empty = self.groups.get(g).fifo.len == 0;
+                let empty = self.groups.get(g).len() == 0;
                 if !slot.expired(empty, now) {
                     continue;
                 }
@@ -1548,13 +1735,7 @@ impl Engine {
                 .and_then(|s| self.groups.oldest_unowned(s, accept))
                 .or_else(|| self.groups.oldest_unowned(GLOBAL, accept));
             let Some(g) = found else { break };
-            self.groups.claim(g, (c, i));
-            let b = self.cfg.batching;
-            let slot = &mut self.cl_mut(c).slots[i as usize];
-            slot.group = Some(g);
-            slot.expire_max =
-                (b.max_secs > 0).then(|| now.add_nanos(b.max_secs.saturating_mul(1_000_000_000)));
-            self.touch_slot(c, i, now);
+            self.claim_slot(c, i, g, now);
         }
     }
 
@@ -1741,13 +1922,14 @@ impl Engine {
         for i in 0..self.cl(c).slots.len() as u8 {
             self.release_slot(c, i);
         }
+        self.unlist_slots(c);
         let mut queued: Vec<u32> = Vec::new();
         if let Some(s) = self.cl_mut(c).set.take() {
             for k in Kind::ALL {
                 queued.extend(self.sets[s as usize].iter_kind(&self.reqs, k));
             }
             for g in self.groups.of_target(s) {
-                queued.extend(self.groups.get(g).fifo.iter(&self.reqs));
+                queued.extend(self.groups.get(g).q.iter_kind(&self.reqs, Kind::Archive));
             }
             for &id in &queued {
                 self.detach(id, false, now);
@@ -1787,7 +1969,6 @@ impl Engine {
         // least one waiting client, so this ends.
         while self.dirty {
             self.dirty = false;
-            self.hol_blocked = false;
             let waiting: Vec<u32> = self.waiting.iter().copied().collect();
             for c in waiting {
                 self.dispatch(c, now);
@@ -1844,11 +2025,25 @@ impl Engine {
         // Per-slot cap: max_archive spread over the slots (rounded up, never 0 for unlimited).
         let nslots = self.slot_count() as u32;
         let slot_cap = limits.max_archive.map(|m| m.div_ceil(nslots.max(1)));
-        let archive_prio = self.cfg.priorities.archive;
         let aging = self.cfg.priorities.aging_ms.saturating_mul(1_000_000);
-        let mut excluded: Vec<(u32, u32)> = Vec::new();
+        // Higher is served first: priority (plus age when aging is on), then age, then the
+        // client's own queue and slots before the global queue.
+        let score = |prio: i32, since: Time, own: bool| {
+            let age = now.since(since);
+            if aging > 0 {
+                (
+                    i128::from(prio) * i128::from(aging) + i128::from(age),
+                    0,
+                    own,
+                )
+            } else {
+                (i128::from(prio), age, own)
+            }
+        };
+        // Partitions whose head is too big for what is left of this reply.
+        let mut excluded: Vec<(Src, u32)> = Vec::new();
         while bytes + margin <= max_bytes {
-            let mut best: Option<((i128, u64, bool), u32, u32)> = None;
+            let mut best: Option<((i128, u64, bool), Src, u32)> = None;
             let cl = self.cl(c);
             for set in own.into_iter().chain(std::iter::once(GLOBAL)) {
                 let qs = &self.sets[set as usize];
@@ -1861,74 +2056,65 @@ impl Engine {
                             .is_some_and(|m| cl.current[k] >= m)
                         || !cl.accepts(part.key.archive_id)
                         || fixed.is_some_and(|f| f != (part.key.archive_id, part.key.flags))
-                        || excluded.contains(&(set, p))
+                        || excluded.contains(&(Src::Set(set), p))
                     {
                         continue;
                     }
-                    let age = now.since(part.since);
-                    let score = if aging > 0 {
-                        (
-                            i128::from(part.key.prio) * i128::from(aging) + i128::from(age),
-                            0,
-                            set != GLOBAL,
-                        )
-                    } else {
-                        (i128::from(part.key.prio), age, set != GLOBAL)
-                    };
-                    if best.is_none_or(|(b, _, _)| score > b) {
-                        best = Some((score, set, p));
+                    let sc = score(part.key.prio, part.since, set != GLOBAL);
+                    if best.is_none_or(|(b, _, _)| sc > b) {
+                        best = Some((sc, Src::Set(set), p));
                     }
                 }
             }
-            // Batch slots compete as archive sources (set index SLOT_SET marks them).
+            // Batch slots compete as archive sources; inside a slot's group, archives are
+            // partitioned by priority and fair-share flow like any queue.
             let k = Kind::Archive.index();
             let archive_ok =
                 taken[k] < quota[k] && limits.max_archive.is_none_or(|m| cl.current[k] < m);
-            for (i, slot) in cl.slots.iter().enumerate() {
+            for (i, slot) in cl.slots.iter().enumerate().filter(|_| archive_ok) {
                 let Some(g) = slot.group else { continue };
                 let group = self.groups.get(g);
-                if !archive_ok
-                    || group.fifo.len == 0
-                    || slot_cap.is_some_and(|cap| slot.current >= cap)
+                if slot_cap.is_some_and(|cap| slot.current >= cap)
+                    || !cl.accepts(group.archive_id)
                     || fixed.is_some_and(|f| f != (group.archive_id, group.flags))
-                    || excluded.contains(&(SLOT_SET, i as u32))
                 {
                     continue;
                 }
-                let age = now.since(group.since);
-                let score = if aging > 0 {
-                    (
-                        i128::from(archive_prio) * i128::from(aging) + i128::from(age),
-                        0,
+                let src = Src::Slot(i as u8);
+                for &p in &group.q.active {
+                    if excluded.contains(&(src, p)) {
+                        continue;
+                    }
+                    let sc = score(
+                        group.q.parts[p as usize].key.prio,
+                        group.q.parts[p as usize].since,
                         true,
-                    )
-                } else {
-                    (i128::from(archive_prio), age, true)
-                };
-                if best.is_none_or(|(b, _, _)| score > b) {
-                    best = Some((score, SLOT_SET, i as u32));
+                    );
+                    if best.is_none_or(|(b, _, _)| sc > b) {
+                        best = Some((sc, src, p));
+                    }
                 }
             }
-            let Some((_, set, p)) = best else { break };
-            let id = if set == SLOT_SET {
-                let g = self.cl(c).slots[p as usize].group.expect("slot group");
-                self.groups.get(g).fifo.head
-            } else {
-                self.sets[set as usize].parts[p as usize]
-                    .peek()
-                    .expect("active partition is non-empty")
-                    .0
+            let Some((_, src, p)) = best else { break };
+            let qs = match src {
+                Src::Set(set) => &self.sets[set as usize],
+                Src::Slot(i) => {
+                    let g = self.cl(c).slots[i as usize].group.expect("slot group");
+                    &self.groups.get(g).q
+                }
             };
+            let (id, _) = qs.parts[p as usize]
+                .peek()
+                .expect("active partition is non-empty");
             let (cost, kind, aid, flags) = {
                 let r = self.rq(id);
                 (r.r.budget_cost(), r.kind, r.r.archive_id, r.r.hal_flags)
             };
-            if bytes + cost > max_bytes {
-                // Too big for what is left of this reply: try other partitions.
-                excluded.push((set, p));
-                if items.is_empty() {
-                    self.hol_blocked = true;
-                }
+            // An item larger than the client's whole budget goes alone in an otherwise empty
+            // reply: waiting for a client with a bigger budget could take forever.
+            let alone = bytes + cost > max_bytes;
+            if alone && !items.is_empty() {
+                excluded.push((src, p));
                 continue;
             }
             fixed = Some((aid, flags));
@@ -1936,8 +2122,7 @@ impl Engine {
             taken[kind.index()] += 1;
             self.detach(id, true, now);
             self.attach_running(c, id);
-            if set == SLOT_SET {
-                let i = p as u8;
+            if let Src::Slot(i) = src {
                 self.rq_mut(id).slot = i;
                 self.cl_mut(c).slots[i as usize].current += 1;
                 self.touch_slot(c, i, now);
@@ -1948,15 +2133,19 @@ impl Engine {
                 self.report(id, ReportLine::Sent { dfid, client });
             }
             items.push(self.rq(id).r.clone());
+            if alone {
+                debug!(
+                    cost,
+                    max_bytes, "item larger than the client's budget sent alone"
+                );
+                break;
+            }
         }
 
         let Some((archive_id, hal_flags)) = fixed else {
             return;
         };
         debug_assert!(!items.is_empty());
-        if self.hol_blocked {
-            self.dirty = true;
-        }
         self.cl_mut(c).state = ClientState::Ready;
         self.unwait(c);
         let client = self.handle(c);

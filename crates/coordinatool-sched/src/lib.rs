@@ -42,7 +42,7 @@ pub use action::{Action, Delivery, Locate, PersistOp, ReportEvent, ReportLine, R
 pub use config::{Batching, Config, FairShare, HashMode, HostMapping, Priorities, ShareKey};
 pub use engine::{
     CancelOutcome, ConfigError, DoneOutcome, Engine, EngineError, Intake, IntakeError,
-    LOCATE_FAILED_HOST, QueueSummary,
+    LOCATE_FAILED_HOST, Placed, QueueSummary,
 };
 pub use policy::{ConfigPolicy, Placement, Policy, Share};
 pub use status::{BatchStatus, ClientDump, ClientStatus, DumpEntry, Status};

@@ -269,8 +269,11 @@ fn byte_budget_is_never_exceeded() {
 }
 
 #[test]
-fn item_larger_than_budget_does_not_block_others() {
-    let mut h = H::new(Config::default());
+fn item_larger_than_whole_budget_is_sent_alone() {
+    let mut h = H::new(Config {
+        spread: false,
+        ..Config::default()
+    });
     h.add(req(HsmAction::Restore, 1, 1, &[b'x'; 500]), t(0));
     h.add(archive(2), t(0));
     let m = h.mover("m", &[], t(0));
@@ -278,10 +281,35 @@ fn item_larger_than_budget_does_not_block_others() {
         max_bytes: 300,
         ..RecvLimits::default()
     };
+    // 644 bytes never fit in 300: rather than wait forever for a bigger mover, it goes
+    // alone (the restore first: it has the higher priority).
     h.recv(m, lim, t(0));
     let d = h.deliveries();
-    assert_eq!(cookies(&d[0]), vec![0x1002]);
-    assert_eq!(h.e.pending().restore, 1);
+    assert_eq!(cookies(&d[0]), vec![0x1001]);
+    assert_eq!(h.e.pending().restore, 0);
+    h.recv(m, lim, t(0));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1002]);
+}
+
+#[test]
+fn item_too_big_for_the_rest_of_a_reply_waits_for_the_next() {
+    let mut h = H::new(Config {
+        spread: false,
+        ..Config::default()
+    });
+    h.add(req(HsmAction::Restore, 1, 1, b""), t(0));
+    h.add(req(HsmAction::Restore, 2, 1, &[b'x'; 800]), t(0));
+    h.add(archive(3), t(0));
+    let m = h.mover("m", &[], t(0));
+    let lim = RecvLimits {
+        max_bytes: 1000,
+        ..RecvLimits::default()
+    };
+    // 144 + 944 > 1000 bytes: the big restore is skipped for this reply, the archive is not.
+    h.recv(m, lim, t(0));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1001, 0x1003]);
+    h.recv(m, lim, t(0));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1002]);
 }
 
 #[test]
@@ -1078,25 +1106,21 @@ fn status_lists_clients_and_dumps_queues() {
 }
 
 #[test]
-fn refused_recv_does_not_change_the_pending_budget() {
+fn refused_recv_does_not_change_the_pending_limits() {
     let mut h = H::new(Config::default());
-    h.add(req(HsmAction::Restore, 1, 1, &[b'x'; 29]), t(0));
     let m = h.mover("m", &[], t(0));
-    let lim = |max_bytes| RecvLimits {
-        max_bytes,
+    let lim = |max_restore| RecvLimits {
+        max_restore,
         ..RecvLimits::default()
     };
-    h.recv(m, lim(172), t(0));
-    assert!(
-        h.deliveries().is_empty(),
-        "173-byte item does not fit in 172"
-    );
-    assert_eq!(h.e.recv(m, lim(173), t(0)), Err(EngineError::NotReady));
-    assert!(h.deliveries().is_empty());
+    h.recv(m, lim(Some(0)), t(0));
+    assert_eq!(h.e.recv(m, lim(None), t(0)), Err(EngineError::NotReady));
+    h.add(req(HsmAction::Restore, 1, 1, b""), t(0));
+    assert!(h.deliveries().is_empty(), "no restore for the pending recv");
     h.e.handle_timeout(t(1));
     assert!(
         h.deliveries().is_empty(),
-        "still answering the 172-byte recv"
+        "still answering the recv with max_restore 0"
     );
 }
 
@@ -1349,4 +1373,130 @@ fn custom_policy_orders_and_places() {
     let c = h.mover("cleaner", &[], t(1));
     h.recv(c, RecvLimits::default(), t(1));
     assert_eq!(cookies(&h.deliveries()[0]), vec![0x1004]);
+}
+
+#[test]
+fn requests_lists_every_request_with_its_place() {
+    let mut cfg = batching(10, 0, 1);
+    cfg.host_mappings = vec![HostMapping::Tag {
+        tag: "host=b".into(),
+        hosts: vec!["b".into()],
+    }];
+    let mut h = H::new(cfg);
+    let a = h.mover("a", &[], t(0));
+    h.add(req(HsmAction::Restore, 1, 1, b""), t(0));
+    h.add(req(HsmAction::Archive, 2, 1, b"tape=A"), t(0));
+    h.add(req(HsmAction::Archive, 3, 1, b"host=b"), t(0));
+    h.add(req(HsmAction::Remove, 4, 1, b""), t(0));
+    h.recv(a, limits(Some(0), Some(1), Some(0)), t(0));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1001]);
+    let b = h.e.client_by_name("b").expect("placeholder for b");
+    let mut got: Vec<(u64, Placed)> = h.e.requests().map(|(r, p)| (r.cookie, p)).collect();
+    got.sort_by_key(|&(c, _)| c);
+    assert_eq!(
+        got,
+        vec![
+            (0x1001, Placed::Running(a)),
+            (0x1002, Placed::InSlot { client: a, slot: 0 }),
+            (0x1003, Placed::InSlot { client: b, slot: 0 }),
+            (0x1004, Placed::Queued),
+        ]
+    );
+}
+
+#[test]
+fn batch_slot_is_reserved_at_placement_on_the_newest_client() {
+    let mut h = H::new(batching(10, 0, 1));
+    let a = h.mover("a", &[], t(0));
+    let b = h.mover("b", &[], t(0));
+    let c = h.mover("c", &[2], t(0));
+    h.add(req(HsmAction::Archive, 1, 1, b"tape=A"), t(0));
+    h.add(req(HsmAction::Archive, 2, 1, b"tape=B"), t(0));
+    h.add(req(HsmAction::Archive, 3, 1, b"tape=C"), t(0));
+    // Reserved before anyone asks: b is the newest client accepting archive id 1 (c only
+    // takes id 2), then a; no slot is left for C.
+    let st = h.e.status(false);
+    let hint = |name: &str| {
+        st.clients
+            .iter()
+            .find(|x| x.client_id == name)
+            .unwrap()
+            .batches[0]
+            .hint
+            .clone()
+    };
+    assert_eq!(hint("b").as_deref(), Some("tape=A"));
+    assert_eq!(hint("a").as_deref(), Some("tape=B"));
+    assert_eq!(hint("c"), None);
+    // a asks first but only gets its own slot's hint.
+    h.recv(a, RecvLimits::default(), t(1));
+    let d = h.deliveries();
+    assert_eq!((d[0].client, cookies(&d[0])), (a, vec![0x1002]));
+    h.recv(c, RecvLimits::default(), t(1));
+    assert!(h.deliveries().is_empty(), "c accepts archive id 2 only");
+    h.recv(b, RecvLimits::default(), t(1));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1001]);
+    // C waits unreserved until a slice ends: a's slot (idle 10 s from t(1)) then takes it.
+    h.recv(a, RecvLimits::default(), t(2));
+    assert!(h.deliveries().is_empty());
+    h.e.handle_timeout(t(11));
+    let d = h.deliveries();
+    assert_eq!((d[0].client, cookies(&d[0])), (a, vec![0x1003]));
+}
+
+/// Orders archives by the owner's gid (priority) and shares them by uid.
+struct ByOwner;
+
+impl Policy for ByOwner {
+    fn priority(&self, r: &Request, _kind: Kind) -> i32 {
+        r.owner.map_or(0, |o| o.gid as i32)
+    }
+    fn share(&self, r: &Request) -> Share {
+        Share {
+            key: r.owner.map_or(0, |o| u64::from(o.uid)),
+            weight: 1,
+        }
+    }
+    fn place(
+        &mut self,
+        _r: &Request,
+        _kind: Kind,
+        _client: &dyn Fn(&str) -> Option<ClientState>,
+    ) -> Placement {
+        Placement::Anywhere
+    }
+}
+
+#[test]
+fn batch_slot_sends_by_priority_then_fair_share() {
+    let mut cfg = batching(10, 0, 1);
+    cfg.priorities.aging_ms = 0;
+    let mut h = H {
+        e: Engine::with_policy(cfg, Box::new(ByOwner)),
+        log: Vec::new(),
+    };
+    let owned = |n: u64, uid: u32, gid: u32| {
+        let mut r = req(HsmAction::Archive, n, 1, b"tape=A");
+        r.owner = Some(Owner {
+            uid,
+            gid,
+            projid: 0,
+        });
+        r
+    };
+    // uid 1 queues six archives before uid 2's two; then one urgent archive (gid 5).
+    for n in 0..6 {
+        h.add(owned(n, 1, 0), t(0));
+    }
+    h.add(owned(6, 2, 0), t(0));
+    h.add(owned(7, 2, 0), t(0));
+    h.add(owned(8, 3, 5), t(0));
+    let a = h.mover("a", &[], t(0));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        h.recv(a, limits(Some(got.len() as u32 + 1), None, None), t(1));
+        got.extend(cookies(&h.deliveries()[0]));
+    }
+    // All in a's one slot: the urgent one first, then uid 1 and uid 2 alternate.
+    assert_eq!(got, vec![0x1008, 0x1000, 0x1006, 0x1001]);
 }

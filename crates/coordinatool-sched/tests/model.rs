@@ -1,7 +1,7 @@
 //! Model-based test: with one mover, one archive id, strict priorities (no aging, no fair
 //! share, no spreading), the engine must hand out exactly what an obviously-correct reference
 //! scheduler does: three FIFOs served restore → remove → archive, under per-kind limits and
-//! the byte budget.
+//! the byte budget (an item larger than the whole budget goes alone in an empty reply).
 
 use coordinatool_lustre::{HsmAction, LuFid};
 use coordinatool_sched::*;
@@ -67,7 +67,9 @@ impl Reference {
                 break;
             };
             let cost = self.queues[k][0].budget_cost();
-            if bytes + cost > budget {
+            // Larger than the whole budget: sent alone in an empty reply.
+            let alone = bytes + cost > budget;
+            if alone && !out.is_empty() {
                 skip[k] = true;
                 continue;
             }
@@ -75,6 +77,9 @@ impl Reference {
             let r = self.queues[k].pop_front().unwrap();
             self.running.push(r.clone());
             out.push(r);
+            if alone {
+                break;
+            }
         }
         if !out.is_empty() {
             self.waiting = None;
