@@ -30,6 +30,7 @@
 
 mod conn;
 mod reply;
+mod resolve;
 
 use crate::config::{ServerConfig, Verbosity};
 use crate::notify;
@@ -68,6 +69,13 @@ const LISTS_PER_TURN: usize = 256;
 
 /// Period of the health check of a store that can go away (Redis).
 const STORE_CHECK: Duration = Duration::from_secs(1);
+
+/// Least time between two engine timer wake-ups (upstream's rate limit, §4.17). A deadline
+/// is honoured on time unless the timer already fired less than this long ago; then it
+/// waits out the rest of the gap, together with every other deadline falling inside it.
+/// Grace periods are minutes and batch slices whole seconds: one second late at most is
+/// harmless, and bursts of expiries (movers dropping one after another) cost one wake-up.
+const TIMER_MIN_GAP: Duration = Duration::from_secs(1);
 
 /// How long a stopping server waits for its last replies to be written.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
@@ -369,6 +377,8 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             store_buffered: false,
             mirror,
             flushing: Vec::new(),
+            last_timer: None,
+            names: resolve::Names::new(),
         };
         // Handlers first: a signal right after READY must stop the server cleanly.
         let signals = Signals {
@@ -431,6 +441,7 @@ enum Wake {
     Lustre,
     Event(Option<Event>),
     Accept(std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>),
+    Named(Option<resolve::Resolved>),
     Timer,
     ReportTick,
     Watchdog,
@@ -464,6 +475,10 @@ struct Server {
     mirror: Option<Mirror>,
     /// Writers of closed connections still writing their last bytes.
     flushing: Vec<tokio::task::JoinHandle<()>>,
+    /// When the engine timer last fired (rate limit, [`TIMER_MIN_GAP`]).
+    last_timer: Option<tokio::time::Instant>,
+    /// Peer host names (reverse lookups off the loop, cached).
+    names: resolve::Names,
 }
 
 /// The stop signals, installed before the server says it is ready.
@@ -546,6 +561,7 @@ impl Server {
                         None => std::future::pending().await,
                     }
                 } => Wake::Accept(r),
+                n = self.names.rx.recv() => Wake::Named(n),
                 () = async {
                     match deadline {
                         Some(d) => tokio::time::sleep_until(d).await,
@@ -588,13 +604,26 @@ impl Server {
                 }
                 // The loop holds a sender: the channel never closes.
                 Wake::Event(None) => {}
-                Wake::Accept(Ok((stream, addr))) => self.accept(stream, addr),
+                Wake::Accept(Ok((stream, addr))) => {
+                    if let Some((stream, addr, name)) = self.names.name_or_park(stream, addr) {
+                        self.accept(stream, addr, &name);
+                    }
+                }
+                Wake::Named(Some(r)) => {
+                    for (stream, addr, name) in self.names.resolved(r) {
+                        self.accept(stream, addr, &name);
+                    }
+                }
+                // `names` holds a sender: the channel never closes.
+                Wake::Named(None) => {}
                 Wake::Accept(Err(e)) => {
                     // EMFILE and friends: log, and back off a little so the loop does not spin.
                     warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Wake::Timer => {
+                    self.last_timer = Some(tokio::time::Instant::now());
+                    debug!("engine timer");
                     let now = self.clock.now();
                     self.engine.handle_timeout(now);
                 }
@@ -623,7 +652,11 @@ impl Server {
     fn timer_deadline(&mut self) -> Option<tokio::time::Instant> {
         let t = self.engine.poll_timeout()?;
         let now = self.clock.now();
-        Some(tokio::time::Instant::now() + Duration::from_nanos(t.since(now)))
+        let at = tokio::time::Instant::now() + Duration::from_nanos(t.since(now));
+        Some(match self.last_timer {
+            Some(last) => at.max(last + TIMER_MIN_GAP),
+            None => at,
+        })
     }
 
     /// Takes the lists Lustre has queued. Returns true when more may be waiting (the turn's
@@ -699,11 +732,12 @@ impl Server {
         }
     }
 
-    fn accept(&mut self, stream: tokio::net::TcpStream, addr: std::net::SocketAddr) {
+    /// A new connection, named `name` (`"<host>:<port>"`, the id of an anonymous client).
+    fn accept(&mut self, stream: tokio::net::TcpStream, addr: std::net::SocketAddr, name: &str) {
         let now = self.clock.now();
         let peer = addr.to_string();
-        let id = self.engine.connect(&peer, now);
-        debug!(%peer, client = %id, "new connection");
+        let id = self.engine.connect(name, now);
+        debug!(%peer, client = %id, name, "new connection");
         let conn = Conn::spawn(stream, id, peer, self.events_tx.clone());
         self.conns.insert(id, conn);
     }
@@ -721,9 +755,7 @@ impl Server {
                 };
                 warn!(peer = %conn.peer, "malformed message: {e}; closing this connection");
                 let reply = match e.command() {
-                    Some(c) => {
-                        coordinatool_proto::to_vec(&Reply::error(c, libc::EINVAL, e.to_string()))
-                    }
+                    Some(c) => reply::error_reply(c, libc::EINVAL, &e.to_string()),
                     // No command to answer to: status and error alone.
                     None => format!(
                         r#"{{"status":{},"error":{}}}"#,
@@ -873,7 +905,11 @@ impl Server {
             WireRequest::Status(s) => {
                 let st = self.engine.status(s.verbose >= 6);
                 let body: StatusReply = reply::status_reply(&st);
-                self.reply(id, &Reply::Status(Box::new(body)));
+                let mut msg = coordinatool_proto::to_vec(&Reply::Status(Box::new(body)));
+                if let Some(store) = &self.store {
+                    msg = reply::with_store(msg, &reply::store_object(&store.health()));
+                }
+                self.outbox.push(Out::Send(id, msg));
             }
             WireRequest::Lock(l) => match LockState::from_wire(i64::from(l.locked)) {
                 Some(state) => {

@@ -1,8 +1,8 @@
 //! Engine outputs to wire replies.
 
-use crate::store::request_to_wire;
+use crate::store::{StoreHealth, request_to_wire};
 use coordinatool_proto::{
-    BatchStatus as WireBatch, ClientState as WireState, ClientStatus as WireClient,
+    BatchStatus as WireBatch, ClientState as WireState, ClientStatus as WireClient, Command,
     DumpEntry as WireDump, RecvReply, StatusReply, WireHal,
 };
 use coordinatool_sched::{ClientState, Delivery, DumpEntry, Status, Time};
@@ -102,5 +102,106 @@ pub(crate) fn status_reply(st: &Status) -> StatusReply {
         waiting_archive: queues.map(|q| dump(&q.archive)),
         status: 0,
         error: None,
+    }
+}
+
+/// An error reply exactly as §2.1 describes it: the command name, `status` (a positive
+/// errno) and `error` (omitted when empty), nothing else. `Reply::error` would give a
+/// `status` error reply the `clients` list that a success always carries.
+pub(crate) fn error_reply(command: Command, status: i32, message: &str) -> Vec<u8> {
+    let mut out = format!(
+        r#"{{"command":"{}","status":{}"#,
+        command.as_str(),
+        status.saturating_abs()
+    );
+    if !message.is_empty() {
+        out.push_str(r#","error":"#);
+        out.push_str(&serde_json::Value::String(message.to_owned()).to_string());
+    }
+    out.push('}');
+    out.into_bytes()
+}
+
+/// The `store` object this server adds to every successful `status` reply:
+/// `{"kind": "embedded"|"redis"|"none", "state": "ok"|"down", "buffered_ops": N, "error": ...}`
+/// (`buffered_ops`, changes waiting for the backend, and `error` omitted when 0 or empty). The
+/// C CLI prints the reply as it comes, so it shows the new key; the preload never asks for
+/// `status`; C and Rust readers ignore keys they do not know.
+pub(crate) fn store_object(h: &StoreHealth) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    o.insert("kind".into(), h.backend.into());
+    o.insert(
+        "state".into(),
+        if h.connected { "ok" } else { "down" }.into(),
+    );
+    if h.pending_keys > 0 {
+        o.insert("buffered_ops".into(), h.pending_keys.into());
+    }
+    if !h.connected
+        && let Some(e) = h.last_error.as_deref().filter(|e| !e.is_empty())
+    {
+        o.insert("error".into(), e.into());
+    }
+    serde_json::Value::Object(o)
+}
+
+/// Appends `"store": <store>` to an encoded successful `status` reply (a JSON object that
+/// starts with its `command` key, so it is never empty).
+pub(crate) fn with_store(mut status: Vec<u8>, store: &serde_json::Value) -> Vec<u8> {
+    if status.last() == Some(&b'}') {
+        status.pop();
+        status.extend_from_slice(br#","store":"#);
+        status.extend_from_slice(store.to_string().as_bytes());
+        status.push(b'}');
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_replies_carry_command_status_and_error_only() {
+        assert_eq!(
+            error_reply(Command::Status, 22, "bad \"verbose\""),
+            br#"{"command":"status","status":22,"error":"bad \"verbose\""}"#
+        );
+        assert_eq!(
+            error_reply(Command::Lock, -22, ""),
+            br#"{"command":"lock","status":22}"#
+        );
+    }
+
+    #[test]
+    fn the_store_object_is_appended_to_a_status_reply() {
+        let down = StoreHealth {
+            backend: "redis",
+            connected: false,
+            pending_keys: 3,
+            last_error: Some("connection refused".into()),
+            needs_full_resync: false,
+        };
+        let got = with_store(
+            br#"{"command":"status","clients":[]}"#.to_vec(),
+            &store_object(&down),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"command": "status", "clients": [], "store":
+                {"kind": "redis", "state": "down", "buffered_ops": 3, "error": "connection refused"}})
+        );
+        let ok = StoreHealth {
+            backend: "embedded",
+            connected: true,
+            pending_keys: 0,
+            last_error: Some("old".into()),
+            needs_full_resync: false,
+        };
+        assert_eq!(
+            store_object(&ok),
+            serde_json::json!({"kind": "embedded", "state": "ok"})
+        );
     }
 }
