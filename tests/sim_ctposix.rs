@@ -462,3 +462,342 @@ fn copytool_exits_cleanly_when_the_daemon_process_dies() {
     assert!(ct.wait().success());
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Runs a one-shot ctposix (`--import`, `--rebind`, bad options); returns (status, stdout,
+/// stderr).
+fn run_ctposix(sim: &Sim, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = Command::new(ctposix())
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .arg("--hsm-root")
+        .arg(sim.archive())
+        .args(args)
+        .output()
+        .expect("run ctposix");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn symbols(file: &Path, which: &str) -> Vec<String> {
+    let out = Command::new("nm")
+        .args(["-D", which])
+        .arg(file)
+        .output()
+        .expect("nm");
+    assert!(out.status.success(), "nm {which} {}", file.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .filter(|n| n.starts_with("llapi_"))
+        .collect()
+}
+
+#[test]
+fn every_llapi_symbol_ctposix_needs_is_exported_by_the_standin() {
+    let needed = symbols(ctposix(), "--undefined-only");
+    let exported = symbols(&lib_dir().join("liblustreapi.so"), "--defined-only");
+    let missing: Vec<&String> = needed.iter().filter(|n| !exported.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "not exported by the stand-in: {missing:?}"
+    );
+    // ctposix uses what lhsmtool_posix uses besides the copytool calls (lustre-hsm.md §10).
+    for sym in [
+        "llapi_search_fsname",
+        "llapi_get_mdt_index_by_fid",
+        "llapi_fid2path_at",
+        "llapi_fid_parse",
+        "llapi_parse_size",
+        "llapi_msg_set_level",
+        "llapi_error",
+        "llapi_error_callback_set",
+        "llapi_hsm_import",
+        "llapi_hsm_log_error",
+        "llapi_hsm_register_event_fifo",
+        "llapi_hsm_unregister_event_fifo",
+    ] {
+        assert!(
+            needed.iter().any(|n| n == sym),
+            "ctposix does not use {sym}"
+        );
+    }
+    // 2.12's lhsmtool_posix calls llapi_fid2path instead of llapi_fid2path_at.
+    assert!(exported.iter().any(|n| n == "llapi_fid2path"));
+}
+
+#[test]
+fn import_then_restore_brings_the_archived_content_back() {
+    let sim = Sim::start("ct-import");
+    let data = pattern(1_234_567, 31);
+    // An archive copy made elsewhere (another filesystem, an old archive), relative to the
+    // HSM root as lhsmtool_posix's --import SRC is.
+    std::fs::create_dir_all(sim.archive().join("old")).unwrap();
+    let src = sim.archive().join("old/copy");
+    std::fs::write(&src, &data).unwrap();
+    std::fs::create_dir_all(sim.mount().join("restored")).unwrap();
+    let dst = sim.mount().join("restored/file");
+    let (st, out, err) = run_ctposix(
+        &sim,
+        &[
+            "--archive",
+            "2",
+            "--import",
+            "old/copy",
+            &s(&dst),
+            &s(sim.mount()),
+        ],
+    );
+    assert!(st.success(), "{out}{err}");
+    let fid = fid_of(&dst);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("IMPORT"))
+        .unwrap_or_else(|| panic!("no IMPORT line: {out}"));
+    assert!(
+        line.starts_with(&format!("IMPORT {fid} src={}", s(&src))) && line.contains(" archive=2 "),
+        "{line}"
+    );
+    // The copy now lives at the new FID's archive path; the file is released.
+    let copy = archive_copy(&sim, 2, fid);
+    assert!(!src.exists());
+    assert_eq!(checksum(&std::fs::read(&copy).unwrap()), checksum(&data));
+    assert!(
+        sim.state(&dst)
+            .contains("(0x0000000d) released exists archived, archive_id:2"),
+        "{}",
+        sim.state(&dst)
+    );
+    assert_eq!(std::fs::metadata(&dst).unwrap().len(), data.len() as u64);
+    // The shadow link names the file by its Lustre path (llapi_fid2path_at).
+    let shadow = sim.archive().join("shadow/restored/file");
+    assert_eq!(std::fs::read_link(&shadow).unwrap(), copy);
+    assert!(
+        out.contains(&format!("SHADOW {fid} path=restored/file ")),
+        "{out}"
+    );
+
+    // Importing onto an existing name fails and keeps the archive copy where it was.
+    std::fs::write(sim.archive().join("old/again"), b"x").unwrap();
+    let (st, _, err) = run_ctposix(&sim, &["--import", "old/again", &s(&dst), &s(sim.mount())]);
+    assert!(!st.success());
+    assert!(
+        err.contains("cannot import") && err.contains("File exists"),
+        "{err}"
+    );
+    assert!(sim.archive().join("old/again").exists());
+    let (st, _, err) = run_ctposix(
+        &sim,
+        &[
+            "--import",
+            "old/missing",
+            &s(&sim.mount().join("m")),
+            &s(sim.mount()),
+        ],
+    );
+    assert!(!st.success() && err.contains("No such file"), "{err}");
+    assert!(!sim.mount().join("m").exists());
+
+    // A copytool serving archive 2 restores it: same bytes.
+    let ct = spawn_ctposix(&sim, &["--archive", "2", "--chunk-size", "256k"]);
+    sim.lfs(&["hsm_restore", &s(&dst)]);
+    ct.wait_line(&["RESTORE end", &fid.to_string(), "rc=0 errval=0 end_rc=0"]);
+    assert_eq!(checksum(&std::fs::read(&dst).unwrap()), checksum(&data));
+    let state = sim.state(&dst);
+    assert!(
+        state.contains("exists archived, archive_id:2") && !state.contains("released"),
+        "{state}"
+    );
+}
+
+/// Progress lines of `fid`'s ARCHIVE (one per chunk).
+fn progress_lines(ct: &Proc, fid: LuFid) -> Vec<String> {
+    ct.lines()
+        .into_iter()
+        .filter(|l| l.starts_with("ARCHIVE progress") && l.contains(&fid.to_string()))
+        .collect()
+}
+
+#[test]
+fn chunk_size_and_bandwidth_take_units() {
+    let sim = Sim::start("ct-chunk");
+    let data = pattern(300_000, 41);
+    for (chunk, bytes) in [
+        ("64k", 65_536usize),
+        ("0.125M", 131_072),
+        ("100000", 100_000),
+    ] {
+        // A new file each time: archiving an archived, clean file is a no-op.
+        let f = sim.write(&format!("c{bytes}"), &data);
+        let fid = fid_of(&f);
+        let ct = spawn_ctposix(&sim, &["--chunk-size", chunk, "--bandwidth", "1g"]);
+        sim.lfs(&["hsm_archive", &s(&f)]);
+        ct.wait_line(&["ARCHIVE end", &fid.to_string(), "rc=0 errval=0 end_rc=0"]);
+        let lines = progress_lines(&ct, fid);
+        assert_eq!(
+            lines.len(),
+            data.len().div_ceil(bytes),
+            "--chunk-size {chunk}: {lines:?}"
+        );
+        assert!(
+            lines[0].contains(&format!("offset=0 length={bytes} ")),
+            "{chunk}: {}",
+            lines[0]
+        );
+        assert_eq!(
+            std::fs::read(archive_copy(&sim, 1, fid)).unwrap(),
+            data,
+            "{chunk}"
+        );
+        drop(ct);
+    }
+    // `-c`/`-b` short forms too; bad values are refused before anything starts.
+    for (args, what) in [
+        (&["-c", "12q"][..], "--chunk-size 12q"),
+        (&["-c", "2g"], "--chunk-size 2g"),
+        (&["--chunk-size", "0"], "--chunk-size 0"),
+        (&["-b", "-5"], "--bandwidth -5"),
+        (&["--bandwidth", "fast"], "--bandwidth fast"),
+    ] {
+        let mut a = args.to_vec();
+        let m = s(sim.mount());
+        a.push(&m);
+        let (st, _, err) = run_ctposix(&sim, &a);
+        assert_eq!(st.code(), Some(1), "{args:?}");
+        assert!(err.contains(what), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn rebind_moves_archive_copies_to_new_fids() {
+    let sim = Sim::start("ct-rebind");
+    let old = sim.write("old", b"old data");
+    let old2 = sim.write("old2", b"second");
+    let ct = spawn_ctposix(&sim, &["--no-shadow"]);
+    let (fo, fo2) = (fid_of(&old), fid_of(&old2));
+    sim.lfs(&["hsm_archive", &s(&old), &s(&old2)]);
+    ct.wait_line(&["ARCHIVE end", &fo.to_string(), "rc=0 errval=0 end_rc=0"]);
+    ct.wait_line(&["ARCHIVE end", &fo2.to_string(), "rc=0 errval=0 end_rc=0"]);
+    assert!(!sim.archive().join("shadow").exists(), "--no-shadow");
+    drop(ct);
+    let new = sim.write("new", b"");
+    let new2 = sim.write("new2", b"");
+    let (fnew, fnew2) = (fid_of(&new), fid_of(&new2));
+
+    // Two FID arguments, with and without brackets (llapi_fid_parse).
+    let (st, out, err) = run_ctposix(
+        &sim,
+        &[
+            "--rebind",
+            &fo.to_string(),
+            &format!("{fnew:#}"),
+            &s(sim.mount()),
+        ],
+    );
+    assert!(st.success(), "{out}{err}");
+    assert!(out.contains(&format!("REBIND {fo} {fnew} copy=")), "{out}");
+    assert!(!archive_copy(&sim, 1, fo).exists());
+    assert_eq!(
+        std::fs::read(archive_copy(&sim, 1, fnew)).unwrap(),
+        b"old data"
+    );
+    assert_eq!(
+        std::fs::read_link(sim.archive().join("shadow/new")).unwrap(),
+        archive_copy(&sim, 1, fnew)
+    );
+
+    // A list: one good pair, a comment, a bad line named by its number.
+    let list = sim.scratch("rebind.list");
+    std::fs::write(
+        &list,
+        format!("# old new\n{fo2} {fnew2}\n\n[0x1:0x2] {fnew2}\n"),
+    )
+    .unwrap();
+    let (st, out, err) = run_ctposix(&sim, &["--rebind", &s(&list), &s(sim.mount())]);
+    assert_eq!(st.code(), Some(1), "{out}{err}");
+    assert!(
+        err.contains(&format!("{}:4: expected two FIDs", s(&list))),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(archive_copy(&sim, 1, fnew2)).unwrap(),
+        b"second"
+    );
+    assert!(!archive_copy(&sim, 1, fo2).exists());
+
+    // Malformed FID arguments.
+    for bad in ["0x1:0x2", "[0x1:0x2:0x3]x", "0x1:0x100000000:0"] {
+        let (st, _, err) =
+            run_ctposix(&sim, &["--rebind", bad, &fnew.to_string(), &s(sim.mount())]);
+        assert_eq!(st.code(), Some(1), "{bad}");
+        assert!(err.contains(&format!("bad FID '{bad}'")), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn event_fifo_reports_actions_and_logged_errors_as_json() {
+    let sim = Sim::start("ct-fifo");
+    let fifo = sim.scratch("ct.fifo");
+    let cfifo = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: a C path.
+    assert_eq!(unsafe { libc::mkfifo(cfifo.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::fs::File::open(&fifo).expect("open fifo"),
+                &mut text,
+            )
+            .expect("read fifo");
+            text
+        })
+    };
+    let data = pattern(50_000, 51);
+    let f = sim.write("ev", &data);
+    let fid = fid_of(&f);
+    let mut ct = spawn_ctposix(&sim, &["-f", &s(&fifo), "--chunk-size", "20000"]);
+    sim.lfs(&["hsm_archive", &s(&f)]);
+    ct.wait_line(&["ARCHIVE end", &fid.to_string(), "rc=0 errval=0 end_rc=0"]);
+    // A restore whose archive copy is gone: the copytool's error becomes an event.
+    sim.lfs(&["hsm_release", &s(&f)]);
+    std::fs::remove_file(archive_copy(&sim, 1, fid)).unwrap();
+    sim.lfs(&["hsm_restore", &s(&f)]);
+    ct.wait_line(&["RESTORE end", &fid.to_string(), "errval=2"]);
+    assert!(ct.signal_and_wait(libc::SIGTERM).success());
+    let text = reader.join().unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let types: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
+    assert_eq!(types.first(), Some(&"REGISTER"), "{text}");
+    assert_eq!(types.last(), Some(&"UNREGISTER"), "{text}");
+    let start = events
+        .iter()
+        .find(|e| e["event_type"] == "ARCHIVE_START")
+        .unwrap_or_else(|| panic!("no ARCHIVE_START: {text}"));
+    assert_eq!(start["source_fid"], fid.to_string());
+    assert_eq!(start["lustre_path"], "ev");
+    let running: Vec<_> = events
+        .iter()
+        .filter(|e| e["event_type"] == "ARCHIVE_RUNNING")
+        .collect();
+    assert_eq!(running.len(), 3, "one per 20000-byte chunk: {text}");
+    assert!(types.contains(&"ARCHIVE_FINISH"), "{text}");
+    assert!(types.contains(&"RESTORE_ERROR"), "{text}");
+    let logged = events
+        .iter()
+        .find(|e| {
+            e["event_type"] == "LOGGED_MESSAGE"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("cannot open archive copy"))
+        })
+        .unwrap_or_else(|| panic!("no LOGGED_MESSAGE for the missing copy: {text}"));
+    assert_eq!(logged["errno"], libc::ENOENT);
+}

@@ -9,13 +9,31 @@
  *   CANCEL   marks the running action with the same cookie as canceled,
  * reporting progress after every chunk and ending each action with the right errval. Actions
  * run concurrently, one thread per item (default) or one child process per item (--fork).
+ * After an archive, a "shadow" symlink <hsm-root>/shadow/<path in Lustre> points at the
+ * archive copy (the path comes from llapi_fid2path_at), as lhsmtool_posix keeps one.
+ *
+ * Besides the daemon mode, two one-shot modes of lhsmtool_posix:
+ *   --import SRC DST MNT    creates DST (in Lustre) as a released file archived in archive N
+ *                           (the first --archive, else 1) with llapi_hsm_import, and moves
+ *                           SRC (absolute, or relative to --hsm-root) to the new FID's archive
+ *                           path: a restore (explicit or on first read) brings the data in;
+ *   --rebind OLD NEW MNT    moves the archive copy of FID OLD to that of FID NEW (FIDs as
+ *   --rebind LIST MNT       llapi_fid_parse reads them), or every "OLD NEW" line of LIST.
  *
  * It builds with `cc -std=c99 -Wall -Wextra -Werror` against include/lustreapi_subset.h and
  * links with -llustreapi, so it runs unmodified on Lustre or on the simulator's stand-in.
  *
  * Usage:
  *   ctposix [--archive N]... --hsm-root DIR [--threads N | --fork] [--wait-file PATH]
- *           [--no-progress] [--poll] [--chunk-size BYTES] MOUNT
+ *           [--no-progress] [--poll] [--chunk-size SIZE] [--bandwidth BW]
+ *           [--event-fifo PATH] [--no-shadow] MOUNT
+ *   ctposix [--archive N] --hsm-root DIR --import SRC DST MOUNT
+ *   ctposix [--archive N] --hsm-root DIR --rebind OLD_FID NEW_FID MOUNT | --rebind LIST MOUNT
+ * SIZE and BW are read with llapi_parse_size: a number with an optional unit k, m, g, t, p, e
+ * (powers of 1024) or fraction ("1.5m"); a bare --chunk-size counts bytes, a bare
+ * --bandwidth MiB per second (lhsmtool_posix's default unit). --bandwidth caps each copy.
+ * --event-fifo writes lhsmtool_posix's JSON events (llapi_hsm_register_event_fifo) and turns
+ * the library's error messages into LOGGED_MESSAGE events (llapi_hsm_log_error).
  *
  * Standard output gets one line per event, written with a single write(2) so that lines
  * from threads and children never interleave:
@@ -25,7 +43,10 @@
  *   <ACTION> progress [fid] cookie=0x.. offset=N length=N
  *   <ACTION> end [fid] cookie=0x.. rc=<copy result> errval=<reported> end_rc=<action_end>
  *   CANCEL [fid] cookie=0x.. running=<0|1>
+ *   SHADOW [fid] path=<path in Lustre> link=<shadow symlink>
  *   SHUTDOWN | STOP signal=N | RECV error rc=N
+ *   IMPORT [fid] src=<archived file> dst=<Lustre file> archive=N copy=<archive copy>
+ *   REBIND [old] [new] copy=<new archive copy>
  * Exit status: 0 on -ESHUTDOWN and on SIGTERM/SIGINT (after unregistering), 1 on setup
  * errors.
  *
@@ -52,10 +73,26 @@
 
 #include "lustreapi_subset.h"
 
+/*
+ * liblustreapi functions lhsmtool_posix also uses that the project's header does not
+ * declare (prototypes of lustreapi.h; the last-but-two argument of llapi_hsm_import is an
+ * `enum lov_pattern` since 2.17, passed as an int here).
+ */
+int llapi_fid2path_at(int mnt_fd, const struct lu_fid *fid, char *path, int pathlen,
+		      long long *recno, int *linkno);
+int llapi_fid_parse(const char *fidstr, struct lu_fid *fid, char **endptr);
+int llapi_parse_size(const char *optarg, unsigned long long *size,
+		     unsigned long long *size_units, int bytes_spec);
+int llapi_hsm_import(const char *dst, int archive, const struct stat *st,
+		     unsigned long long stripe_size, int stripe_offset, int stripe_count,
+		     int stripe_pattern, char *pool_name, struct lu_fid *newfid);
+
 #define MAX_ARCHIVES 32
 /* Slots of the table of running actions (shared with --fork children). */
 #define MAX_RUNNING 1024
 #define DEFAULT_CHUNK (1024 * 1024)
+#define MAX_CHUNK (1ULL << 30)
+#define ONE_MB (1024ULL * 1024ULL)
 #define DEFAULT_THREADS 64
 
 #define FIDF "[0x%llx:0x%x:0x%x]"
@@ -73,6 +110,13 @@ struct options {
 	int no_progress;
 	int poll_mode;
 	size_t chunk;
+	unsigned long long bandwidth; /* bytes per second, 0: unlimited */
+	const char *event_fifo;
+	int no_shadow;
+	int import_mode;
+	int rebind_mode;
+	int nargs;     /* positional arguments (the last one is the mount) */
+	char **args;
 };
 
 /* One running action; lives in MAP_SHARED memory so --fork children see cancels. */
@@ -234,6 +278,73 @@ static int archive_path(char *buf, size_t len, unsigned int archive_id, const st
 	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
+/* The archive id of --import and --rebind: the first --archive, else 1 (the default id). */
+static unsigned int oneshot_archive_id(void)
+{
+	return opt.archive_count > 0 && opt.archives[0] > 0 ? (unsigned int)opt.archives[0] : 1;
+}
+
+/* The shadow symlink of the file `fid`: <hsm-root>/shadow/<its path in Lustre>. */
+static int shadow_path(char *buf, size_t len, const struct lu_fid *fid, char *rel, int rel_len)
+{
+	long long recno = -1;
+	int linkno = 0;
+	int rc = llapi_fid2path_at(mnt_fd, fid, rel, rel_len, &recno, &linkno);
+	int n;
+
+	if (rc < 0)
+		return rc;
+	n = snprintf(buf, len, "%s/shadow/%s", opt.hsm_root, rel);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/* Points the shadow symlink of `fid` at its archive copy `copy` (best effort, as lhsmtool). */
+static void make_shadow(const struct lu_fid *fid, const char *copy)
+{
+	char rel[PATH_MAX], link[PATH_MAX + 16], dir[PATH_MAX + 16];
+	char *slash;
+	int rc;
+
+	if (opt.no_shadow)
+		return;
+	rc = shadow_path(link, sizeof(link), fid, rel, sizeof(rel));
+	if (rc < 0) {
+		llapi_error(LLAPI_MSG_WARN, -rc, "no shadow link for " FIDF, FIDP(fid));
+		return;
+	}
+	snprintf(dir, sizeof(dir), "%s", link);
+	slash = strrchr(dir, '/');
+	if (slash != NULL)
+		*slash = '\0';
+	rc = mkdir_p(dir);
+	/* A previous archive of that path, or of a file that had that name. */
+	if (rc == 0 && unlink(link) < 0 && errno != ENOENT)
+		rc = -errno;
+	if (rc == 0 && symlink(copy, link) < 0)
+		rc = -errno;
+	if (rc < 0) {
+		llapi_error(LLAPI_MSG_WARN, -rc, "cannot create shadow link '%s'", link);
+		return;
+	}
+	event("SHADOW " FIDF " path=%s link=%s", FIDP(fid), rel, link);
+}
+
+/* Removes the shadow symlink of `fid` if it still points at `copy`. */
+static void drop_shadow(const struct lu_fid *fid, const char *copy)
+{
+	char rel[PATH_MAX], link[PATH_MAX + 16], target[PATH_MAX];
+	ssize_t n;
+
+	if (opt.no_shadow || shadow_path(link, sizeof(link), fid, rel, sizeof(rel)) < 0)
+		return;
+	n = readlink(link, target, sizeof(target) - 1);
+	if (n < 0)
+		return;
+	target[n] = '\0';
+	if (strcmp(target, copy) == 0)
+		unlink(link);
+}
+
 /*
  * Holds the action while the wait file exists. Returns -ECANCELED as soon as the action is
  * canceled (flag set by a CANCEL item, or progress answering -ECANCELED).
@@ -269,6 +380,20 @@ static int hold_on_wait_file(struct hsm_copyaction_private *hcp, const struct hs
 	return 0;
 }
 
+/* Sleeps until `done` bytes since `start` are within --bandwidth. */
+static void throttle(const struct timespec *start, unsigned long long done)
+{
+	struct timespec now;
+	long double due, elapsed;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	due = (long double)done / (long double)opt.bandwidth;
+	elapsed = (long double)(now.tv_sec - start->tv_sec) +
+		  (long double)(now.tv_nsec - start->tv_nsec) / 1e9L;
+	if (due > elapsed)
+		sleep_ms((long)((due - elapsed) * 1000.0L) + 1);
+}
+
 /*
  * Copies `length` bytes (LUSTRE_EOF: to the end) from src_fd at `offset` to dst_fd at the
  * same offset, reporting each chunk. Returns 0 or a negative errno (-ECANCELED on cancel).
@@ -281,6 +406,7 @@ static int copy_data(struct hsm_copyaction_private *hcp, const struct hsm_action
 	unsigned long long done = 0;
 	unsigned long long total = length;
 	struct stat st;
+	struct timespec start;
 	int rc = 0;
 
 	if (length == LUSTRE_EOF && fstat(src_fd, &st) == 0)
@@ -288,6 +414,7 @@ static int copy_data(struct hsm_copyaction_private *hcp, const struct hsm_action
 	buf = malloc(opt.chunk);
 	if (buf == NULL)
 		return -ENOMEM;
+	clock_gettime(CLOCK_MONOTONIC, &start);
 	while (length == LUSTRE_EOF || done < length) {
 		size_t want = opt.chunk;
 		ssize_t got, put = 0;
@@ -334,6 +461,8 @@ static int copy_data(struct hsm_copyaction_private *hcp, const struct hsm_action
 			rc = 0;
 		}
 		done += (unsigned long long)got;
+		if (opt.bandwidth != 0)
+			throttle(&start, done);
 	}
 	free(buf);
 	return rc;
@@ -433,6 +562,8 @@ static void do_archive(const struct job *job, const struct running *r)
 		rc = -errno;
 	if (rc < 0 && whole)
 		unlink(tmp);
+	if (rc == 0)
+		make_shadow(&hai->hai_fid, dst);
 out:
 	if (src_fd >= 0)
 		close(src_fd);
@@ -502,6 +633,8 @@ static void do_remove(const struct job *job)
 	event("REMOVE begin " FIDF " cookie=%#llx", FIDP(&hai->hai_fid),
 	      (unsigned long long)hai->hai_cookie);
 	rc = archive_path(dst, sizeof(dst), job->archive_id, &hai->hai_fid);
+	if (rc == 0)
+		drop_shadow(&hai->hai_fid, dst);
 	if (rc == 0 && unlink(dst) < 0)
 		rc = -errno;
 	finish(&hcp, hai, rc);
@@ -656,12 +789,213 @@ static void on_sigchld(int sig)
 	(void)sig;
 }
 
+/* ---- one-shot modes: --import and --rebind ---------------------------------------------- */
+
+/* Copies src to a new dst (used when a rename crosses filesystems). */
+static int copy_file(const char *src, const char *dst)
+{
+	char buf[65536];
+	int in, out, rc = 0;
+	ssize_t n;
+
+	in = open(src, O_RDONLY);
+	if (in < 0)
+		return -errno;
+	out = open(dst, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	if (out < 0) {
+		rc = -errno;
+		close(in);
+		return rc;
+	}
+	while ((n = read(in, buf, sizeof(buf))) != 0) {
+		ssize_t put = 0;
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = -errno;
+			break;
+		}
+		while (put < n) {
+			ssize_t w = write(out, buf + put, (size_t)(n - put));
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				rc = w < 0 ? -errno : -EIO;
+				break;
+			}
+			put += w;
+		}
+		if (rc < 0)
+			break;
+	}
+	if (rc == 0 && fsync(out) < 0)
+		rc = -errno;
+	if (close(out) < 0 && rc == 0)
+		rc = -errno;
+	close(in);
+	if (rc < 0)
+		unlink(dst);
+	return rc;
+}
+
+/* Moves an archive copy to `dst` (creating its directory). */
+static int move_copy(const char *src, const char *dst)
+{
+	char dir[PATH_MAX];
+	char *slash;
+	int rc;
+
+	snprintf(dir, sizeof(dir), "%s", dst);
+	slash = strrchr(dir, '/');
+	if (slash != NULL && slash != dir) {
+		*slash = '\0';
+		rc = mkdir_p(dir);
+		if (rc < 0)
+			return rc;
+	}
+	if (rename(src, dst) == 0)
+		return 0;
+	if (errno != EXDEV)
+		return -errno;
+	rc = copy_file(src, dst);
+	if (rc == 0 && unlink(src) < 0)
+		rc = -errno;
+	return rc;
+}
+
+/*
+ * --import SRC DST: DST becomes a released file archived in the one-shot archive id, with
+ * SRC's size, times, mode and owner; SRC moves to the archive path of DST's new FID.
+ */
+static int import_one(const char *src, const char *dst)
+{
+	char srcpath[PATH_MAX], copy[PATH_MAX];
+	unsigned int archive_id = oneshot_archive_id();
+	struct lu_fid fid;
+	struct stat st;
+	int n, rc;
+
+	if (src[0] == '/')
+		n = snprintf(srcpath, sizeof(srcpath), "%s", src);
+	else
+		n = snprintf(srcpath, sizeof(srcpath), "%s/%s", opt.hsm_root, src);
+	if (n < 0 || (size_t)n >= sizeof(srcpath))
+		return -ENAMETOOLONG;
+	if (stat(srcpath, &st) < 0) {
+		rc = -errno;
+		llapi_error(LLAPI_MSG_ERROR, -rc, "cannot import '%s'", srcpath);
+		return rc;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		llapi_error(LLAPI_MSG_ERROR | LLAPI_MSG_NO_ERRNO, 0,
+			    "cannot import '%s': not a regular file", srcpath);
+		return -EINVAL;
+	}
+	rc = llapi_hsm_import(dst, (int)archive_id, &st, 0, -1, 0, 0, NULL, &fid);
+	if (rc < 0) {
+		llapi_error(LLAPI_MSG_ERROR, -rc, "cannot import '%s' as '%s'", srcpath, dst);
+		return rc;
+	}
+	rc = archive_path(copy, sizeof(copy), archive_id, &fid);
+	if (rc == 0)
+		rc = move_copy(srcpath, copy);
+	if (rc < 0) {
+		llapi_error(LLAPI_MSG_ERROR, -rc, "cannot move '%s' into the archive, '%s' removed",
+			    srcpath, dst);
+		unlink(dst);
+		return rc;
+	}
+	make_shadow(&fid, copy);
+	event("IMPORT " FIDF " src=%s dst=%s archive=%u copy=%s", FIDP(&fid), srcpath, dst,
+	      archive_id, copy);
+	return 0;
+}
+
+/* A FID argument: the whole string must be one FID. */
+static int parse_fid_arg(const char *text, struct lu_fid *fid)
+{
+	char *end = NULL;
+	int rc = llapi_fid_parse(text, fid, &end);
+
+	if (rc == 0 && *end != '\0')
+		rc = -EINVAL;
+	if (rc < 0)
+		llapi_error(LLAPI_MSG_ERROR, -rc, "bad FID '%s' (expected [0xSEQ:0xOID:0xVER])",
+			    text);
+	return rc;
+}
+
+/* --rebind OLD NEW: the archive copy of OLD becomes that of NEW. */
+static int rebind_one(const struct lu_fid *old_fid, const struct lu_fid *new_fid)
+{
+	char old_copy[PATH_MAX], new_copy[PATH_MAX];
+	unsigned int archive_id = oneshot_archive_id();
+	int rc;
+
+	rc = archive_path(old_copy, sizeof(old_copy), archive_id, old_fid);
+	if (rc == 0)
+		rc = archive_path(new_copy, sizeof(new_copy), archive_id, new_fid);
+	if (rc == 0 && access(new_copy, F_OK) == 0)
+		rc = -EEXIST;
+	if (rc == 0)
+		rc = move_copy(old_copy, new_copy);
+	if (rc < 0) {
+		llapi_error(LLAPI_MSG_ERROR, -rc, "cannot rebind " FIDF " to " FIDF,
+			    FIDP(old_fid), FIDP(new_fid));
+		return rc;
+	}
+	make_shadow(new_fid, new_copy);
+	event("REBIND " FIDF " " FIDF " copy=%s", FIDP(old_fid), FIDP(new_fid), new_copy);
+	return 0;
+}
+
+/* --rebind LIST: one "OLD NEW" pair per line (blank lines and #-comments skipped). */
+static int rebind_list(const char *list)
+{
+	char line[1024];
+	FILE *f = fopen(list, "r");
+	int lineno = 0, failed = 0;
+
+	if (f == NULL) {
+		llapi_error(LLAPI_MSG_ERROR, errno, "cannot open rebind list '%s'", list);
+		return -errno;
+	}
+	while (fgets(line, sizeof(line), f) != NULL) {
+		struct lu_fid old_fid, new_fid;
+		char *p = line, *end = NULL;
+
+		lineno++;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\n' || *p == '\0' || *p == '#')
+			continue;
+		if (llapi_fid_parse(p, &old_fid, &end) < 0 ||
+		    llapi_fid_parse(end, &new_fid, &end) < 0 ||
+		    strspn(end, " \t\r\n") != strlen(end)) {
+			llapi_error(LLAPI_MSG_ERROR | LLAPI_MSG_NO_ERRNO, 0,
+				    "%s:%d: expected two FIDs, found '%.*s'", list, lineno,
+				    (int)strcspn(line, "\n"), line);
+			failed++;
+			continue;
+		}
+		if (rebind_one(&old_fid, &new_fid) < 0)
+			failed++;
+	}
+	fclose(f);
+	return failed ? -EINVAL : 0;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: ctposix [--archive N]... --hsm-root DIR [--threads N | --fork]\n"
-		"               [--wait-file PATH] [--no-progress] [--poll] [--chunk-size BYTES]\n"
-		"               MOUNT\n");
+		"               [--wait-file PATH] [--no-progress] [--poll] [--chunk-size SIZE]\n"
+		"               [--bandwidth BW] [--event-fifo PATH] [--no-shadow] MOUNT\n"
+		"       ctposix [--archive N] --hsm-root DIR --import SRC DST MOUNT\n"
+		"       ctposix [--archive N] --hsm-root DIR --rebind OLD_FID NEW_FID MOUNT\n"
+		"       ctposix [--archive N] --hsm-root DIR --rebind LIST MOUNT\n");
 }
 
 static int parse_options(int argc, char **argv)
@@ -676,16 +1010,25 @@ static int parse_options(int argc, char **argv)
 		{ "no-progress", no_argument, NULL, 'N' },
 		{ "poll", no_argument, NULL, 'P' },
 		{ "chunk-size", required_argument, NULL, 'c' },
+		{ "chunk_size", required_argument, NULL, 'c' },
+		{ "bandwidth", required_argument, NULL, 'b' },
+		{ "event-fifo", required_argument, NULL, 'f' },
+		{ "event_fifo", required_argument, NULL, 'f' },
+		{ "no-shadow", no_argument, NULL, 'S' },
+		{ "no_shadow", no_argument, NULL, 'S' },
+		{ "import", no_argument, NULL, 'I' },
+		{ "rebind", no_argument, NULL, 'R' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 	char *endp;
 	long v;
+	unsigned long long value, unit;
 
 	opt.threads = DEFAULT_THREADS;
 	opt.chunk = DEFAULT_CHUNK;
-	while ((c = getopt_long(argc, argv, "A:p:t:Fw:NPc:h", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "A:p:t:Fw:NPc:b:f:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'A':
 			v = strtol(optarg, &endp, 0);
@@ -725,13 +1068,39 @@ static int parse_options(int argc, char **argv)
 			opt.poll_mode = 1;
 			break;
 		case 'c':
-			v = strtol(optarg, &endp, 0);
-			if (*optarg == '\0' || *endp != '\0' || v < 1 || v > (1L << 30)) {
-				fprintf(stderr, "ctposix: --chunk-size %s: expected 1 to 2^30\n",
+			unit = 0; /* a bare number counts bytes */
+			if (llapi_parse_size(optarg, &value, &unit, 0) < 0 || value < 1 ||
+			    value > MAX_CHUNK) {
+				fprintf(stderr,
+					"ctposix: --chunk-size %s: expected a size from 1 byte to 1g "
+					"(units k, m, g)\n",
 					optarg);
 				return -1;
 			}
-			opt.chunk = (size_t)v;
+			opt.chunk = (size_t)value;
+			break;
+		case 'b':
+			unit = ONE_MB; /* a bare number counts MiB per second */
+			if (llapi_parse_size(optarg, &value, &unit, 0) < 0) {
+				fprintf(stderr,
+					"ctposix: --bandwidth %s: expected a size per second "
+					"(MiB by default, units k, m, g, ...)\n",
+					optarg);
+				return -1;
+			}
+			opt.bandwidth = value;
+			break;
+		case 'f':
+			opt.event_fifo = optarg;
+			break;
+		case 'S':
+			opt.no_shadow = 1;
+			break;
+		case 'I':
+			opt.import_mode = 1;
+			break;
+		case 'R':
+			opt.rebind_mode = 1;
 			break;
 		case 'h':
 			usage(stdout);
@@ -741,7 +1110,23 @@ static int parse_options(int argc, char **argv)
 			return -1;
 		}
 	}
-	if (optind != argc - 1) {
+	opt.nargs = argc - optind;
+	opt.args = argv + optind;
+	if (opt.import_mode && opt.rebind_mode) {
+		fprintf(stderr, "ctposix: --import and --rebind are exclusive\n");
+		return -1;
+	}
+	if (opt.import_mode && opt.nargs != 3) {
+		fprintf(stderr, "ctposix: --import expects SRC DST MOUNT\n");
+		usage(stderr);
+		return -1;
+	}
+	if (opt.rebind_mode && opt.nargs != 2 && opt.nargs != 3) {
+		fprintf(stderr, "ctposix: --rebind expects OLD_FID NEW_FID MOUNT or LIST MOUNT\n");
+		usage(stderr);
+		return -1;
+	}
+	if (!opt.import_mode && !opt.rebind_mode && opt.nargs != 1) {
 		fprintf(stderr, "ctposix: expected exactly one MOUNT argument\n");
 		usage(stderr);
 		return -1;
@@ -751,7 +1136,7 @@ static int parse_options(int argc, char **argv)
 		usage(stderr);
 		return -1;
 	}
-	opt.mount = argv[optind];
+	opt.mount = opt.args[opt.nargs - 1];
 	return 0;
 }
 
@@ -817,6 +1202,31 @@ int main(int argc, char **argv)
 		llapi_error(LLAPI_MSG_FATAL, errno, "cannot open mount point '%s'", opt.mount);
 		return 1;
 	}
+	if (opt.event_fifo != NULL) {
+		rc = llapi_hsm_register_event_fifo(opt.event_fifo);
+		if (rc < 0) {
+			llapi_error(LLAPI_MSG_FATAL, -rc, "cannot open event FIFO '%s'",
+				    opt.event_fifo);
+			return 1;
+		}
+		/* From now on the library's and our errors become LOGGED_MESSAGE events. */
+		llapi_error_callback_set(llapi_hsm_log_error);
+	}
+	if (opt.import_mode || opt.rebind_mode) {
+		struct lu_fid old_fid, new_fid;
+
+		if (opt.import_mode)
+			rc = import_one(opt.args[0], opt.args[1]);
+		else if (opt.nargs == 2)
+			rc = rebind_list(opt.args[0]);
+		else if ((rc = parse_fid_arg(opt.args[0], &old_fid)) == 0 &&
+			 (rc = parse_fid_arg(opt.args[1], &new_fid)) == 0)
+			rc = rebind_one(&old_fid, &new_fid);
+		if (opt.event_fifo != NULL)
+			llapi_hsm_unregister_event_fifo(opt.event_fifo);
+		close(mnt_fd);
+		return rc < 0 ? 1 : 0;
+	}
 	rc = llapi_hsm_copytool_register(&ctdata, opt.mount, opt.archive_count, opt.archives,
 					 opt.poll_mode ? O_NONBLOCK : 0);
 	if (rc < 0) {
@@ -865,6 +1275,8 @@ int main(int argc, char **argv)
 		llapi_error(LLAPI_MSG_ERROR, -rc, "cannot unregister");
 		exit_code = 1;
 	}
+	if (opt.event_fifo != NULL)
+		llapi_hsm_unregister_event_fifo(opt.event_fifo);
 	close(mnt_fd);
 	return exit_code;
 }

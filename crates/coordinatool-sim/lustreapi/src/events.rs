@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use coordinatool_lustre::ffi::bindings::{
     HSMA_ARCHIVE, HSMA_CANCEL, HSMA_REMOVE, HSMA_RESTORE, hsm_action_item_fixed,
 };
+use coordinatool_sim::rpc::{Fid, Reply, Request};
 use serde_json::{Map, Value, json};
 
 use crate::action::to_fid;
@@ -107,6 +108,16 @@ pub(crate) fn action(
         ("data_fid", json!(to_fid(hai.hai_dfid).to_string())),
         ("mount_point", json!(mount.display().to_string())),
     ]);
+    if phase == "START" {
+        // As lhsmtool_posix's monitors expect: where the file is, relative to the mount.
+        let fid = Fid(to_fid(hai.hai_fid));
+        if let Ok(Reply::Path { path }) = util::call(mount, &Request::Fid2Path { fid }) {
+            f.insert(
+                "lustre_path".into(),
+                json!(path.to_string_lossy().into_owned()),
+            );
+        }
+    }
     if let Some((current, total)) = bytes {
         f.insert("current_bytes".into(), json!(current));
         f.insert("total_bytes".into(), json!(total));
