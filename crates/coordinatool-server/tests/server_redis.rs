@@ -6,7 +6,8 @@ mod server_common;
 
 use coordinatool_lustre::{HsmAction, LuFid};
 use coordinatool_proto::{
-    EhloRequest, QueueRequest, RecvRequest, Reply, Request, StatusReply, StatusRequest, WireHai,
+    DoneRequest, EhloRequest, LockRequest, QueueRequest, RecvRequest, Reply, Request, StatusReply,
+    StatusRequest, WireHai,
 };
 use server_common::{Client, Server, Sim, config, wait_until};
 use std::io::{Read, Write};
@@ -69,6 +70,30 @@ impl Redis {
             .ok()
     }
 
+    /// `HGET hash field`: the value, `None` when the field does not exist.
+    fn hget(&self, hash: &str, field: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(format!("HGET {hash} {field}\r\n").as_bytes())
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "redis closed the connection");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if text.starts_with("$-1\r\n") {
+                return None;
+            }
+            if let Some((len, rest)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n"))
+                && let Ok(len) = len.parse::<usize>()
+                && rest.len() >= len + 2
+            {
+                return Some(rest[..len].to_owned());
+            }
+        }
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -104,6 +129,37 @@ fn queue(items: Vec<WireHai>) -> Request {
         items,
         fsname: None,
     })
+}
+
+/// A `status` reply as raw JSON (the `store` object is not in the typed reply).
+fn status_raw(c: &mut Client) -> serde_json::Value {
+    serde_json::from_str(&c.call_text(&Request::Status(StatusRequest { verbose: 4 }))).unwrap()
+}
+
+/// Upstream's field name in both hashes (§4.19).
+fn field(h: &WireHai) -> String {
+    format!(
+        "{:016x}{:016x}{:08x}{:08x}",
+        h.cookie, h.dfid.seq, h.dfid.oid, h.dfid.ver
+    )
+}
+
+fn ehlo(id: &str, running: Vec<WireHai>) -> Request {
+    let mut e = EhloRequest::new(Some(id.into()));
+    e.hai_list = running;
+    Request::Ehlo(e)
+}
+
+fn done(h: &WireHai) -> Request {
+    Request::Done(DoneRequest {
+        cookie: h.cookie,
+        dfid: h.dfid,
+        status: 0,
+    })
+}
+
+fn lock(locked: i32) -> Request {
+    Request::Lock(LockRequest { locked })
 }
 
 fn status(c: &mut Client) -> StatusReply {
@@ -160,6 +216,13 @@ fn redis_store_survives_kill_9_and_a_redis_restart() {
     );
     srv.wait_line(&["store unreachable"]);
     assert_eq!(status(&mut q).pending_archive, 3);
+    let store = &status_raw(&mut q)["store"];
+    assert_eq!(
+        (&store["kind"], &store["state"]),
+        (&"redis".into(), &"down".into()),
+        "{store}"
+    );
+    assert!(store["buffered_ops"].as_u64() >= Some(1), "{store}");
 
     // Redis returns empty: the whole queue is written again, assignment included.
     let redis = Redis::start(&sim.root.join("redis"), port).expect("redis restarts");
@@ -168,4 +231,127 @@ fn redis_store_survives_kill_9_and_a_redis_restart() {
             && redis.hlen("coordinatool_assigned") == Some(1)
     });
     srv.wait_line(&["writing the whole queue again"]);
+    wait_until("status says the store is back", || {
+        status_raw(&mut q)["store"] == serde_json::json!({"kind": "redis", "state": "ok"})
+    });
+}
+
+#[test]
+fn every_command_with_the_redis_store() {
+    let sim = Sim::start("redis-cmds");
+    let port = free_port();
+    let Some(redis) = Redis::start(&sim.root.join("redis"), port) else {
+        return;
+    };
+    let conf = config(
+        &sim,
+        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\nclient_grace_ms 600000\n"),
+    );
+    let mut srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    assert_eq!(
+        status_raw(&mut q)["store"],
+        serde_json::json!({"kind": "redis", "state": "ok"})
+    );
+
+    // queue: every item in coordinatool_requests under upstream's field, as its hai JSON.
+    let items: Vec<WireHai> = (1..=4).map(item).collect();
+    assert_eq!(
+        q.call_text(&queue(items.clone())),
+        r#"{"command":"queue","enqueued":4}"#
+    );
+    assert_eq!(
+        field(&items[0]),
+        "00000000000003e90000000200000401".to_owned() + "0000000100000000"
+    );
+    let stored: serde_json::Value = serde_json::from_str(
+        &redis
+            .hget("coordinatool_requests", &field(&items[0]))
+            .expect("the request is in redis"),
+    )
+    .unwrap();
+    assert_eq!(stored["hai_cookie"], 1001);
+    assert_eq!(stored["hal_archive_id"], 1);
+    assert_eq!(redis.hlen("coordinatool_requests"), Some(4));
+
+    // lock: a waiting mover gets nothing until unlock.
+    assert_eq!(q.call_text(&lock(1)), r#"{"command":"lock"}"#);
+    let mut m = srv.connect();
+    assert_eq!(m.call_text(&ehlo("m1", vec![])), r#"{"command":"ehlo"}"#);
+    m.send(&Request::Recv(RecvRequest {
+        max_archive: Some(2),
+        ..RecvRequest::default()
+    }));
+    assert_eq!(status(&mut q).locked, 1);
+    assert_eq!(redis.hlen("coordinatool_assigned"), Some(0));
+    assert_eq!(q.call_text(&lock(0)), r#"{"command":"lock"}"#);
+    // recv: the reply comes once the assignment is in redis.
+    let got = match m.next() {
+        Reply::Recv(r) => r.hal.unwrap().list,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got.len(), 2);
+    assert_eq!(redis.hlen("coordinatool_assigned"), Some(2));
+    for h in &got {
+        assert_eq!(
+            redis.hget("coordinatool_assigned", &field(h)).as_deref(),
+            Some("m1")
+        );
+    }
+
+    // done: both hashes forget the request.
+    assert_eq!(m.call_text(&done(&got[0])), r#"{"command":"done"}"#);
+    assert_eq!(redis.hget("coordinatool_requests", &field(&got[0])), None);
+    assert_eq!(redis.hget("coordinatool_assigned", &field(&got[0])), None);
+    assert_eq!(redis.hlen("coordinatool_requests"), Some(3));
+
+    // ehlo takeover: m1's connection drops, a new one claims its running request.
+    drop(m);
+    wait_until("m1 is disconnected", || {
+        status(&mut q)
+            .clients
+            .iter()
+            .any(|c| c.client_id == "m1" && c.status.as_str() == "disconnected")
+    });
+    let mut m = srv.connect();
+    assert_eq!(
+        m.call_text(&ehlo("m1", vec![got[1].clone()])),
+        r#"{"command":"ehlo"}"#
+    );
+    let st = status(&mut q);
+    let m1: Vec<_> = st.clients.iter().filter(|c| c.client_id == "m1").collect();
+    assert_eq!(m1.len(), 1, "{st:?}");
+    assert_eq!((m1[0].current_archive, m1[0].status.as_str()), (1, "ready"));
+    assert_eq!(
+        redis
+            .hget("coordinatool_assigned", &field(&got[1]))
+            .as_deref(),
+        Some("m1")
+    );
+
+    // restart (clean): the queue and the assignment come back from redis.
+    drop(m);
+    assert!(srv.signal(libc::SIGTERM).success());
+    assert_eq!(
+        redis.hlen("coordinatool_assigned"),
+        Some(1),
+        "kept on a clean stop"
+    );
+    let mut srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    let st = status(&mut q);
+    assert_eq!((st.pending_archive, st.running_archive), (2, 1));
+    let mut m = srv.connect();
+    assert_eq!(
+        m.call_text(&ehlo("m1", vec![got[1].clone()])),
+        r#"{"command":"ehlo"}"#
+    );
+
+    // lock-and-quit: the server stops after the done that leaves nothing running.
+    assert_eq!(q.call_text(&lock(2)), r#"{"command":"lock"}"#);
+    assert_eq!(status(&mut q).locked, 2);
+    assert_eq!(m.call_text(&done(&got[1])), r#"{"command":"done"}"#);
+    assert!(srv.wait().success());
+    assert_eq!(redis.hlen("coordinatool_requests"), Some(2));
+    assert_eq!(redis.hlen("coordinatool_assigned"), Some(0));
 }
