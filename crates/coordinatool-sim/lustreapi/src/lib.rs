@@ -25,7 +25,12 @@
 //! deliberate: a daemon that vanishes makes `recv` return `-ESHUTDOWN` (there is no kernel to
 //! send `KUC_MSG_SHUTDOWN`); `restore_mdt_index` -1 puts the restore volatile on the file's
 //! own MDT; no `CAP_SYS_ADMIN` check (the daemon decides who may do what); `fid2path`
-//! returns the first link only.
+//! leaves `recno` unchanged (no changelog); `llapi_parse_size` returns `-EINVAL`/`-ERANGE`
+//! where Lustre's returns -1; `llapi_hsm_import` ignores striping (no OSTs).
+//!
+//! Besides the HSM functions it exports the other `llapi_*` calls of `lhsmtool_posix`
+//! (`llapi_fid2path_at`, `llapi_fid_parse`, `llapi_parse_size`, `llapi_hsm_import`, the event
+//! FIFO, the logging functions), so that copytool's binary needs nothing else from it.
 //!
 //! The client mount UUID of a registration comes from [`CLIENT_ENV`] (else the host name)
 //! and the mount path: copytools of one simulated client share it, like copytools of one
