@@ -55,7 +55,7 @@ pub fn lfs(args: &[String], io: &mut Io<'_>) -> i32 {
     let Some(cmd) = args.first() else {
         let _ = writeln!(
             io.err,
-            "usage: lfs hsm_{{archive,restore,release,remove,cancel,state,action,set,clear}} ..."
+            "usage: lfs hsm_{{archive,restore,release,remove,cancel,state,action,set,clear}} ...\n       lfs changelog MDTNAME [STARTREC [ENDREC]] | changelog_clear MDTNAME ID ENDREC"
         );
         return 1;
     };
@@ -70,6 +70,8 @@ pub fn lfs(args: &[String], io: &mut Io<'_>) -> i32 {
         "hsm_cancel" => hsm_request(HsmUserAction::Cancel, rest, io),
         "hsm_set" => hsm_set(rest, io, true),
         "hsm_clear" => hsm_set(rest, io, false),
+        "changelog" => changelog(rest, io),
+        "changelog_clear" => changelog_clear(rest, io),
         other => {
             let _ = writeln!(io.err, "lfs: unknown command '{other}'");
             1
@@ -443,6 +445,139 @@ fn hsm_set(args: &[String], io: &mut Io<'_>, set: bool) -> i32 {
     rc
 }
 
+/// `changelog_type2str`: the 5-character-or-less names `lfs changelog` prints.
+fn changelog_type_name(kind: u32) -> &'static str {
+    const NAMES: [&str; 23] = [
+        "MARK", "CREAT", "MKDIR", "HLINK", "SLINK", "MKNOD", "UNLNK", "RMDIR", "RENME", "RNMTO",
+        "OPEN", "CLOSE", "LYOUT", "TRUNC", "SATTR", "XATTR", "HSM", "MTIME", "CTIME", "ATIME",
+        "MIGRT", "FLRW", "RESYNC",
+    ];
+    NAMES.get(kind as usize).copied().unwrap_or("NONE")
+}
+
+/// Civil date `(year, month, day)` of a day count since 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// One `lfs changelog` line: `INDEX TTNAME HH:MM:SS.NNNNNNNNN YYYY.MM.DD 0xFLAGS t=[FID]`,
+/// the layout of the real tool (`%llu %02d%-5s %02d:%02d:%02d.%09d %04d.%02d.%02d 0x%x
+/// t=DFID`). Times are printed in UTC (the real tool uses the local time zone) and the
+/// optional `ef=`/`u=`/`nid=`/`j=` fields are absent: simulated records carry none.
+pub fn format_changelog(index: u64, kind: u32, time: u64, flags: u16, tfid: LuFid) -> String {
+    let days = (time / 86_400) as i64;
+    let secs = time % 86_400;
+    let (y, mo, d) = civil_from_days(days);
+    format!(
+        "{index} {kind:02}{:<5} {:02}:{:02}:{:02}.{:09} {y:04}.{mo:02}.{d:02} 0x{flags:x} t={tfid}",
+        changelog_type_name(kind),
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        0
+    )
+}
+
+fn parse_rec(s: Option<&String>, what: &str) -> Result<u64, String> {
+    match s {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| format!("invalid {what} '{v}'")),
+    }
+}
+
+/// `lfs changelog MDTNAME [STARTREC [ENDREC]]`: the MDT's changelog records (the mount is
+/// taken from `COORDINATOOL_SIM_MOUNT` or the current directory, like `lctl`).
+fn changelog(args: &[String], io: &mut Io<'_>) -> i32 {
+    let args: Vec<&String> = args.iter().filter(|a| *a != "--follow").collect();
+    let Some(mdt) = args.first() else {
+        let _ = writeln!(io.err, "lfs changelog: missing MDT name");
+        return 1;
+    };
+    let (start, end) = match (
+        parse_rec(args.get(1).copied(), "startrec"),
+        parse_rec(args.get(2).copied(), "endrec"),
+    ) {
+        (Ok(s), Ok(e)) => (s, e),
+        (Err(m), _) | (_, Err(m)) => {
+            let _ = writeln!(io.err, "lfs changelog: {m}");
+            return 1;
+        }
+    };
+    let mut c = match lctl_client() {
+        Ok(c) => c,
+        Err(m) => {
+            let _ = writeln!(io.err, "lfs changelog: {m}");
+            return 1;
+        }
+    };
+    match c.call(&Request::Changelog {
+        mdt: (*mdt).clone(),
+        start,
+        end,
+    }) {
+        Ok(Reply::Changelog { records }) => {
+            for r in records {
+                let _ = writeln!(
+                    io.out,
+                    "{}",
+                    format_changelog(r.index, r.kind, r.time, r.flags, r.tfid.0)
+                );
+            }
+            0
+        }
+        Ok(_) => 1,
+        Err(e) => {
+            let _ = writeln!(
+                io.err,
+                "lfs changelog: cannot access changelog for '{mdt}': {}",
+                strerror(errno_of(&e))
+            );
+            1
+        }
+    }
+}
+
+/// `lfs changelog_clear MDTNAME ID ENDREC` (`ENDREC` 0 = every record).
+fn changelog_clear(args: &[String], io: &mut Io<'_>) -> i32 {
+    let [mdt, user, endrec] = args else {
+        let _ = writeln!(io.err, "usage: lfs changelog_clear MDTNAME ID ENDREC");
+        return 1;
+    };
+    let endrec = match parse_rec(Some(endrec), "endrec") {
+        Ok(e) => e,
+        Err(m) => {
+            let _ = writeln!(io.err, "lfs changelog_clear: {m}");
+            return 1;
+        }
+    };
+    let r = lctl_client().and_then(|mut c| {
+        c.call(&Request::ChangelogClear {
+            mdt: mdt.clone(),
+            user: user.clone(),
+            endrec,
+        })
+        .map_err(|e| {
+            let n = errno_of(&e);
+            format!("cannot purge records for '{user}': {} ({n})", strerror(n))
+        })
+    });
+    match r {
+        Ok(_) => 0,
+        Err(m) => {
+            let _ = writeln!(io.err, "lfs changelog_clear: {m}");
+            1
+        }
+    }
+}
+
 fn lctl_client() -> Result<Client, String> {
     let mount = match std::env::var_os(MOUNT_ENV) {
         Some(m) => PathBuf::from(m),
@@ -460,9 +595,14 @@ fn lctl_client() -> Result<Client, String> {
 /// A leading `--mount DIR` (simulator only) names the simulated mount explicitly.
 pub fn lctl(args: &[String], io: &mut Io<'_>) -> i32 {
     let mut mount = None;
+    let mut device = None;
     let mut args = args;
-    if args.first().map(String::as_str) == Some("--mount") && args.len() >= 2 {
-        mount = Some(PathBuf::from(&args[1]));
+    while args.len() >= 2 {
+        match args[0].as_str() {
+            "--mount" => mount = Some(PathBuf::from(&args[1])),
+            "--device" => device = Some(args[1].clone()),
+            _ => break,
+        }
         args = &args[2..];
     }
     let Some(cmd) = args.first() else {
@@ -509,6 +649,49 @@ pub fn lctl(args: &[String], io: &mut Io<'_>) -> i32 {
                         );
                         rc = 1;
                     }
+                }
+            }
+        }
+        "changelog_register" | "changelog_deregister" => {
+            let Some(dev) = &device else {
+                let _ = writeln!(
+                    io.err,
+                    "error: {cmd}: no device specified (--device MDTNAME)"
+                );
+                return 1;
+            };
+            let req = if cmd == "changelog_register" {
+                Request::ChangelogRegister { mdt: dev.clone() }
+            } else {
+                let Some(user) = params.first() else {
+                    let _ = writeln!(
+                        io.err,
+                        "usage: lctl --device MDTNAME changelog_deregister clN"
+                    );
+                    return 1;
+                };
+                Request::ChangelogDeregister {
+                    mdt: dev.clone(),
+                    user: user.clone(),
+                }
+            };
+            match c.call(&req) {
+                Ok(Reply::Index { index }) if !show_name => {
+                    let _ = writeln!(io.out, "cl{index}");
+                }
+                Ok(Reply::Index { index }) => {
+                    let _ = writeln!(io.out, "{dev}: Registered changelog userid 'cl{index}'");
+                }
+                Ok(_) => {
+                    let _ = writeln!(
+                        io.out,
+                        "{dev}: Deregistered changelog user '{}'",
+                        params.first().map_or("", String::as_str)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(io.err, "error: {cmd}: {}", strerror(errno_of(&e)));
+                    rc = 1;
                 }
             }
         }
@@ -603,9 +786,11 @@ pub fn cat(files: &[String], io: &mut Io<'_>) -> i32 {
 }
 
 const USAGE: &str = "usage:
-  coordinatool-sim serve <mountdir> [--mdts N] [--fsname NAME] [--disabled]
+  coordinatool-sim serve <mountdir> [--mdts N] [--fsname NAME] [--disabled] [--read-only]
   coordinatool-sim lfs hsm_{archive,restore,release,remove,cancel,state,action,set,clear} ...
+  coordinatool-sim lfs changelog MDTNAME [STARTREC [ENDREC]] | changelog_clear MDTNAME clN ENDREC
   coordinatool-sim lctl [--mount DIR] {get_param [-n] PATTERN... | set_param NAME=VALUE...}
+  coordinatool-sim lctl [--mount DIR] --device MDTNAME {changelog_register [-n] | changelog_deregister clN}
   coordinatool-sim cat FILE...   (read; a released file is restored first)
 (also runs as `lfs` or `lctl` when invoked under that name)";
 
@@ -651,6 +836,7 @@ pub fn main_with_args(argv: &[String], io: &mut Io<'_>) -> i32 {
                         }
                     },
                     "--disabled" => opts.enabled = false,
+                    "--read-only" => opts.read_only = true,
                     m if mount.is_none() && !m.starts_with('-') => mount = Some(PathBuf::from(m)),
                     other => {
                         let _ = writeln!(io.err, "serve: unexpected argument '{other}'\n{USAGE}");
@@ -733,6 +919,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.mntpath.as_deref(), Some("/mnt"));
+    }
+
+    #[test]
+    fn changelog_lines_match_lfs() {
+        // 2013-10-01 13:49:47 UTC.
+        let t = 1_380_635_387;
+        let fid = LuFid::new(0x2_0000_0400, 1, 0);
+        assert_eq!(
+            format_changelog(13, 16, t, 0x280, fid),
+            "13 16HSM   13:49:47.000000000 2013.10.01 0x280 t=[0x200000400:0x1:0x0]"
+        );
+        assert_eq!(
+            format_changelog(2, 2, 0, 0, fid),
+            "2 02MKDIR 00:00:00.000000000 1970.01.01 0x0 t=[0x200000400:0x1:0x0]"
+        );
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(changelog_type_name(99), "NONE");
     }
 
     #[test]

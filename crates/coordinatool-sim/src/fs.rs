@@ -517,15 +517,16 @@ impl SimFs {
         self.entries.get(&fid).map(|e| e.size)
     }
 
-    /// `lfs hsm_release`: checks with the model (archived, clean, same data version), then
-    /// drops the data and keeps the size and mtime.
+    /// `lfs hsm_release`: takes a write lease on the file (`EBUSY` if another process has it
+    /// open, as an open breaks llite's lease), checks with the model (archived, clean, same
+    /// data version), then drops the data and keeps the size and mtime.
     pub fn release(&mut self, fid: LuFid, cluster: &mut Cluster) -> Result<(), FsError> {
         let dv = self.refresh(fid, cluster)?;
         let was = cluster
             .file(fid)
             .is_some_and(|a| a.states.contains(HsmStates::RELEASED));
-        cluster.release(fid, dv)?;
         if was {
+            cluster.release(fid, dv)?;
             return Ok(());
         }
         let link = self.fid_link(fid);
@@ -533,6 +534,8 @@ impl SimFs {
             .write(true)
             .open(&link)
             .map_err(io_err("open", &link))?;
+        let _lease = WriteLease::take(&f)?;
+        cluster.release(fid, dv)?;
         let md = f.metadata().map_err(io_err("stat", &link))?;
         let size = md.size();
         let mtime = UNIX_EPOCH
@@ -687,4 +690,86 @@ impl SimFs {
         e.size = attrs.size;
         Ok(fid)
     }
+}
+
+/// A write lease (`F_SETLEASE F_WRLCK`) on a file the daemon opened, released on drop; the
+/// stand-in for llite's lease during a release: it can only be taken while no other open file
+/// description of the inode exists.
+struct WriteLease<'a> {
+    file: Option<&'a File>,
+}
+
+impl<'a> WriteLease<'a> {
+    /// `Err(EBUSY)` if the file is open elsewhere. Where leases are not available (filesystem
+    /// without lease support, a daemon that neither owns the file nor has CAP_LEASE) the
+    /// other opens are looked for in `/proc/*/fd` instead.
+    fn take(file: &'a File) -> Result<WriteLease<'a>, FsError> {
+        use std::os::fd::AsRawFd as _;
+        let fd = file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own, integer arguments only.
+        let rc = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) };
+        if rc == 0 {
+            // Nobody to signal when an open breaks it: we give it back right away anyway, and
+            // the default SIGIO would kill the daemon.
+            // SAFETY: as above.
+            unsafe { libc::fcntl(fd, libc::F_SETOWN, 0) };
+            return Ok(WriteLease { file: Some(file) });
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EBUSY) => Err(FsError::Model(Errno::EBUSY)),
+            _ => {
+                let md = file.metadata().map_err(|source| FsError::Io {
+                    op: "stat",
+                    path: PathBuf::from(format!("/proc/self/fd/{fd}")),
+                    source,
+                })?;
+                if open_elsewhere(md.dev(), md.ino(), fd) {
+                    Err(FsError::Model(Errno::EBUSY))
+                } else {
+                    Ok(WriteLease { file: None })
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WriteLease<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd as _;
+        if let Some(f) = self.file {
+            // SAFETY: fcntl on a descriptor that is still open (borrowed).
+            unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+        }
+    }
+}
+
+/// True if a descriptor other than our own `own_fd` refers to inode `(dev, ino)` in any
+/// process we may inspect.
+fn open_elsewhere(dev: u64, ino: u64, own_fd: i32) -> bool {
+    let me = std::process::id().to_string();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return false;
+    };
+    for p in procs.filter_map(Result::ok) {
+        let name = p.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            if pid == me && fd.file_name().to_str() == Some(&own_fd.to_string()) {
+                continue;
+            }
+            if fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino) {
+                return true;
+            }
+        }
+    }
+    false
 }

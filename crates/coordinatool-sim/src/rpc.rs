@@ -262,6 +262,60 @@ pub enum Request {
         /// `hui_mode` (permission bits are applied; the file type must be regular).
         mode: u32,
     },
+    /// `LL_IOC_HSM_STATE_GET` with the whole `struct hsm_user_state` ([`Reply::UserState`]):
+    /// the flags plus the file's current action (`hus_in_progress_*`).
+    UserState {
+        /// The file.
+        fid: Fid,
+    },
+    /// Reads MDT `mdt`'s changelog records `start..=end` (`end` 0 = to the last one)
+    /// ([`Reply::Changelog`]). `ENOENT` for an unknown MDT name.
+    Changelog {
+        /// Target name, `<fsname>-MDT0000`.
+        mdt: String,
+        /// First record number.
+        start: u64,
+        /// Last record number, 0 for no limit.
+        end: u64,
+    },
+    /// `lfs changelog_clear`: changelog user `user` (`cl1`) no longer needs MDT `mdt`'s
+    /// records up to `endrec` (0 = all). `ENOENT` (unknown MDT or user), `EINVAL` (`endrec`
+    /// past the last record, or a user name not of the form `clN`).
+    ChangelogClear {
+        /// Target name.
+        mdt: String,
+        /// User name, `cl<N>`.
+        user: String,
+        /// Last record to clear, 0 = all.
+        endrec: u64,
+    },
+    /// `lctl --device <mdt> changelog_register` ([`Reply::Index`]: the new user's `N`).
+    ChangelogRegister {
+        /// Target name.
+        mdt: String,
+    },
+    /// `lctl --device <mdt> changelog_deregister cl<N>`.
+    ChangelogDeregister {
+        /// Target name.
+        mdt: String,
+        /// User name, `cl<N>`.
+        user: String,
+    },
+}
+
+/// One changelog record on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangelogEntry {
+    /// Record number.
+    pub index: u64,
+    /// Record type (`CL_HSM` = 16).
+    pub kind: u32,
+    /// Epoch seconds.
+    pub time: u64,
+    /// `cr_flags`.
+    pub flags: u16,
+    /// Target FID.
+    pub tfid: Fid,
 }
 
 /// A successful reply.
@@ -331,6 +385,26 @@ pub enum Reply {
     SetParam {
         /// `(name, errno)`.
         results: Vec<(String, i32)>,
+    },
+    /// [`Request::UserState`]: `struct hsm_user_state`.
+    UserState {
+        /// `hus_states`.
+        states: u32,
+        /// `hus_archive_id`.
+        archive_id: u32,
+        /// `hus_in_progress_state` (`HPS_*`).
+        in_progress_state: u32,
+        /// `hus_in_progress_action` (`HUA_*`).
+        in_progress_action: u32,
+        /// `hus_in_progress_location.offset`.
+        in_progress_offset: u64,
+        /// `hus_in_progress_location.length` (bytes moved while running).
+        in_progress_length: u64,
+    },
+    /// Changelog records, in order.
+    Changelog {
+        /// The records.
+        records: Vec<ChangelogEntry>,
     },
 }
 

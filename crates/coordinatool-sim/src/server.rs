@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -46,6 +46,9 @@ pub struct ServeOptions {
     pub mdts: u32,
     /// Start the coordinators enabled (`hsm_control=enabled`), the default.
     pub enabled: bool,
+    /// The simulated client mount is read-only (`mount -o ro`): HSM requests other than
+    /// RESTORE and releases get `EROFS`.
+    pub read_only: bool,
 }
 
 impl Default for ServeOptions {
@@ -54,6 +57,7 @@ impl Default for ServeOptions {
             fsname: "lustre".to_owned(),
             mdts: 2,
             enabled: true,
+            read_only: false,
         }
     }
 }
@@ -96,12 +100,31 @@ struct Shared {
     kick: Condvar,
     stop: AtomicBool,
     mount: PathBuf,
+    read_only: bool,
+    /// The coordinator thread is frozen ([`Daemon::pause_coordinator`]).
+    paused: AtomicBool,
+    /// Live copytool-stream writer threads (stop lets them flush the shutdown message).
+    writers: AtomicUsize,
+    conns: Mutex<Conns>,
+}
+
+/// Client connections, so that stopping the daemon closes them all.
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    /// A clone of each open socket, and whether it became a copytool stream.
+    open: HashMap<u64, (UnixStream, bool)>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Core> {
         // A panicking handler must not take the whole daemon down with a poisoned lock.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -161,6 +184,10 @@ impl Daemon {
             kick: Condvar::new(),
             stop: AtomicBool::new(false),
             mount: mount.clone(),
+            read_only: opts.read_only,
+            paused: AtomicBool::new(false),
+            writers: AtomicUsize::new(0),
+            conns: Mutex::new(Conns::default()),
         });
         info!(mount = %mount.display(), fsname = %opts.fsname, mdts = opts.mdts, "simulated Lustre serving");
         let s1 = shared.clone();
@@ -195,7 +222,16 @@ impl Daemon {
         r
     }
 
-    /// Stops: copytools get `KUC_MSG_SHUTDOWN`, the index is saved, the socket removed.
+    /// Freezes (`true`) or resumes the coordinator thread: while frozen no scan runs, so
+    /// nothing is dispatched, timed out or purged (tests that need the coordinator busy or
+    /// a purge left waiting; debugging).
+    pub fn pause_coordinator(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::SeqCst);
+        self.shared.kick.notify_all();
+    }
+
+    /// Stops: copytools get `KUC_MSG_SHUTDOWN`, the index is saved, every client connection
+    /// is closed (a stopped daemon answers nothing), the socket removed.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -216,9 +252,29 @@ impl Daemon {
             }
         }
         self.shared.kick.notify_all();
+        // Request/response connections: nothing more is answered.
+        for (s, copytool) in self.shared.conns().open.values() {
+            if !*copytool {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        // Copytool streams: their writers flush the shutdown message first (bounded, for a
+        // copytool that stopped reading), then they are closed too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.shared.writers.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(5));
+        }
+        for (s, _) in self.shared.conns().open.values() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         // Wake the accept loop.
         let _ = UnixStream::connect(&self.socket);
         for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let conns = std::mem::take(&mut self.shared.conns().threads);
+        for t in conns {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.socket);
@@ -238,10 +294,33 @@ fn accept_loop(shared: &Arc<Shared>, listener: UnixListener) {
         }
         match conn {
             Ok(stream) => {
+                // Registered under the lock stop takes after setting `stop`: a connection is
+                // either seen (and closed) by stop or refused here.
+                let mut conns = shared.conns();
+                if shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                conns.threads.retain(|t| !t.is_finished());
+                let Ok(clone) = stream.try_clone() else {
+                    continue;
+                };
+                conns.next += 1;
+                let id = conns.next;
+                conns.open.insert(id, (clone, false));
                 let s = shared.clone();
-                let _ = thread::Builder::new()
+                let t = thread::Builder::new()
                     .name("sim-conn".into())
-                    .spawn(move || connection(&s, stream));
+                    .spawn(move || {
+                        connection(&s, stream, id);
+                        s.conns().open.remove(&id);
+                    });
+                match t {
+                    Ok(t) => conns.threads.push(t),
+                    Err(e) => {
+                        warn!(error = %e, "spawning a connection thread");
+                        conns.open.remove(&id);
+                    }
+                }
             }
             Err(e) => warn!(error = %e, "accept"),
         }
@@ -254,8 +333,13 @@ fn ticker_loop(shared: &Arc<Shared>) {
     let mut core = shared.lock();
     while !shared.stop.load(Ordering::SeqCst) {
         let now = now_secs();
-        core.cluster.tick(now);
-        deliver(&mut core, now);
+        let paused = shared.paused.load(Ordering::SeqCst);
+        if !paused {
+            core.cluster.tick(now);
+            deliver(&mut core, now);
+            // A purge writer waits for the thread's idle point.
+            shared.kick.notify_all();
+        }
         if now >= last_scan + 10 {
             last_scan = now;
             let c = &mut *core;
@@ -271,7 +355,7 @@ fn ticker_loop(shared: &Arc<Shared>) {
                 warn!(error = %e, "saving the FID index");
             }
         }
-        if core.cluster.wants_scan() {
+        if !paused && core.cluster.wants_scan() {
             continue;
         }
         core = shared
@@ -295,7 +379,7 @@ fn deliver(core: &mut Core, now: u64) {
     }
 }
 
-fn connection(shared: &Arc<Shared>, mut stream: UnixStream) {
+fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
     loop {
         let req: Request = match rpc::read_frame(&mut stream) {
             Ok(Some(r)) => r,
@@ -314,6 +398,10 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream) {
             let (tx, rx) = mpsc::channel::<Arc<Vec<u8>>>();
             let r = {
                 let mut core = shared.lock();
+                if shared.stop.load(Ordering::SeqCst) {
+                    let _ = rpc::write_frame(&mut stream, &Response::Err(libc::ESHUTDOWN));
+                    return;
+                }
                 core.cluster.register(uuid, archives).map(|()| {
                     core.next_stream += 1;
                     let id = core.next_stream;
@@ -327,6 +415,9 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream) {
             shared.kick.notify_all();
             match r {
                 Ok(id) => {
+                    if let Some(c) = shared.conns().open.get_mut(&conn_id) {
+                        c.1 = true;
+                    }
                     if rpc::write_frame(&mut stream, &Response::Ok(Reply::Unit)).is_ok() {
                         copytool_stream(shared, stream, uuid, id, rx);
                     } else {
@@ -342,9 +433,18 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream) {
                 }
             }
         }
+        if let Request::SetParam { pattern, value } = &req
+            && value.starts_with("purge")
+        {
+            let resp = set_param_waiting(shared, &stream, pattern, value);
+            if rpc::write_frame(&mut stream, &resp).is_err() {
+                return;
+            }
+            continue;
+        }
         let resp = {
             let mut core = shared.lock();
-            let r = handle(&mut core, &shared.mount, req);
+            let r = handle(&mut core, &shared.mount, shared.read_only, req);
             core.dirty = true;
             r
         };
@@ -369,6 +469,8 @@ fn copytool_stream(
         return;
     };
     debug!(uuid, id, "copytool stream registered");
+    shared.writers.fetch_add(1, Ordering::SeqCst);
+    let sh = shared.clone();
     let w = thread::Builder::new()
         .name("sim-kuc".into())
         .spawn(move || {
@@ -380,7 +482,11 @@ fn copytool_stream(
             // Out of the group (daemon stopping, or the copytool gone): the copytool reads
             // EOF after the last message, even if the stream was never sent a shutdown.
             let _ = writer.shutdown(std::net::Shutdown::Write);
+            sh.writers.fetch_sub(1, Ordering::SeqCst);
         });
+    if w.is_err() {
+        shared.writers.fetch_sub(1, Ordering::SeqCst);
+    }
     // Nothing more is expected from the copytool: EOF (or an error) means it is gone.
     let mut buf = [0u8; 64];
     let mut reader = &stream;
@@ -405,14 +511,95 @@ fn fs_err(e: FsError) -> i32 {
     e.errno().code()
 }
 
-fn handle(core: &mut Core, mount: &Path, req: Request) -> Response {
-    match handle_inner(core, mount, req) {
+/// True if the peer of `stream` closed its end (the `lctl` waiting on a purge was killed).
+fn peer_gone(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut b = 0u8;
+    // SAFETY: a 1-byte peek into a local buffer on a socket we own.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&raw mut b).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
+        || (n < 0 && {
+            let e = io::Error::last_os_error().raw_os_error();
+            e != Some(libc::EAGAIN) && e != Some(libc::EINTR)
+        })
+}
+
+/// `lctl set_param ...hsm_control=purge...`: each matching parameter is written in turn and
+/// a purge blocks the writer until the coordinator thread was idle (§9.7). A writer that goes
+/// away meanwhile (lctl interrupted) abandons the waiting purge: `EINTR`.
+fn set_param_waiting(shared: &Shared, stream: &UnixStream, pattern: &str, value: &str) -> Response {
+    let mut core = shared.lock();
+    let names = core.cluster.matching_params(pattern);
+    if names.is_empty() {
+        return Response::Ok(Reply::SetParam {
+            results: vec![(pattern.to_owned(), libc::ENOENT)],
+        });
+    }
+    let mut results = Vec::with_capacity(names.len());
+    for name in names {
+        let mut r = core
+            .cluster
+            .set_param(now_secs(), &name, value)
+            .into_iter()
+            .next()
+            .map_or(libc::ENOENT, |(_, r)| r.err().map_or(0, Errno::code));
+        let mdt = name
+            .strip_prefix("mdt.")
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(m, _)| core.cluster.mdt_index(m));
+        core.dirty = true;
+        shared.kick.notify_all();
+        let mut gone = false;
+        while let Some(i) = mdt
+            && r == 0
+            && core
+                .cluster
+                .mdt(i)
+                .is_some_and(|m| m.purge_status() == crate::mdt::PurgeStatus::Waiting)
+        {
+            gone = shared.stop.load(Ordering::SeqCst) || peer_gone(stream);
+            if gone {
+                if let Some(m) = core.cluster.mdt_mut(i)
+                    && let Err(e) = m.interrupt_purge()
+                {
+                    r = e.code();
+                }
+                break;
+            }
+            core = shared
+                .kick
+                .wait_timeout(core, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        results.push((name, r));
+        if gone {
+            break;
+        }
+    }
+    Response::Ok(Reply::SetParam { results })
+}
+
+fn handle(core: &mut Core, mount: &Path, read_only: bool, req: Request) -> Response {
+    match handle_inner(core, mount, read_only, req) {
         Ok(r) => Response::Ok(r),
         Err(e) => Response::Err(e),
     }
 }
 
-fn handle_inner(core: &mut Core, mount: &Path, req: Request) -> Result<Reply, i32> {
+fn handle_inner(
+    core: &mut Core,
+    mount: &Path,
+    read_only: bool,
+    req: Request,
+) -> Result<Reply, i32> {
     let now = now_secs();
     let Core { cluster, fs, .. } = core;
     match req {
@@ -544,7 +731,7 @@ fn handle_inner(core: &mut Core, mount: &Path, req: Request) -> Result<Reply, i3
                 data,
             };
             cluster
-                .request(now, Caller { uid, gid }, &req)
+                .request_from(now, Caller { uid, gid }, read_only, &req)
                 .map_err(Errno::code)?;
             Ok(Reply::Unit)
         }
@@ -568,6 +755,10 @@ fn handle_inner(core: &mut Core, mount: &Path, req: Request) -> Result<Reply, i3
             Ok(Reply::Unit)
         }
         Request::Release { fid: Fid(fid) } => {
+            if read_only {
+                // The write lease release needs cannot be taken on a read-only mount.
+                return Err(libc::EROFS);
+            }
             fs.release(fid, cluster).map_err(fs_err)?;
             Ok(Reply::Unit)
         }
@@ -678,7 +869,75 @@ fn handle_inner(core: &mut Core, mount: &Path, req: Request) -> Result<Reply, i3
             let fid = fs.import(&p, &attrs, cluster).map_err(fs_err)?;
             Ok(Reply::Fid { fid: Fid(fid) })
         }
+        Request::UserState { fid: Fid(fid) } => {
+            if cluster.file(fid).is_none() {
+                fs.fid2path(fid).map_err(fs_err)?;
+                return Ok(Reply::UserState {
+                    states: 0,
+                    archive_id: 0,
+                    in_progress_state: 0,
+                    in_progress_action: HsmUserAction::None.code(),
+                    in_progress_offset: 0,
+                    in_progress_length: 0,
+                });
+            }
+            fs.refresh(fid, cluster).map_err(fs_err)?;
+            let a = *cluster.file(fid).ok_or(libc::ENOENT)?;
+            let cur = cluster.current_action(fid).map_err(Errno::code)?;
+            Ok(Reply::UserState {
+                states: a.states.bits(),
+                archive_id: a.archive_id,
+                in_progress_state: cur.state as u32,
+                in_progress_action: cur.action.code(),
+                in_progress_offset: cur.location.offset,
+                in_progress_length: cur.location.length,
+            })
+        }
+        Request::Changelog { mdt, start, end } => {
+            let i = cluster.mdt_index(&mdt).ok_or(libc::ENOENT)?;
+            let m = cluster.mdt(i).ok_or(libc::ENOENT)?;
+            Ok(Reply::Changelog {
+                records: m
+                    .changelog(start, end)
+                    .map(|r| rpc::ChangelogEntry {
+                        index: r.index,
+                        kind: r.kind,
+                        time: r.time,
+                        flags: r.flags,
+                        tfid: Fid(r.tfid),
+                    })
+                    .collect(),
+            })
+        }
+        Request::ChangelogClear { mdt, user, endrec } => {
+            let id = changelog_user_id(&user)?;
+            let i = cluster.mdt_index(&mdt).ok_or(libc::ENOENT)?;
+            let m = cluster.mdt_mut(i).ok_or(libc::ENOENT)?;
+            m.changelog_clear(id, endrec).map_err(Errno::code)?;
+            Ok(Reply::Unit)
+        }
+        Request::ChangelogRegister { mdt } => {
+            let i = cluster.mdt_index(&mdt).ok_or(libc::ENOENT)?;
+            let m = cluster.mdt_mut(i).ok_or(libc::ENOENT)?;
+            Ok(Reply::Index {
+                index: m.changelog_register(),
+            })
+        }
+        Request::ChangelogDeregister { mdt, user } => {
+            let id = changelog_user_id(&user)?;
+            let i = cluster.mdt_index(&mdt).ok_or(libc::ENOENT)?;
+            let m = cluster.mdt_mut(i).ok_or(libc::ENOENT)?;
+            m.changelog_deregister(id).map_err(Errno::code)?;
+            Ok(Reply::Unit)
+        }
     }
+}
+
+/// `cl<N>` → N; anything else is `EINVAL`.
+fn changelog_user_id(user: &str) -> Result<u32, i32> {
+    user.strip_prefix("cl")
+        .and_then(|n| n.parse().ok())
+        .ok_or(libc::EINVAL)
 }
 
 /// Runs a daemon until SIGINT or SIGTERM (the `serve` command).
@@ -699,6 +958,8 @@ pub fn serve(mount: &Path, opts: &ServeOptions) -> Result<(), ServeError> {
         );
         // A copytool dying mid-write must not kill the daemon.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        // A lease break (an open during a release) must not kill it either.
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
     }
     let d = Daemon::start(mount, opts)?;
     while !STOP.load(Ordering::SeqCst) {

@@ -420,3 +420,491 @@ fn reading_a_released_file_restores_it_first() {
     assert_eq!(err, format!("cat: {}: No data available\n", file.display()));
     d.stop();
 }
+
+/// Runs the real `coordinatool-sim` binary with `COORDINATOOL_SIM_MOUNT` set.
+fn bin(mount: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_coordinatool-sim"))
+        .args(args)
+        .env("COORDINATOOL_SIM_MOUNT", mount)
+        .env("COORDINATOOL_SIM_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8(o.stdout).unwrap(),
+        String::from_utf8(o.stderr).unwrap(),
+    )
+}
+
+fn one_mdt() -> ServeOptions {
+    ServeOptions {
+        mdts: 1,
+        ..ServeOptions::default()
+    }
+}
+
+/// Archives `file` through a registered fake copytool `ct` (whole life cycle over the socket).
+fn archive_with(mount: &Path, ct: &mut UnixStream, file: &Path) -> coordinatool_lustre::LuFid {
+    assert_eq!(run(cli::lfs, &["hsm_archive", file.to_str().unwrap()]).0, 0);
+    let (_, _, body) = read_kuc(ct);
+    let hai = HsmActionList::parse(&body).unwrap().items[0].clone();
+    let Reply::DataVersion { version } = call(
+        mount,
+        Request::CopyStart {
+            fid: Fid(hai.fid),
+            cookie: hai.cookie,
+            offset: 0,
+            archive: true,
+        },
+    )
+    .unwrap() else {
+        panic!("no data version")
+    };
+    call(
+        mount,
+        Request::Progress {
+            fid: Fid(hai.fid),
+            cookie: hai.cookie,
+            offset: 0,
+            length: u64::MAX,
+            flags: 1,
+            errval: 0,
+            start_data_version: Some(version),
+        },
+    )
+    .unwrap();
+    hai.fid
+}
+
+#[test]
+fn changelog_through_the_lfs_and_lctl_binaries() {
+    let t = TempDir::new();
+    fs::write(t.0.join("f"), b"changelog me").unwrap();
+    let d = Daemon::start(&t.0, &one_mdt()).unwrap();
+    let mount = d.mount().to_owned();
+    let file = mount.join("f");
+    let f = file.to_str().unwrap();
+    let (rc, out, err) = bin(
+        &mount,
+        &["lctl", "--device", "lustre-MDT0000", "changelog_register"],
+    );
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out, "lustre-MDT0000: Registered changelog userid 'cl1'\n");
+    let mut ct = Client::connect(&mount)
+        .unwrap()
+        .register("cl-ct", &[])
+        .unwrap();
+    let fid = archive_with(&mount, &mut ct, &file);
+    assert_eq!(bin(&mount, &["lfs", "hsm_release", f]).0, 0);
+    assert_eq!(bin(&mount, &["lfs", "hsm_set", "--norelease", f]).0, 0);
+    let (rc, out, err) = bin(&mount, &["lfs", "changelog", "lustre-MDT0000"]);
+    assert_eq!(rc, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    // index, type, time, date, flags, target: archive ok, release, state change.
+    for (i, (line, flags)) in lines.iter().zip(["0x0", "0x180", "0x280"]).enumerate() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(w.len(), 6, "{line}");
+        assert_eq!(w[0], (i + 1).to_string());
+        assert_eq!(w[1], "16HSM");
+        assert_eq!(w[4], flags, "{line}");
+        assert_eq!(w[5], format!("t={fid}"));
+    }
+    let (_, out, _) = bin(&mount, &["lfs", "changelog", "lustre-MDT0000", "2", "2"]);
+    assert!(
+        out.starts_with("2 16HSM ") && out.lines().count() == 1,
+        "{out}"
+    );
+    let (rc, _, err) = bin(
+        &mount,
+        &["lfs", "changelog_clear", "lustre-MDT0000", "cl9", "0"],
+    );
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err,
+        "lfs changelog_clear: cannot purge records for 'cl9': No such file or directory (2)\n"
+    );
+    assert_eq!(
+        bin(
+            &mount,
+            &["lfs", "changelog_clear", "lustre-MDT0000", "cl1", "2"]
+        )
+        .0,
+        0
+    );
+    let (_, out, _) = bin(&mount, &["lfs", "changelog", "lustre-MDT0000"]);
+    assert!(
+        out.starts_with("3 16HSM ") && out.lines().count() == 1,
+        "{out}"
+    );
+    let (rc, _, err) = bin(&mount, &["lfs", "changelog", "lustre-MDT0009"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("No such file or directory"), "{err}");
+    let (rc, out, _) = bin(
+        &mount,
+        &[
+            "lctl",
+            "--device",
+            "lustre-MDT0000",
+            "changelog_deregister",
+            "cl1",
+        ],
+    );
+    assert_eq!(rc, 0);
+    assert_eq!(out, "lustre-MDT0000: Deregistered changelog user 'cl1'\n");
+    let (_, out, _) = bin(&mount, &["lfs", "changelog", "lustre-MDT0000"]);
+    assert_eq!(out, "");
+    d.stop();
+}
+
+#[test]
+fn hsm_set_and_clear_through_the_binary() {
+    let t = TempDir::new();
+    fs::write(t.0.join("f"), b"flags").unwrap();
+    let d = Daemon::start(&t.0, &ServeOptions::default()).unwrap();
+    let file = d.mount().join("f");
+    let f = file.to_str().unwrap();
+    let m = d.mount().to_owned();
+    let st = |m: &Path| bin(m, &["lfs", "hsm_state", f]).1;
+    assert_eq!(
+        bin(
+            &m,
+            &["lfs", "hsm_set", "--norelease", "--archive-id", "5", f]
+        ),
+        (0, String::new(), String::new())
+    );
+    assert_eq!(
+        st(&m),
+        format!("{f}: (0x00000010) never_release, archive_id:5\n")
+    );
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        // Only HSM_USER_MASK bits for non-admins.
+        let (rc, _, err) = bin(&m, &["lfs", "hsm_set", "--exists", f]);
+        assert_eq!(rc, 1);
+        assert!(err.ends_with(": Operation not permitted\n"), "{err}");
+        d.stop();
+        return;
+    }
+    assert_eq!(
+        bin(&m, &["lfs", "hsm_set", "--exists", "--archived", f]).0,
+        0
+    );
+    assert_eq!(
+        st(&m),
+        format!("{f}: (0x00000019) exists archived never_release, archive_id:5\n")
+    );
+    assert_eq!(bin(&m, &["lfs", "hsm_clear", "--norelease", f]).0, 0);
+    assert_eq!(
+        st(&m),
+        format!("{f}: (0x00000009) exists archived, archive_id:5\n")
+    );
+    // An inconsistent result (archived without exists) is refused and changes nothing.
+    let (rc, _, err) = bin(&m, &["lfs", "hsm_clear", "--exists", f]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err,
+        format!("lfs hsm_clear: cannot set hsm state for '{f}': Invalid argument\n")
+    );
+    let (rc, _, err) = bin(&m, &["lfs", "hsm_clear", "--archive-id", "3", f]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("unrecognized option '--archive-id'"), "{err}");
+    assert_eq!(
+        st(&m),
+        format!("{f}: (0x00000009) exists archived, archive_id:5\n")
+    );
+    d.stop();
+}
+
+#[test]
+fn read_only_mount_refuses_all_but_restore() {
+    let t = TempDir::new();
+    fs::write(t.0.join("a"), b"aaaa").unwrap();
+    fs::write(t.0.join("r"), b"rrrr").unwrap();
+    let opts = ServeOptions {
+        read_only: true,
+        ..ServeOptions::default()
+    };
+    let d = Daemon::start(&t.0, &opts).unwrap();
+    let mount = d.mount().to_owned();
+    let (a, r) = (mount.join("a"), mount.join("r"));
+    // `r` archived then released behind the daemon's back (the mount itself is read-only).
+    d.with_state(|c, sfs| {
+        let fid = sfs.path2fid(&r, c).unwrap();
+        let mut at = *c.file(fid).unwrap();
+        at.states =
+            coordinatool_lustre::HsmStates::EXISTS | coordinatool_lustre::HsmStates::ARCHIVED;
+        at.archive_id = 1;
+        at.archive_version = sfs.refresh(fid, c).unwrap();
+        c.put_file(fid, at);
+        sfs.release(fid, c).unwrap();
+    });
+    for cmd in ["hsm_archive", "hsm_release", "hsm_remove"] {
+        let (rc, _, err) = run(cli::lfs, &[cmd, a.to_str().unwrap()]);
+        assert_eq!(rc, 1, "{cmd}");
+        assert_eq!(
+            err,
+            format!(
+                "Cannot send HSM request (use of {}): Read-only file system\n",
+                a.display()
+            ),
+            "{cmd}"
+        );
+    }
+    assert_eq!(run(cli::lfs, &["hsm_restore", r.to_str().unwrap()]).0, 0);
+    let (_, out, _) = lctl(&mount, &["get_param", "-n", "mdt.*.hsm.actions"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("action=RESTORE"), "{out}");
+    d.stop();
+}
+
+#[test]
+fn purge_blocks_lctl_until_the_coordinator_is_idle_and_is_interrupted_by_a_kill() {
+    let t = TempDir::new();
+    fs::write(t.0.join("f"), b"purge").unwrap();
+    let d = Daemon::start(&t.0, &one_mdt()).unwrap();
+    let mount = d.mount().to_owned();
+    let f = mount.join("f");
+    let control = |m: &Path| lctl(m, &["get_param", "-n", "mdt.lustre-MDT0000.hsm_control"]).1;
+    let wait_for = |m: &Path, want: &str| {
+        for _ in 0..400 {
+            if control(m) == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("hsm_control never read {want:?}");
+    };
+    let purge = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_coordinatool-sim"))
+            .args([
+                "lctl",
+                "--mount",
+                mount.to_str().unwrap(),
+                "set_param",
+                "mdt.lustre-MDT0000.hsm_control=purge",
+            ])
+            .env("COORDINATOOL_SIM_LOG", "off")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The coordinator thread is held busy: a request flagged it and it cannot run.
+    d.pause_coordinator(true);
+    assert_eq!(run(cli::lfs, &["hsm_archive", f.to_str().unwrap()]).0, 0);
+    let mut child = purge();
+    wait_for(&mount, "disabled\n");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "lctl must still be waiting"
+    );
+    // Killing lctl interrupts the wait: nothing canceled, the coordinator enabled again.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for(&mount, "enabled\n");
+    let (_, out, _) = lctl(&mount, &["get_param", "-n", "mdt.*.hsm.actions"]);
+    assert!(out.contains("status=WAITING"), "{out}");
+    // This time the thread gets to run: the purge completes and lctl returns.
+    let child = purge();
+    wait_for(&mount, "disabled\n");
+    d.pause_coordinator(false);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8(o.stdout).unwrap(),
+        "mdt.lustre-MDT0000.hsm_control=purge\n"
+    );
+    assert_eq!(control(&mount), "enabled\n");
+    let (_, out, _) = lctl(&mount, &["get_param", "-n", "mdt.*.hsm.actions"]);
+    assert!(out.contains("status=CANCELED"), "{out}");
+    d.stop();
+}
+
+#[test]
+fn release_of_a_file_open_elsewhere_is_ebusy() {
+    let t = TempDir::new();
+    fs::write(t.0.join("f"), b"held open").unwrap();
+    let d = Daemon::start(&t.0, &one_mdt()).unwrap();
+    let mount = d.mount().to_owned();
+    let file = mount.join("f");
+    let f = file.to_str().unwrap();
+    let mut ct = Client::connect(&mount)
+        .unwrap()
+        .register("busy-ct", &[])
+        .unwrap();
+    archive_with(&mount, &mut ct, &file);
+    // Another process reads the file (it stays open as its stdin).
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .stdin(fs::File::open(&file).unwrap())
+        .spawn()
+        .unwrap();
+    let (rc, _, err) = run(cli::lfs, &["hsm_release", f]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err,
+        format!("Cannot send HSM request (use of {f}): Device or resource busy\n")
+    );
+    assert_eq!(
+        state(&file),
+        format!("{f}: (0x00000009) exists archived, archive_id:1\n")
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"held open");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(
+        run(cli::lfs, &["hsm_release", f]),
+        (0, String::new(), String::new())
+    );
+    assert_eq!(
+        state(&file),
+        format!("{f}: (0x0000000d) released exists archived, archive_id:1\n")
+    );
+    d.stop();
+}
+
+#[test]
+fn user_state_reports_the_action_in_progress() {
+    let t = TempDir::new();
+    fs::write(t.0.join("f"), vec![7u8; 10_000]).unwrap();
+    let d = Daemon::start(&t.0, &one_mdt()).unwrap();
+    let mount = d.mount().to_owned();
+    let file = mount.join("f");
+    let f = file.to_str().unwrap();
+    let Reply::Fid { fid } = call(&mount, Request::Path2Fid { path: file.clone() }).unwrap() else {
+        panic!()
+    };
+    let us = |m: &Path| match call(m, Request::UserState { fid }).unwrap() {
+        Reply::UserState {
+            states,
+            archive_id,
+            in_progress_state,
+            in_progress_action,
+            in_progress_offset,
+            in_progress_length,
+        } => (
+            states,
+            archive_id,
+            in_progress_state,
+            in_progress_action,
+            in_progress_offset,
+            in_progress_length,
+        ),
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(us(&mount), (0, 0, 0, 1, 0, 0), "idle: HUA_NONE");
+    assert_eq!(run(cli::lfs, &["hsm_archive", f]).0, 0);
+    // Waiting (no copytool yet): the requested extent.
+    assert_eq!(us(&mount), (0, 0, 1, 10, 0, u64::MAX));
+    let mut ct = Client::connect(&mount)
+        .unwrap()
+        .register("us-ct", &[])
+        .unwrap();
+    let (_, _, body) = read_kuc(&mut ct);
+    let hai = HsmActionList::parse(&body).unwrap().items[0].clone();
+    call(
+        &mount,
+        Request::Progress {
+            fid: Fid(hai.fid),
+            cookie: hai.cookie,
+            offset: 0,
+            length: 4096,
+            flags: 0,
+            errval: 0,
+            start_data_version: None,
+        },
+    )
+    .unwrap();
+    // Running: exists (set at dispatch), archive id, 4096 bytes moved; hsm_action agrees.
+    assert_eq!(us(&mount), (1, 1, 2, 10, 0, 4096));
+    let (_, out, _) = run(cli::lfs, &["hsm_action", f]);
+    assert_eq!(out, format!("{f}: ARCHIVE running (4096 bytes moved)\n"));
+    d.stop();
+}
+
+#[test]
+fn stop_closes_every_connection_and_the_mount_can_be_served_again() {
+    let t = TempDir::new();
+    fs::write(t.0.join("f"), b"x").unwrap();
+    let d = Daemon::start(&t.0, &ServeOptions::default()).unwrap();
+    let mount = d.mount().to_owned();
+    let mut idle = Client::connect(&mount).unwrap();
+    assert!(matches!(
+        idle.call(&Request::Hello),
+        Ok(Reply::Hello { .. })
+    ));
+    let mut ct = Client::connect(&mount)
+        .unwrap()
+        .register("stop-ct", &[])
+        .unwrap();
+    d.stop();
+    // The request/response connection is closed: EOF or a broken pipe, never an answer.
+    let e = idle.call(&Request::Hello).unwrap_err();
+    assert!(
+        matches!(e, RpcError::Closed | RpcError::Io(_)),
+        "unexpected {e:?}"
+    );
+    // The copytool got its shutdown message, then EOF.
+    let (transport, msgtype, _) = read_kuc(&mut ct);
+    assert_eq!(
+        (transport, msgtype),
+        (rpc::KUC_TRANSPORT_GENERIC, rpc::KUC_MSG_SHUTDOWN)
+    );
+    let mut rest = Vec::new();
+    assert_eq!(ct.read_to_end(&mut rest).unwrap(), 0);
+    // Same mount, same process: served again, FIDs kept.
+    let d = Daemon::start(&t.0, &ServeOptions::default()).unwrap();
+    let mut c = Client::connect(d.mount()).unwrap();
+    assert!(matches!(c.call(&Request::Hello), Ok(Reply::Hello { .. })));
+    assert!(idle.call(&Request::Hello).is_err());
+    d.stop();
+}
+
+#[test]
+fn max_requests_beyond_the_ram_cap_is_enomem_and_remove_fans_out() {
+    let t = TempDir::new();
+    let d = Daemon::start(&t.0, &one_mdt()).unwrap();
+    let mount = d.mount().to_owned();
+    d.with_state(|c, _| c.set_ram_bytes(32 << 20));
+    let (rc, _, err) = lctl(&mount, &["set_param", "mdt.*.hsm.max_requests=1025"]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err,
+        "error: set_param: setting mdt.lustre-MDT0000.hsm.max_requests=1025: Cannot allocate memory\n"
+    );
+    assert_eq!(
+        lctl(&mount, &["set_param", "mdt.*.hsm.max_requests=1024"]).0,
+        0
+    );
+    // An admin REMOVE by FID of a file that is gone, no archive id: every archive gets one.
+    let mut ct1 = Client::connect(&mount)
+        .unwrap()
+        .register("m1", &[1])
+        .unwrap();
+    let mut ct2 = Client::connect(&mount)
+        .unwrap()
+        .register("m2", &[2])
+        .unwrap();
+    let ghost = "[0x200000400:0x777:0x0]";
+    let (rc, _, err) = run(
+        cli::lfs,
+        &["hsm_remove", "--mntpath", mount.to_str().unwrap(), ghost],
+    );
+    assert_eq!(rc, 0, "{err}");
+    for (ct, id) in [(&mut ct1, 1), (&mut ct2, 2)] {
+        let (_, _, body) = read_kuc(ct);
+        let hal = HsmActionList::parse(&body).unwrap();
+        assert_eq!(hal.archive_id, id);
+        assert_eq!(hal.items[0].action, HsmAction::Remove);
+        assert_eq!(hal.items[0].fid.to_string(), ghost);
+    }
+    let (_, out, _) = lctl(&mount, &["get_param", "-n", "mdt.*.hsm.actions"]);
+    assert!(
+        out.contains(
+            "archive#=0 flags=0x0 extent=0x0-0xffffffffffffffff gid=0x0 datalen=0 status=SUCCEED"
+        ),
+        "{out}"
+    );
+    d.stop();
+}

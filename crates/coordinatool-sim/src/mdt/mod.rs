@@ -389,6 +389,14 @@ impl Cluster {
         if any { Ok(out) } else { Err(Errno::ENOENT) }
     }
 
+    /// The parameter names `pattern` matches, in `lctl` order.
+    pub fn matching_params(&self, pattern: &str) -> Vec<String> {
+        self.param_names()
+            .into_iter()
+            .filter(|n| param_matches(pattern, n))
+            .collect()
+    }
+
     /// `lctl set_param PATTERN=VALUE`: writes every matching parameter, returning each name
     /// with its result (`ENOENT` alone when nothing matches). Read-only parameters are
     /// `EACCES`.
