@@ -1,5 +1,6 @@
 //! Operational behaviour of the server binary against the simulated Lustre: report files,
-//! sd_notify, the upstream binary name, a client that does not read its replies.
+//! sd_notify, the upstream binary name, a client that does not read its replies, the shape of
+//! every error reply, the names of anonymous clients, the engine timer's rate limit.
 
 mod server_common;
 
@@ -180,5 +181,222 @@ fn a_mount_point_that_is_not_lustre_is_refused_with_exit_code_1() {
     assert!(
         err.contains(&format!("{}: not a Lustre mount point", plain.display())),
         "{err}"
+    );
+}
+
+/// Sends raw bytes on a fresh connection (after `setup`) and returns the next reply, parsed.
+fn reply_to(c: &mut server_common::Client, raw: &str) -> serde_json::Value {
+    c.send_raw(raw.as_bytes());
+    serde_json::from_slice(&c.next_raw()).expect("a JSON reply")
+}
+
+#[test]
+fn every_error_reply_has_the_reference_shape() {
+    use serde_json::json;
+    let sim = Sim::start("errors");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    let fid = r#"{"f_seq":1,"f_oid":2,"f_ver":0}"#;
+    let hai = |action: u32| {
+        format!(
+            r#"{{"hai_action":{action},"hai_fid":{fid},"hai_dfid":{fid},"hai_extent_offset":0,"hai_extent_length":-1,"hai_cookie":{action},"hai_gid":0,"hal_archive_id":1,"hai_data":""}}"#
+        )
+    };
+    let mut a = srv.connect();
+    // recv before ehlo.
+    let must = "Client must send EHLO first and not already be in RECV";
+    assert_eq!(
+        reply_to(&mut a, r#"{"command":"recv"}"#),
+        json!({"command": "recv", "status": 22, "error": must})
+    );
+    // Bad archive id: upstream sent it as "done" (§9.4 item 13), fixed.
+    assert_eq!(
+        reply_to(&mut a, r#"{"command":"ehlo","id":"a","archive_ids":[0]}"#),
+        json!({"command": "ehlo", "status": 22, "error": "Bad archive id in list"})
+    );
+    assert_eq!(
+        reply_to(&mut a, r#"{"command":"ehlo","id":"a"}"#),
+        json!({"command": "ehlo"})
+    );
+    assert_eq!(
+        reply_to(&mut a, r#"{"command":"ehlo","id":"a"}"#),
+        json!({"command": "ehlo", "status": 22, "error": "Client cannot send EHLO twice"})
+    );
+    let mut b = srv.connect();
+    assert_eq!(
+        reply_to(&mut b, r#"{"command":"ehlo","id":"a"}"#),
+        json!({"command": "ehlo", "status": 17, "error": "id already used by another client"})
+    );
+    assert_eq!(
+        reply_to(&mut a, r#"{"command":"recv","max_bytes":171}"#),
+        json!({"command": "recv", "status": 22, "error": "Buffer too small"})
+    );
+    // A recv while one is pending.
+    a.send_raw(br#"{"command":"recv"}"#);
+    assert_eq!(
+        reply_to(&mut a, r#"{"command":"recv"}"#),
+        json!({"command": "recv", "status": 22, "error": must})
+    );
+    assert_eq!(
+        reply_to(&mut b, &format!(r#"{{"command":"done","hai_dfid":{fid}}}"#)),
+        json!({"command": "done", "status": 22, "error": "cookie or fid not set -- old client?"})
+    );
+    assert_eq!(
+        reply_to(&mut b, r#"{"command":"done","hai_cookie":5}"#),
+        json!({"command": "done", "status": 22, "error": "cookie or fid not set -- old client?"})
+    );
+    // A done for an unknown request is a success (double ack on cancel).
+    assert_eq!(
+        reply_to(
+            &mut b,
+            &format!(r#"{{"command":"done","hai_cookie":5,"hai_dfid":{fid}}}"#)
+        ),
+        json!({"command": "done"})
+    );
+    assert_eq!(
+        reply_to(&mut b, r#"{"command":"queue","hsm_action_items":[]}"#),
+        json!({"command": "queue", "status": 22, "error": "No hsm_action_items set"})
+    );
+    assert_eq!(
+        reply_to(
+            &mut b,
+            &format!(
+                r#"{{"command":"queue","fsname":"other","hsm_action_items":[{}]}}"#,
+                hai(20)
+            )
+        ),
+        json!({"command": "queue", "status": 22, "error": "Bad fsname"})
+    );
+    // One valid item, one cancel (refused): the valid one is registered. Upstream's status
+    // is -22 (§9.4 item 13): positive here.
+    assert_eq!(
+        reply_to(
+            &mut b,
+            &format!(
+                r#"{{"command":"queue","hsm_action_items":[{},{}]}}"#,
+                hai(20),
+                hai(23)
+            )
+        ),
+        json!({"command": "queue", "enqueued": 1, "status": 22,
+               "error": "Error while parsing hsm action items"})
+    );
+    // The pending recv of `a` got that archive meanwhile.
+    let got: serde_json::Value = serde_json::from_slice(&a.next_raw()).unwrap();
+    assert_eq!(got["command"], "recv");
+    assert_eq!(got["hsm_action_list"]["list"][0]["hai_cookie"], 20);
+    assert_eq!(
+        reply_to(&mut b, r#"{"command":"lock","locked":3}"#),
+        json!({"command": "lock", "status": 22, "error": "invalid locked value"})
+    );
+    // A status that cannot be decoded: no `clients` list, and the connection is closed.
+    let mut c = srv.connect();
+    c.send_raw(br#"{"command":"status","verbose":"loud"}"#);
+    let got = c.wait_closed();
+    assert_eq!(got.len(), 1);
+    let v: serde_json::Value = serde_json::from_slice(&got[0]).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["command", "error", "status"], "{v}");
+    assert_eq!(
+        (&v["command"], &v["status"]),
+        (&json!("status"), &json!(22))
+    );
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid status message: "),
+        "{v}"
+    );
+}
+
+#[test]
+fn anonymous_clients_are_named_by_reverse_lookup() {
+    let sim = Sim::start("anon");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    let mut a = srv.connect();
+    let port = a.stream.local_addr().unwrap().port();
+    // 127.0.0.1 is `localhost` in /etc/hosts, as upstream's getnameinfo finds it.
+    let host = coordinatool_server_names::loopback_name();
+    let want = format!("{host}:{port}");
+    let names = |c: &mut server_common::Client| -> Vec<String> {
+        match c.call(&Request::Status(StatusRequest { verbose: 4 })) {
+            Reply::Status(s) => s.clients.into_iter().map(|c| c.client_id).collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(names(&mut a).contains(&want), "{want}");
+    assert_eq!(
+        a.call_text(&Request::Ehlo(EhloRequest::new(None))),
+        r#"{"command":"ehlo"}"#
+    );
+    assert_eq!(names(&mut a), vec![want]);
+    // Later connections from the same host are named from the cache, each by its port.
+    let mut b = srv.connect();
+    let pb = b.stream.local_addr().unwrap().port();
+    assert!(names(&mut b).contains(&format!("{host}:{pb}")));
+}
+
+/// What the server's own reverse lookup should find for 127.0.0.1 (getent, the same NSS
+/// path); `localhost` on a standard /etc/hosts.
+mod coordinatool_server_names {
+    pub fn loopback_name() -> String {
+        let out = std::process::Command::new("getent")
+            .args(["hosts", "127.0.0.1"])
+            .output()
+            .expect("getent");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .nth(1)
+            .unwrap_or("127.0.0.1")
+            .to_owned()
+    }
+}
+
+#[test]
+fn grace_expiries_in_a_burst_wake_the_timer_about_once_a_second() {
+    let sim = Sim::start("timer");
+    let srv = Server::start(&sim, &config(&sim, "client_grace_ms 300\n"));
+    let mut q = srv.connect();
+    let n = 20;
+    assert_eq!(
+        q.call_text(&queue((1..=n).map(|i| item(i, b"")).collect())),
+        format!(r#"{{"command":"queue","enqueued":{n}}}"#)
+    );
+    let mut movers = Vec::new();
+    for i in 0..n {
+        let mut m = srv.connect();
+        m.call(&Request::Ehlo(EhloRequest::new(Some(format!("m{i}")))));
+        match m.call(&Request::Recv(RecvRequest {
+            max_archive: Some(1),
+            ..RecvRequest::default()
+        })) {
+            Reply::Recv(r) => assert_eq!(r.hal.unwrap().list.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        movers.push(m);
+    }
+    // The movers vanish 10 ms apart: their grace periods end 10 ms apart too.
+    let first = std::time::Instant::now();
+    for m in movers {
+        drop(m);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let spread = first.elapsed();
+    wait_until("every request is pending again", || {
+        match q.call(&Request::Status(StatusRequest { verbose: 4 })) {
+            Reply::Status(s) => s.pending_archive == n && s.clients.len() == 1,
+            other => panic!("{other:?}"),
+        }
+    });
+    let wakes = srv
+        .lines()
+        .iter()
+        .filter(|l| l.contains("engine timer"))
+        .count();
+    // One wake-up for the first expiry, then at most one per second for the rest.
+    let bound = 2 + spread.as_secs() as usize;
+    assert!(
+        (1..=bound).contains(&wakes),
+        "{wakes} timer wake-ups for {n} expiries over {spread:?}"
     );
 }
