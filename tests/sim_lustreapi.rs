@@ -1428,3 +1428,58 @@ fn hsm_log_error_turns_messages_into_fifo_events_and_never_blocks() {
     assert_eq!(events[1]["message"], "just 1 warning");
     assert!(events[1].get("errno").is_none(), "{}", events[1]);
 }
+
+#[test]
+fn import_request_refuses_what_is_not_a_regular_file_of_the_mount() {
+    use coordinatool_sim::rpc::{Client, Reply, Request, RpcError};
+
+    let sim = Sim::start("import-rpc");
+    std::fs::create_dir_all(sim.mount().join("dir")).unwrap();
+    let outside = sim.scratch("outside");
+    std::fs::write(&outside, b"o").unwrap();
+    let import = |path: &Path| Request::Import {
+        path: path.to_owned(),
+        archive_id: 1,
+        size: 10,
+        atime: 1,
+        atime_ns: 0,
+        mtime: 2,
+        mtime_ns: 0,
+        uid: 0,
+        gid: 0,
+        mode: 0o100644,
+    };
+    let mut c = Client::connect(sim.mount()).unwrap();
+    let errno = |r: Result<Reply, RpcError>| match r {
+        Err(RpcError::Errno(e)) => e,
+        other => panic!("expected an errno, got {other:?}"),
+    };
+    assert_eq!(
+        errno(c.call(&import(&sim.mount().join("dir")))),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(c.call(&import(sim.mount()))),
+        libc::EINVAL,
+        "the root"
+    );
+    assert_eq!(
+        errno(c.call(&import(&sim.mount().join("missing")))),
+        libc::ENOENT
+    );
+    assert_eq!(errno(c.call(&import(&outside))), libc::EXDEV);
+    // A relative path is taken from the mount root; existing data is dropped (released).
+    sim.write("dir/had-data", b"old bytes!");
+    let Reply::Fid { fid: f } = c.call(&import(Path::new("dir/had-data"))).unwrap() else {
+        panic!("import replies the FID");
+    };
+    assert_eq!(f.0, fid(&sim.mount().join("dir/had-data")));
+    assert_eq!(
+        std::fs::read(sim.mount().join("dir/had-data")).unwrap(),
+        [0u8; 10]
+    );
+    assert!(
+        sim.state(&sim.mount().join("dir/had-data"))
+            .contains("released exists archived, archive_id:1")
+    );
+}
