@@ -61,6 +61,7 @@ enum Mode {
         count: Option<u64>,
         dump: bool,
     },
+    Bench(Box<crate::cli::BenchArgs>),
 }
 
 /// A failure with its exit status; the message is printed on stderr.
@@ -219,6 +220,7 @@ fn run_cli(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Fail> {
             count: *count,
             dump: *dump,
         },
+        Some(Cmd::Bench(b)) => Mode::Bench(Box::new(b.clone())),
         Some(Cmd::Completions { .. } | Cmd::Man | Cmd::Cancel { .. }) => {
             unreachable!("handled above")
         }
@@ -260,7 +262,50 @@ fn run_cli(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Fail> {
             count,
             dump,
         } => watch(&ctx, interval, count, dump),
+        Mode::Bench(b) => bench(&ctx, &cli.common, &b),
     }
+}
+
+/// `bench`: the load generator ([`crate::bench`]).
+fn bench(
+    ctx: &Ctx,
+    common: &crate::cli::CommonArgs,
+    b: &crate::cli::BenchArgs,
+) -> Result<(), Fail> {
+    use crate::bench::{BenchError, BenchOptions};
+    let mut o = BenchOptions::new(ctx.opts.host.clone(), ctx.opts.port);
+    o.movers = b.movers;
+    o.queue = b.queue;
+    o.queue_chunk = b.queue_chunk;
+    o.max_items = u32::try_from(b.max_items).ok();
+    if let Some(n) = b.max_bytes {
+        o.max_bytes = n;
+    }
+    o.count = b.count;
+    o.duration = b.duration.map(Duration::from_secs_f64);
+    o.stall = Duration::from_secs_f64(b.stall);
+    o.archive_id = common.archive.first().copied().unwrap_or(1);
+    o.client_id_prefix = if b.anonymous {
+        None
+    } else {
+        Some(common.client_id.clone().unwrap_or_else(|| "bench".into()))
+    };
+    if let Some(c) = b.first_cookie {
+        o.first_cookie = c;
+    }
+    o.progress = b.progress;
+    let report = crate::bench::run(&o).map_err(|e| match e {
+        BenchError::Usage(m) => Fail(exit::USAGE, m),
+        BenchError::Server { .. } => Fail(exit::SERVER, e.to_string()),
+        e => Fail(exit::CONNECTION, e.to_string()),
+    })?;
+    let mut out = std::io::stdout().lock();
+    if ctx.style != Style::Json {
+        let _ = out.write_all(report.human().as_bytes());
+    }
+    let _ = writeln!(out, "{}", report.json());
+    let _ = out.flush();
+    Ok(())
 }
 
 fn init_logging(v: Verbosity) {

@@ -178,6 +178,14 @@ pub enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Load generator: many simulated movers (one thread) doing recv + done against the server.
+    ///
+    /// Each mover says ehlo, then answers every item of each recv reply with done, sending the
+    /// dones and its next recv in one write. Prints round trips per second (one item received
+    /// and acknowledged) and latency percentiles, then a JSON summary line (only that line
+    /// with --json). With --queue, M archive requests are queued first and the run ends when
+    /// all of them are done. The movers' work is NOT reported to Lustre.
+    Bench(BenchArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -185,6 +193,49 @@ pub enum Cmd {
     },
     /// Print the man page (roff).
     Man,
+}
+
+/// Options of `bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Simulated movers (one connection each).
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub movers: u32,
+    /// Queue M archive requests (archive id: first -A, else 1) before starting; the run
+    /// then stops once all of them are done.
+    #[arg(long, value_name = "M", default_value_t = 0)]
+    pub queue: u64,
+    /// Items per queue message.
+    #[arg(long, value_name = "N", default_value_t = crate::bench::DEFAULT_QUEUE_CHUNK,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub queue_chunk: usize,
+    /// max_archive/max_restore/max_remove of each recv (-1: unlimited).
+    #[arg(short = 'k', long, value_name = "K", default_value_t = 1, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-1..=i64::from(u32::MAX)))]
+    pub max_items: i64,
+    /// max_bytes of each recv (at least 172) [default: 1048576].
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(i32).range(172..))]
+    pub max_bytes: Option<i32>,
+    /// Stop after N round trips [default: the --queue count, else run for --duration].
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after SECONDS [default: 10 when neither --queue nor --count is given].
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub duration: Option<f64>,
+    /// Fail when no reply arrives for SECONDS while work is expected (with --queue/--count).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub stall: f64,
+    /// Cookie of the first queued request [default: from the clock, so runs do not collide].
+    #[arg(long, value_name = "N")]
+    pub first_cookie: Option<u64>,
+    /// Anonymous movers (no client id; their work is re-queued at once when they leave).
+    #[arg(long)]
+    pub anonymous: bool,
+    /// Print a progress line on stderr every second.
+    #[arg(long)]
+    pub progress: bool,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
