@@ -609,6 +609,37 @@ fn import_then_restore_brings_the_archived_content_back() {
         state.contains("exists archived, archive_id:2") && !state.contains("released"),
         "{state}"
     );
+
+    // An imported file read by an application is restored first (implicit restore).
+    let data2 = pattern(70_000, 32);
+    let src2 = sim.scratch("second-copy");
+    std::fs::write(&src2, &data2).unwrap();
+    let dst2 = sim.mount().join("restored/second");
+    let (st, out, err) = run_ctposix(
+        &sim,
+        &[
+            "--archive",
+            "2",
+            "--import",
+            &s(&src2),
+            &s(&dst2),
+            &s(sim.mount()),
+        ],
+    );
+    assert!(st.success(), "{out}{err}");
+    let (rc, read, err) = sim.command(&["cat", &s(&dst2)]);
+    assert_eq!(rc, 0, "{err}");
+    // `cat` hands back text: compare with the same lossy decoding of the bytes.
+    assert!(
+        read == String::from_utf8_lossy(&data2),
+        "cat returned other bytes"
+    );
+    assert_eq!(checksum(&std::fs::read(&dst2).unwrap()), checksum(&data2));
+    ct.wait_line(&[
+        "RESTORE end",
+        &fid_of(&dst2).to_string(),
+        "rc=0 errval=0 end_rc=0",
+    ]);
 }
 
 /// Progress lines of `fid`'s ARCHIVE (one per chunk).
