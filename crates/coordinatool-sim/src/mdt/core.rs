@@ -564,6 +564,7 @@ impl Mdt {
     /// Writes `hsm_control`: `enabled`, `disabled`, `shutdown`, `purge` or `help` (a command
     /// word followed by anything, whole input shorter than 10 bytes); other input is `EINVAL`.
     /// `shutdown` of a stopped coordinator is `EALREADY` (the simulator stops instantly).
+    /// `purge` may be left waiting for the coordinator thread: see [`Mdt::purge_status`].
     pub fn control(&mut self, now: u64, input: &str) -> Result<(), Errno> {
         self.at(now);
         let is = |w: &str| input.len() < 10 && input.starts_with(w);

@@ -18,6 +18,16 @@
 //! [`Mdt::interrupt_purge`]), and the fan-out of an admin REMOVE with archive id 0 of a file
 //! that no longer exists.
 //!
+//! CL_HSM records (§3 flag layout, [`hsm_changelog_flags`]) are emitted, as the MDT does, at
+//! every completion of an ARCHIVE/RESTORE/REMOVE that the copytool reports (event of the
+//! action, its errval; ENOSYS logged as ECANCELED, a failed layout swap with the swap's error,
+//! an errval above 126 as overflow and refused with EINVAL; dirty flag = the file's DIRTY
+//! after the update), at a timeout (error ECANCELED), at a release (HE_RELEASE), at
+//! `hsm_state_set` (HE_STATE) and when a write makes an archived file dirty (HE_STATE,
+//! dirty). A canceled request is logged by its own completion (event of its action, error
+//! ECANCELED): since 2.17 no in-memory request is a CANCEL, so HE_CANCEL is never produced.
+//! Records of a file that no longer exists are not written.
+//!
 //! Simplifications, all documented on the items concerned: coordinator start and stop are
 //! instantaneous (`init`/`stopping` are never observed); changelog records carry whole
 //! seconds.
@@ -399,7 +409,10 @@ impl Cluster {
 
     /// `lctl set_param PATTERN=VALUE`: writes every matching parameter, returning each name
     /// with its result (`ENOENT` alone when nothing matches). Read-only parameters are
-    /// `EACCES`.
+    /// `EACCES`; `max_requests` beyond the RAM cap is `ENOMEM`. A `hsm_control=purge` that
+    /// must wait for a busy coordinator reports `Ok` while still
+    /// [`PurgeStatus::Waiting`]: the real writer blocks until the next tick (the daemon waits
+    /// for it, and turns a writer that goes away into `EINTR` with [`Mdt::interrupt_purge`]).
     pub fn set_param(
         &mut self,
         now: u64,
