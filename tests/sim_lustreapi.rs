@@ -1483,3 +1483,34 @@ fn import_request_refuses_what_is_not_a_regular_file_of_the_mount() {
             .contains("released exists archived, archive_id:1")
     );
 }
+
+#[test]
+fn hsm_import_on_a_read_only_mount_is_erofs_and_leaves_nothing() {
+    let opts = ServeOptions {
+        read_only: true,
+        ..ServeOptions::default()
+    };
+    let sim = Sim::start_with("import-ro", &opts);
+    let archived = sim.scratch("archived");
+    std::fs::write(&archived, b"data").unwrap();
+    let st = stat_of(&archived);
+    let import: ImportFn = sym("llapi_hsm_import");
+    let dst = sim.mount().join("f");
+    let cdst = std::ffi::CString::new(dst.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: a C string and a valid stat; no pool, no FID wanted.
+    let rc = unsafe {
+        import(
+            cdst.as_ptr(),
+            1,
+            &st,
+            0,
+            -1,
+            0,
+            0,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, -libc::EROFS);
+    assert!(!dst.exists(), "the created file is removed again");
+}

@@ -852,6 +852,10 @@ fn handle_inner(
             gid,
             mode,
         } => {
+            if read_only {
+                // Creating the file already fails on a read-only client mount.
+                return Err(libc::EROFS);
+            }
             let p = if path.is_absolute() {
                 path
             } else {
