@@ -157,11 +157,19 @@ pub enum Locate {
 
 /// Restore locality hook (upstream's Phobos `locate`): which host should run a restore.
 ///
-/// The engine calls it when it places a restore, and caches the answer for that request:
-/// it is not called again at dispatch, only when the request is placed anew after its host's
-/// record expired.
+/// The engine calls it when it places a restore, and checks again when the restore is about
+/// to be sent (upstream locates at every dispatch). Answers are cached per request, so the
+/// hook is not called at every dispatch: a cached answer is reused until it is older than
+/// [`cache_ttl_ms`](RestoreLocator::cache_ttl_ms) or a client connects or disconnects. When
+/// the answer at dispatch names another host, the restore moves to that host's queue.
 pub trait RestoreLocator {
-    /// Where `request` should run. `focus` is a suggestion (the connected client with the
-    /// fewest running restores) for locators that can choose between several copies.
+    /// Where `request` should run. `focus` is a suggestion for locators that can choose
+    /// between several copies: at placement the connected client with the fewest running
+    /// restores, at dispatch the client about to receive it.
     fn locate(&mut self, request: &Request, focus: Option<&str>) -> Locate;
+
+    /// How long an answer stays valid, in milliseconds (default one minute).
+    fn cache_ttl_ms(&self) -> u64 {
+        60_000
+    }
 }

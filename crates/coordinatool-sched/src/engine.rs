@@ -187,6 +187,17 @@ impl LinkStore for Vec<Option<Req>> {
     }
 }
 
+/// A cached [`RestoreLocator`] answer.
+#[derive(Debug)]
+struct Located {
+    /// `None`: anywhere.
+    host: Option<Box<str>>,
+    /// [`Engine::loc_epoch`] when asked.
+    epoch: u64,
+    /// When asked.
+    at: Time,
+}
+
 #[derive(Debug)]
 struct Client {
     name: Box<str>,
@@ -272,8 +283,11 @@ pub struct Engine {
     report_needle: Option<Vec<u8>>,
     report_refs: FxHashMap<Box<str>, u32>,
     locator: Option<Box<dyn RestoreLocator>>,
-    /// Locator answers per request slot (`None` = anywhere).
-    locality: FxHashMap<u32, Option<Box<str>>>,
+    /// Locator answers per request slot.
+    locality: FxHashMap<u32, Located>,
+    /// Bumped whenever a client connects (ehlo) or leaves: cached locator answers from an
+    /// older epoch are asked again at dispatch.
+    loc_epoch: u64,
     dirty: bool,
     policy: Box<dyn Policy>,
 }
@@ -337,6 +351,7 @@ impl Engine {
             report_refs: FxHashMap::default(),
             locator: None,
             locality: FxHashMap::default(),
+            loc_epoch: 0,
             dirty: false,
             policy,
         }
@@ -520,6 +535,7 @@ impl Engine {
             cl.name = name.clone();
             cl.order = order;
         }
+        self.loc_epoch += 1;
         if ehlo.id.is_none() {
             self.by_name.insert(name, c);
             self.list_slots(c);
@@ -615,6 +631,7 @@ impl Engine {
             self.free_client(c, now);
         } else {
             self.connected -= 1;
+            self.loc_epoch += 1;
             self.unwait(c);
             self.unlist_slots(c);
             let order = self.next_order();
@@ -1740,29 +1757,83 @@ impl Engine {
     }
 
     fn locate_restore(&mut self, id: u32, now: Time) -> Option<u32> {
-        let host = match self.locality.get(&id) {
-            Some(cached) => cached.clone(),
+        self.locator.as_ref()?;
+        let host = match self.cached_locality(id, now) {
+            Some(host) => host,
             None => {
-                let mut locator = self.locator.take()?;
                 let focus = self.restore_focus();
-                let ans = locator.locate(&self.rq(id).r, focus.as_deref());
-                self.locator = Some(locator);
-                match ans {
-                    Locate::Anywhere => {
-                        self.locality.insert(id, None);
-                        None
-                    }
-                    Locate::Host(h) => {
-                        let h: Box<str> = h.into();
-                        self.locality.insert(id, Some(h.clone()));
-                        Some(h)
-                    }
-                    // Not cached: located again when the placeholder expires.
-                    Locate::Failed => Some(LOCATE_FAILED_HOST.into()),
-                }
+                self.relocate(id, focus.as_deref(), now)
             }
         }?;
         Some(self.client_for_host(&host, now))
+    }
+
+    /// The locator's cached answer for restore `id` (`Some(None)`: anywhere), if it is still
+    /// fresh: younger than the locator's TTL and no client connected or left since.
+    fn cached_locality(&self, id: u32, now: Time) -> Option<Option<Box<str>>> {
+        let ttl = self
+            .locator
+            .as_ref()?
+            .cache_ttl_ms()
+            .saturating_mul(1_000_000);
+        let l = self.locality.get(&id)?;
+        (l.epoch == self.loc_epoch && now.since(l.at) < ttl).then(|| l.host.clone())
+    }
+
+    /// Asks the locator where restore `id` runs and caches the answer (a failure is not
+    /// cached: it parks the request on the [`LOCATE_FAILED_HOST`] placeholder).
+    fn relocate(&mut self, id: u32, focus: Option<&str>, now: Time) -> Option<Box<str>> {
+        let mut locator = self.locator.take()?;
+        let ans = locator.locate(&self.rq(id).r, focus);
+        self.locator = Some(locator);
+        let host: Option<Box<str>> = match ans {
+            Locate::Anywhere => None,
+            Locate::Host(h) => Some(h.into()),
+            Locate::Failed => {
+                self.locality.remove(&id);
+                return Some(LOCATE_FAILED_HOST.into());
+            }
+        };
+        self.locality.insert(
+            id,
+            Located {
+                host: host.clone(),
+                epoch: self.loc_epoch,
+                at: now,
+            },
+        );
+        host
+    }
+
+    /// Upstream's dispatch-time locality check (§4.12): may restore `id` go to client `c`?
+    /// The cached answer is used while fresh, else the locator is asked again with `c` as the
+    /// focus. A restore that belongs elsewhere moves (keeping its turn) to the queue of the
+    /// host it names, whatever that host's state, as at placement.
+    fn restore_goes_to(&mut self, id: u32, c: u32, now: Time) -> bool {
+        if self.locator.is_none() {
+            return true;
+        }
+        let host = match self.cached_locality(id, now) {
+            Some(host) => host,
+            None => {
+                let focus = self.cl(c).name.clone();
+                self.relocate(id, Some(&focus), now)
+            }
+        };
+        let Some(host) = host.filter(|h| *h != self.cl(c).name) else {
+            return true;
+        };
+        debug!(host = %host, client = %self.cl(c).name, "restore belongs to another host now");
+        self.detach(id, false, now);
+        let target = self.client_for_host(&host, now);
+        let dfid = self.rq(id).r.dfid;
+        let client = self.cl(target).name.to_string();
+        self.report(id, ReportLine::Assign { dfid, client });
+        let set = self.client_set(target);
+        self.enqueue(set, id, true, now);
+        // That host may be waiting for work.
+        self.dirty = true;
+        false
     }
 
     fn restore_focus(&mut self) -> Option<String> {
@@ -1911,6 +1982,7 @@ impl Engine {
         self.expiries.retain(|&(_, e)| e != c);
         if self.cl(c).connected() {
             self.connected -= 1;
+            self.loc_epoch += 1;
         }
         let running: Vec<u32> = self.cl(c).running.iter(&self.reqs).collect();
         for &id in &running {
@@ -2110,6 +2182,9 @@ impl Engine {
                 let r = self.rq(id);
                 (r.r.budget_cost(), r.kind, r.r.archive_id, r.r.hal_flags)
             };
+            if kind == Kind::Restore && !self.restore_goes_to(id, c, now) {
+                continue;
+            }
             // An item larger than the client's whole budget goes alone in an otherwise empty
             // reply: waiting for a client with a bigger budget could take forever.
             let alone = bytes + cost > max_bytes;

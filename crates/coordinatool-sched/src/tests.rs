@@ -1500,3 +1500,83 @@ fn batch_slot_sends_by_priority_then_fair_share() {
     // All in a's one slot: the urgent one first, then uid 1 and uid 2 alternate.
     assert_eq!(got, vec![0x1008, 0x1000, 0x1006, 0x1001]);
 }
+
+type Shared<T> = std::rc::Rc<std::cell::RefCell<T>>;
+
+/// A locator whose answers the test changes, recording each call's focus.
+struct ScriptedLocator {
+    answers: Shared<std::collections::HashMap<u64, Locate>>,
+    calls: Shared<Vec<(u64, Option<String>)>>,
+}
+
+impl RestoreLocator for ScriptedLocator {
+    fn locate(&mut self, r: &Request, focus: Option<&str>) -> Locate {
+        self.calls
+            .borrow_mut()
+            .push((r.cookie, focus.map(str::to_string)));
+        self.answers
+            .borrow()
+            .get(&r.cookie)
+            .cloned()
+            .unwrap_or(Locate::Anywhere)
+    }
+    fn cache_ttl_ms(&self) -> u64 {
+        5_000
+    }
+}
+
+#[test]
+fn restore_locality_is_checked_again_at_dispatch_when_stale() {
+    let answers = std::rc::Rc::new(std::cell::RefCell::new(std::collections::HashMap::new()));
+    let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut h = H::new(Config::default());
+    h.e.set_restore_locator(Box::new(ScriptedLocator {
+        answers: answers.clone(),
+        calls: calls.clone(),
+    }));
+    let a = h.mover("a", &[], t(0));
+    let b = h.mover("b", &[], t(0));
+    let host = |n: &str| Locate::Host(n.into());
+    answers.borrow_mut().insert(0x1001, host("a"));
+    answers.borrow_mut().insert(0x1002, host("a"));
+    h.add(req(HsmAction::Restore, 1, 1, b""), t(0));
+    h.add(req(HsmAction::Restore, 2, 1, b""), t(0));
+    assert_eq!(calls.borrow().len(), 2);
+    // Fresh answers are not asked again at dispatch.
+    h.recv(a, limits(None, Some(1), None), t(1));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1001]);
+    assert_eq!(calls.borrow().len(), 2, "cached: no call at dispatch");
+    // The tape moved to b; a client connecting makes cached answers stale.
+    answers.borrow_mut().insert(0x1002, host("b"));
+    let _c = h.mover("c", &[], t(1));
+    h.recv(a, RecvLimits::default(), t(1));
+    assert!(h.deliveries().is_empty(), "restore 2 is b's now");
+    assert_eq!(
+        calls.borrow().last().cloned(),
+        Some((0x1002, Some("a".to_string()))),
+        "asked again, with the dispatching client as focus"
+    );
+    h.recv(b, RecvLimits::default(), t(1));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1002]);
+    assert_eq!(calls.borrow().len(), 3, "b used the fresh answer");
+    // a still waits (nothing was for it): a restore placed for a goes to it at once.
+    answers.borrow_mut().insert(0x1003, host("a"));
+    h.add(req(HsmAction::Restore, 3, 1, b""), t(2));
+    let d = h.deliveries();
+    assert_eq!((d[0].client, cookies(&d[0])), (a, vec![0x1003]));
+    // The TTL: answers older than 5 s are asked again even if no client came or went.
+    answers.borrow_mut().insert(0x1004, host("a"));
+    answers.borrow_mut().insert(0x1005, host("a"));
+    h.add(req(HsmAction::Restore, 4, 1, b""), t(3));
+    h.add(req(HsmAction::Restore, 5, 1, b""), t(3));
+    answers.borrow_mut().insert(0x1005, host("b"));
+    let before = calls.borrow().len();
+    h.recv(a, limits(None, Some(3), None), t(4));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1004]);
+    assert_eq!(calls.borrow().len(), before, "1 s old: still fresh");
+    h.recv(a, limits(None, Some(4), None), t(9));
+    assert!(h.deliveries().is_empty(), "6 s old: asked again, b's now");
+    assert_eq!(calls.borrow().len(), before + 1);
+    h.recv(b, RecvLimits::default(), t(9));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1005]);
+}

@@ -5,7 +5,9 @@
 use coordinatool_lustre::{HsmAction, LuFid};
 use coordinatool_sched::*;
 use proptest::prelude::*;
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 const SEC: u64 = 1_000_000_000;
 const GRACE_MS: u64 = 5_000;
@@ -40,6 +42,8 @@ enum Op {
     Disconnect(usize),
     Advance(u64),
     Lock(u8),
+    /// The restore locator now names this host for `tag=h` restores.
+    Relocate(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -65,6 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..SLOTS).prop_map(Op::Disconnect),
         1 => (0u64..8).prop_map(Op::Advance),
         1 => (0u8..4).prop_map(Op::Lock),
+        1 => (0usize..2).prop_map(Op::Relocate),
     ]
 }
 
@@ -90,6 +95,25 @@ struct World {
     batching: bool,
     by_key: HashMap<RequestKey, Request>,
     archives: Vec<Vec<u32>>,
+    /// Host (mover slot) the restore locator names for `tag=h` restores, if one is installed.
+    locator: Option<Rc<Cell<usize>>>,
+}
+
+/// Restores whose data starts with `tag=h` belong to mover m0 or m1 (which one changes
+/// during the run, as a tape moving between drives); any other restore runs anywhere.
+struct TagLocator(Rc<Cell<usize>>);
+
+impl RestoreLocator for TagLocator {
+    fn locate(&mut self, r: &Request, _focus: Option<&str>) -> Locate {
+        if r.data.starts_with(b"tag=h") {
+            Locate::Host(name(self.0.get()))
+        } else {
+            Locate::Anywhere
+        }
+    }
+    fn cache_ttl_ms(&self) -> u64 {
+        3_000
+    }
 }
 
 fn name(slot: usize) -> String {
@@ -97,13 +121,20 @@ fn name(slot: usize) -> String {
 }
 
 impl World {
-    fn new(cfg: Config) -> Self {
+    fn new(cfg: Config, locator: bool) -> Self {
+        let mut e = Engine::new(cfg.clone()).unwrap();
+        let locator = locator.then(|| {
+            let host = Rc::new(Cell::new(0));
+            e.set_restore_locator(Box::new(TagLocator(host.clone())));
+            host
+        });
         World {
+            locator,
             host_mapped: !cfg.host_mappings.is_empty(),
             batching: cfg.batching.idle_secs > 0,
             by_key: HashMap::new(),
             archives: vec![Vec::new(); SLOTS],
-            e: Engine::new(cfg).unwrap(),
+            e,
             now: Time(1_700_000_000 * SEC),
             movers: (0..SLOTS).map(|_| Mover::default()).collect(),
             all: Vec::new(),
@@ -178,6 +209,12 @@ impl World {
                             && r.data.starts_with(b"tag=h")
                         {
                             prop_assert!(slot < 2, "archive for hosts m0/m1 delivered to m{slot}");
+                        }
+                        if self.locator.is_some()
+                            && r.action == HsmAction::Restore
+                            && r.data.starts_with(b"tag=h")
+                        {
+                            prop_assert!(slot < 2, "located restore delivered to m{slot}");
                         }
                         kinds.insert(Kind::of(r.action).unwrap());
                     }
@@ -283,6 +320,42 @@ impl World {
         Ok(())
     }
 
+    /// Slots are reserved at placement (upstream §4.8): a new archive for any mover is in a
+    /// batch slot (or already sent) unless no handshaken connected mover that accepts its
+    /// archive id has a free slot.
+    fn check_slot_reserved(&self, key: RequestKey, archive_id: u32) -> Result<(), TestCaseError> {
+        let placed = self
+            .e
+            .requests()
+            .find(|(r, _)| r.key() == key)
+            .map(|(_, p)| p)
+            .expect("just queued");
+        if matches!(placed, Placed::InSlot { .. } | Placed::Running(_)) {
+            return Ok(());
+        }
+        let st = self.e.status(false);
+        for (slot, m) in self.movers.iter().enumerate() {
+            let Some(c) = m.conn else { continue };
+            if !matches!(
+                self.e.client_state(c),
+                Some(ClientState::Ready | ClientState::Waiting)
+            ) || !(self.archives[slot].is_empty() || self.archives[slot].contains(&archive_id))
+            {
+                continue;
+            }
+            let cs = st
+                .clients
+                .iter()
+                .find(|x| x.client_id == name(slot))
+                .unwrap();
+            prop_assert!(
+                cs.batches.iter().all(|b| b.hint.is_some()),
+                "{key:?} left unreserved ({placed:?}) while m{slot} has a free slot"
+            );
+        }
+        Ok(())
+    }
+
     fn connect(&mut self, slot: usize, archives: Vec<u32>) -> Result<(), TestCaseError> {
         if let Some(c) = self.movers[slot].conn.take() {
             self.e.disconnect(c, self.now).unwrap();
@@ -367,7 +440,12 @@ impl World {
                 };
                 self.all.push(r.clone());
                 self.by_key.insert(r.key(), r.clone());
+                let key = r.key();
+                let pinned = self.host_mapped && r.data.starts_with(b"tag=h");
                 prop_assert_eq!(self.e.new_request(r, self.now), Ok(Intake::New));
+                if self.batching && action == HsmAction::Archive && !pinned {
+                    self.check_slot_reserved(key, archive_id)?;
+                }
             }
             Op::Duplicate(i) => {
                 if !self.all.is_empty() {
@@ -461,6 +539,11 @@ impl World {
                 self.now = self.now.add_nanos(s * SEC);
                 if self.e.poll_timeout().is_some_and(|t| t <= self.now) {
                     self.e.handle_timeout(self.now);
+                }
+            }
+            Op::Relocate(host) => {
+                if let Some(l) = &self.locator {
+                    l.set(host);
                 }
             }
             Op::Lock(l) => {
@@ -571,11 +654,85 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_event_sequences_keep_invariants(variant in 0u8..16, ops in prop::collection::vec(op(), 1..120)) {
-        let mut w = World::new(config(variant));
+    fn random_event_sequences_keep_invariants(variant in 0u8..32, ops in prop::collection::vec(op(), 1..120)) {
+        let mut w = World::new(config(variant), variant & 16 != 0);
         for op in ops {
             w.step(op)?;
         }
         w.drain_all()?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Inside one batch slot (one hint, one mover), weighted fair share holds: while both
+    /// users have archives waiting, user 1 (weight `w`) gets `w` archives for each of user
+    /// 2's, within one archive of each, whatever the arrival order.
+    #[test]
+    fn fair_share_holds_inside_a_batch_slot(
+        arrivals in prop::collection::vec(any::<bool>(), 2..150),
+        w in 1u32..4,
+    ) {
+        let cfg = Config {
+            spread: false,
+            batching: Batching { idle_secs: 60, max_secs: 0, slots_per_client: 1 },
+            fair_share: Some(FairShare {
+                key: ShareKey::Uid,
+                weights: vec![("1".into(), w)],
+                default_weight: 1,
+            }),
+            ..Config::default()
+        };
+        let mut e = Engine::new(cfg).unwrap();
+        let now = Time(1_700_000_000 * SEC);
+        let mut left = [0u64; 2];
+        for (n, &user1) in arrivals.iter().enumerate() {
+            let fid = LuFid::new(0x200000400, n as u32, 0);
+            let uid = if user1 { 1 } else { 2 };
+            left[uid as usize - 1] += 1;
+            let r = Request {
+                action: HsmAction::Archive,
+                cookie: 0x1000 + n as u64,
+                dfid: fid,
+                fid,
+                extent_offset: 0,
+                extent_length: u64::MAX,
+                gid: 0,
+                archive_id: 1,
+                hal_flags: 0,
+                data: b"tape=T1".as_slice().into(),
+                timestamp: now,
+                mdt_index: None,
+                owner: Some(Owner { uid, gid: 0, projid: 0 }),
+            };
+            e.new_request(r, now).unwrap();
+        }
+        let c = e.connect("m:1", now);
+        e.ehlo(c, Ehlo { id: Some("m".into()), ..Ehlo::default() }, now).unwrap();
+        let one = RecvLimits { max_archive: Some(1), ..RecvLimits::default() };
+        let mut served = [0u64; 2];
+        while left.iter().sum::<u64>() > 0 {
+            e.recv(c, one, now).unwrap();
+            let mut got = Vec::new();
+            while let Some(a) = e.poll_action() {
+                if let Action::Deliver(d) = a {
+                    got.extend(d.items);
+                }
+            }
+            prop_assert_eq!(got.len(), 1);
+            let uid = got[0].owner.unwrap().uid as usize;
+            if left[0] > 0 && left[1] > 0 {
+                served[uid - 1] += 1;
+                let (a, b) = (served[0] as i64, served[1] as i64 * i64::from(w));
+                prop_assert!(
+                    (a - b).abs() <= i64::from(w),
+                    "served {served:?} with weight {w}"
+                );
+            }
+            left[uid - 1] -= 1;
+            e.done(c, got[0].key(), 0, now);
+            e.check_invariants().map_err(TestCaseError::fail)?;
+        }
     }
 }
