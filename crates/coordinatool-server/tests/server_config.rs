@@ -22,6 +22,7 @@
 //! | `priority_aging_ms` | [`priority_aging_lets_old_work_overtake`] |
 //! | `fair_share_key` (data tag), `fair_share_weight`, `fair_share_default_weight` | [`fair_share_keys_split_one_reply`] |
 //! | `fair_share_key` `archive_id` | [`fair_share_by_archive_id`] |
+//! | `fair_share_key` `uid`, `gid` (`projid`: same lookup, not settable on the test filesystem) | [`fair_share_by_file_owner`] |
 //! | client keys (`client_id`, `max_*`, `hal_size`), unknown keys | [`client_keys_are_ignored_and_unknown_keys_warn`] |
 //!
 //! Not keys: the write stall timeout, the TCP keepalive and the outbox limit are constants of
@@ -649,4 +650,76 @@ fn client_keys_are_ignored_and_unknown_keys_warn() {
         warn[0].contains(&at) && warn[0].contains("unknown key frobnicate"),
         "{warn:?}"
     );
+}
+
+/// How many of one reply of 8 archives are files of the first owner, out of 8 files of
+/// owner (`uid`, `gid`) A archived before 8 of owner B; `None` when the test cannot chown.
+fn first_owner_share(extra: &str, by_gid: bool) -> Option<usize> {
+    let sim = Sim::start("owner");
+    let srv = Server::start(&sim, &config(&sim, extra));
+    // Lustre hands a copytool at most hsm.max_requests (default 3) active requests.
+    let mnt = sim.mount.to_string_lossy().into_owned();
+    let (rc, _, err) = sim.command(&[
+        "lctl",
+        "--mount",
+        &mnt,
+        "set_param",
+        "mdt.*.hsm.max_requests=1000",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    for n in 0..16u32 {
+        let (path, _) = sim.file(&format!("f{n}"));
+        let id = if n < 8 { 4242 } else { 4343 };
+        let (uid, gid) = if by_gid {
+            (None, Some(id))
+        } else {
+            (Some(id), None)
+        };
+        if let Err(e) = std::os::unix::fs::chown(&path, uid, gid) {
+            eprintln!("SKIPPED: cannot chown test files ({e}); needs root");
+            return None;
+        }
+        sim.archive(&path);
+    }
+    let mut c = srv.connect();
+    wait_until("the 16 archives reached the server", || {
+        status(&mut c, 4).pending_archive == 16
+    });
+    let mut m = mover(&srv, "m");
+    let got = recv(
+        &mut m,
+        RecvRequest {
+            max_archive: Some(8),
+            ..RecvRequest::default()
+        },
+    );
+    assert_eq!(got.len(), 8);
+    let first: std::collections::HashSet<LuFid> = (0..8)
+        .map(|n| coordinatool_lustre_path2fid(&sim, &format!("f{n}")))
+        .collect();
+    assert!(
+        !srv.lines()
+            .iter()
+            .any(|l| l.contains("file owner for fair share")),
+        "every owner was found"
+    );
+    Some(got.iter().filter(|h| first.contains(&h.fid)).count())
+}
+
+fn coordinatool_lustre_path2fid(sim: &Sim, name: &str) -> LuFid {
+    server_common::api()
+        .path2fid(&sim.mount.join(name))
+        .expect("path2fid")
+}
+
+#[test]
+fn fair_share_by_file_owner() {
+    let Some(plain) = first_owner_share("", false) else {
+        return;
+    };
+    assert_eq!(plain, 8, "arrival order without fair share");
+    assert_eq!(first_owner_share("fair_share_key uid\n", false), Some(4));
+    assert_eq!(first_owner_share("fair_share_key gid\n", true), Some(4));
+    // Shared by uid, files that differ only by group are one share.
+    assert_eq!(first_owner_share("fair_share_key uid\n", true), Some(8));
 }

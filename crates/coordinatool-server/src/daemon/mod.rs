@@ -29,6 +29,7 @@
 //! or still assigned to its mover, who gets its grace period to come back.
 
 mod conn;
+mod owner;
 mod reply;
 mod resolve;
 
@@ -243,6 +244,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
 
     let mut clock = Clock::default();
     let mut engine = Engine::new(cfg.engine_config())?;
+    let owners = owner::OwnerLookup::for_config(&cfg, api);
 
     let reporting = match cfg.reporting() {
         Some((dir, _hint)) => {
@@ -379,6 +381,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             flushing: Vec::new(),
             last_timer: None,
             names: resolve::Names::new(),
+            owners,
         };
         // Handlers first: a signal right after READY must stop the server cleanly.
         let signals = Signals {
@@ -479,6 +482,8 @@ struct Server {
     last_timer: Option<tokio::time::Instant>,
     /// Peer host names (reverse lookups off the loop, cached).
     names: resolve::Names,
+    /// File owners of new requests, when fair share is by uid, gid or projid.
+    owners: Option<owner::OwnerLookup>,
 }
 
 /// The stop signals, installed before the server says it is ready.
@@ -725,6 +730,11 @@ impl Server {
         if batch.is_empty() {
             return;
         }
+        if let Some(o) = &mut self.owners {
+            for r in batch.iter_mut() {
+                r.owner = o.owner(&r.fid);
+            }
+        }
         for r in self.engine.new_requests(batch.drain(..), now) {
             if let Err(e) = r {
                 warn!("request from Lustre refused: {e}");
@@ -886,9 +896,16 @@ impl Server {
                 } else if q.items.is_empty() {
                     Reply::error(Command::Queue, libc::EINVAL, "No hsm_action_items set")
                 } else {
-                    let s = self
-                        .engine
-                        .queue(q.items.into_iter().map(request_from_wire), now);
+                    let owners = &mut self.owners;
+                    let s = self.engine.queue(
+                        q.items.into_iter().map(request_from_wire).map(|mut r| {
+                            if let Some(o) = owners {
+                                r.owner = o.owner(&r.fid);
+                            }
+                            r
+                        }),
+                        now,
+                    );
                     for (i, e) in &s.errors {
                         warn!(item = i, "queue: item refused: {e}");
                     }
