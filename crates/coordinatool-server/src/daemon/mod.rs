@@ -244,7 +244,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
 
     let mut clock = Clock::default();
     let mut engine = Engine::new(cfg.engine_config())?;
-    let owners = owner::OwnerLookup::for_config(&cfg, api);
+    let mut owners = owner::OwnerLookup::for_config(&cfg, api);
 
     let reporting = match cfg.reporting() {
         Some((dir, _hint)) => {
@@ -278,8 +278,14 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
     let mut assigned = 0usize;
     // Backends that can lose acknowledged writes get a mirror of the queue to re-write it.
     let mut mirror = (store.health().backend == "redis").then(Mirror::default);
-    for r in recovery.requests {
+    for mut r in recovery.requests {
         assigned += usize::from(r.assigned.is_some());
+        // Redis keeps upstream's hai objects, without the owner.
+        if r.request.owner.is_none()
+            && let Some(o) = &mut owners
+        {
+            r.request.owner = o.owner(&r.request.fid);
+        }
         if let Some(m) = &mut mirror {
             m.reqs
                 .insert(r.request.key(), (r.request.clone(), r.assigned.clone()));
