@@ -773,3 +773,40 @@ fn open_elsewhere(dev: u64, ino: u64, own_fd: i32) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    #[test]
+    fn opens_by_other_processes_are_found_in_proc_and_block_the_lease() {
+        let p = std::env::temp_dir().join(format!("cts-lease-{}", std::process::id()));
+        fs::write(&p, b"x").unwrap();
+        let md = fs::metadata(&p).unwrap();
+        let mine = OpenOptions::new().write(true).open(&p).unwrap();
+        use std::os::fd::AsRawFd as _;
+        let own = mine.as_raw_fd();
+        assert!(
+            !open_elsewhere(md.dev(), md.ino(), own),
+            "only our own descriptor"
+        );
+        {
+            let _lease = WriteLease::take(&mine).unwrap();
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .stdin(File::open(&p).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(open_elsewhere(md.dev(), md.ino(), own));
+        assert!(matches!(
+            WriteLease::take(&mine),
+            Err(FsError::Model(Errno::EBUSY))
+        ));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!open_elsewhere(md.dev(), md.ino(), own));
+        assert!(WriteLease::take(&mine).is_ok());
+        let _ = fs::remove_file(&p);
+    }
+}
