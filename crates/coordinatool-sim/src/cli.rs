@@ -55,7 +55,7 @@ pub fn lfs(args: &[String], io: &mut Io<'_>) -> i32 {
     let Some(cmd) = args.first() else {
         let _ = writeln!(
             io.err,
-            "usage: lfs hsm_{{archive,restore,release,remove,cancel,state,action,set,clear}} ...\n       lfs changelog MDTNAME [STARTREC [ENDREC]] | changelog_clear MDTNAME ID ENDREC"
+            "usage: lfs hsm_{{archive,restore,release,remove,cancel,state,action,set,clear}} ...\n       lfs changelog [--follow] MDTNAME [STARTREC [ENDREC]] | changelog_clear MDTNAME ID ENDREC"
         );
         return 1;
     };
@@ -493,10 +493,15 @@ fn parse_rec(s: Option<&String>, what: &str) -> Result<u64, String> {
     }
 }
 
-/// `lfs changelog MDTNAME [STARTREC [ENDREC]]`: the MDT's changelog records (the mount is
-/// taken from `COORDINATOOL_SIM_MOUNT` or the current directory, like `lctl`).
+/// `lfs changelog [--follow] MDTNAME [STARTREC [ENDREC]]`: the MDT's changelog records (the
+/// mount is taken from `COORDINATOOL_SIM_MOUNT` or the current directory, like `lctl`).
+/// `--follow` keeps printing new records as they come (polled every second) until killed.
 fn changelog(args: &[String], io: &mut Io<'_>) -> i32 {
-    let args: Vec<&String> = args.iter().filter(|a| *a != "--follow").collect();
+    let follow = args.iter().any(|a| a == "--follow" || a == "-f");
+    let args: Vec<&String> = args
+        .iter()
+        .filter(|a| *a != "--follow" && *a != "-f")
+        .collect();
     let Some(mdt) = args.first() else {
         let _ = writeln!(io.err, "lfs changelog: missing MDT name");
         return 1;
@@ -518,30 +523,40 @@ fn changelog(args: &[String], io: &mut Io<'_>) -> i32 {
             return 1;
         }
     };
-    match c.call(&Request::Changelog {
-        mdt: (*mdt).clone(),
-        start,
-        end,
-    }) {
-        Ok(Reply::Changelog { records }) => {
-            for r in records {
-                let _ = writeln!(
-                    io.out,
-                    "{}",
-                    format_changelog(r.index, r.kind, r.time, r.flags, r.tfid.0)
-                );
+    let mut start = start;
+    loop {
+        match c.call(&Request::Changelog {
+            mdt: (*mdt).clone(),
+            start,
+            end,
+        }) {
+            Ok(Reply::Changelog { records }) => {
+                for r in &records {
+                    let _ = writeln!(
+                        io.out,
+                        "{}",
+                        format_changelog(r.index, r.kind, r.time, r.flags, r.tfid.0)
+                    );
+                }
+                let _ = io.out.flush();
+                if let Some(last) = records.last() {
+                    start = last.index + 1;
+                }
             }
-            0
+            Ok(_) => return 1,
+            Err(e) => {
+                let _ = writeln!(
+                    io.err,
+                    "lfs changelog: cannot access changelog for '{mdt}': {}",
+                    strerror(errno_of(&e))
+                );
+                return 1;
+            }
         }
-        Ok(_) => 1,
-        Err(e) => {
-            let _ = writeln!(
-                io.err,
-                "lfs changelog: cannot access changelog for '{mdt}': {}",
-                strerror(errno_of(&e))
-            );
-            1
+        if !follow || (end != 0 && start > end) {
+            return 0;
         }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 
@@ -788,7 +803,7 @@ pub fn cat(files: &[String], io: &mut Io<'_>) -> i32 {
 const USAGE: &str = "usage:
   coordinatool-sim serve <mountdir> [--mdts N] [--fsname NAME] [--disabled] [--read-only]
   coordinatool-sim lfs hsm_{archive,restore,release,remove,cancel,state,action,set,clear} ...
-  coordinatool-sim lfs changelog MDTNAME [STARTREC [ENDREC]] | changelog_clear MDTNAME clN ENDREC
+  coordinatool-sim lfs changelog [--follow] MDTNAME [STARTREC [ENDREC]] | changelog_clear MDTNAME clN ENDREC
   coordinatool-sim lctl [--mount DIR] {get_param [-n] PATTERN... | set_param NAME=VALUE...}
   coordinatool-sim lctl [--mount DIR] --device MDTNAME {changelog_register [-n] | changelog_deregister clN}
   coordinatool-sim cat FILE...   (read; a released file is restored first)

@@ -510,6 +510,24 @@ fn changelog_through_the_lfs_and_lctl_binaries() {
         assert_eq!(w[4], flags, "{line}");
         assert_eq!(w[5], format!("t={fid}"));
     }
+    // --follow prints what is there, then new records as they come.
+    let mut follower = std::process::Command::new(env!("CARGO_BIN_EXE_coordinatool-sim"))
+        .args(["lfs", "changelog", "--follow", "lustre-MDT0000", "3"])
+        .env("COORDINATOOL_SIM_MOUNT", &mount)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(follower.stdout.take().unwrap()));
+    assert!(lines.next().unwrap().unwrap().starts_with("3 16HSM "));
+    assert_eq!(bin(&mount, &["lfs", "hsm_clear", "--norelease", f]).0, 0);
+    let next = lines.next().unwrap().unwrap();
+    assert!(
+        next.starts_with("4 16HSM ") && next.contains(" 0x280 "),
+        "{next}"
+    );
+    follower.kill().unwrap();
+    follower.wait().unwrap();
     let (_, out, _) = bin(&mount, &["lfs", "changelog", "lustre-MDT0000", "2", "2"]);
     assert!(
         out.starts_with("2 16HSM ") && out.lines().count() == 1,
@@ -534,7 +552,7 @@ fn changelog_through_the_lfs_and_lctl_binaries() {
     );
     let (_, out, _) = bin(&mount, &["lfs", "changelog", "lustre-MDT0000"]);
     assert!(
-        out.starts_with("3 16HSM ") && out.lines().count() == 1,
+        out.starts_with("3 16HSM ") && out.lines().count() == 2,
         "{out}"
     );
     let (rc, _, err) = bin(&mount, &["lfs", "changelog", "lustre-MDT0009"]);
