@@ -355,3 +355,57 @@ fn every_command_with_the_redis_store() {
     assert_eq!(redis.hlen("coordinatool_requests"), Some(2));
     assert_eq!(redis.hlen("coordinatool_assigned"), Some(0));
 }
+
+#[test]
+fn owners_of_requests_recovered_from_redis_are_looked_up_again() {
+    let sim = Sim::start("redis-owner");
+    let port = free_port();
+    let Some(_redis) = Redis::start(&sim.root.join("redis"), port) else {
+        return;
+    };
+    // 30 files of uid 4242, then 2 of uid 4343, queued with their real fids.
+    let mut items = Vec::new();
+    let mut small = Vec::new();
+    for n in 0..32u32 {
+        let (path, fid) = sim.file(&format!("f{n}"));
+        let uid = if n < 30 { 4242 } else { 4343 };
+        if let Err(e) = std::os::unix::fs::chown(&path, Some(uid), None) {
+            eprintln!("SKIPPED: cannot chown test files ({e}); needs root");
+            return;
+        }
+        let mut h = WireHai::new(HsmAction::Archive, fid, 5_000 + u64::from(n));
+        h.archive_id = 1;
+        items.push(h);
+        if uid == 4343 {
+            small.push(fid);
+        }
+    }
+    let conf = config(
+        &sim,
+        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\nfair_share_key uid\n"),
+    );
+    let mut srv = Server::start(&sim, &conf);
+    assert_eq!(
+        srv.connect().call_text(&queue(items)),
+        r#"{"command":"queue","enqueued":32}"#
+    );
+    srv.signal(libc::SIGKILL);
+    // Redis keeps no owner: the restarted server looks them up again, so the two files of
+    // the small owner are in the first four sent (by chance: about 1 in 80).
+    let srv = Server::start(&sim, &conf);
+    let mut m = srv.connect();
+    m.call(&Request::Ehlo(EhloRequest::new(Some("m".into()))));
+    let got = match m.call(&Request::Recv(RecvRequest {
+        max_archive: Some(4),
+        ..RecvRequest::default()
+    })) {
+        Reply::Recv(r) => r.hal.unwrap().list,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got.len(), 4);
+    assert_eq!(
+        got.iter().filter(|h| small.contains(&h.fid)).count(),
+        2,
+        "{got:?}"
+    );
+}
