@@ -6,7 +6,7 @@ use coordinatool_sched::{
     Action, ClientId, Config, Ehlo, Engine, FairShare, HostMapping, Owner, RecvLimits, Request,
     ShareKey, Time,
 };
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -221,7 +221,7 @@ fn per_event(c: &mut Criterion) {
     // 10M queued needs about 2.5 GB and a long fill: opt in with SCHED_BENCH_10M=1.
     let ten_m = std::env::var_os("SCHED_BENCH_10M").is_some();
     for cfg in ["plain", "fair", "hosts", "batch"] {
-        let depths: &[u64] = if ten_m && cfg == "plain" {
+        let depths: &[u64] = if ten_m {
             &[10_000, 1_000_000, 10_000_000]
         } else {
             &[10_000, 1_000_000]
@@ -231,14 +231,6 @@ fn per_event(c: &mut Criterion) {
             let mut state: Option<(Engine, Vec<ClientId>)> = None;
             let mut n = queued;
             let mut i = 0usize;
-            // Exactly one archive per recv, and every new request is an archive: the queue
-            // depth stays constant however many iterations criterion runs.
-            let lim = RecvLimits {
-                max_archive: Some(1),
-                max_restore: Some(0),
-                max_remove: Some(0),
-                max_bytes: 1 << 20,
-            };
             g.bench_function(format!("{cfg}/{queued}"), |b| {
                 let (e, m) = state.get_or_insert_with(|| {
                     let mut e = filled(cfg, queued);
@@ -246,26 +238,66 @@ fn per_event(c: &mut Criterion) {
                     drain(&mut e);
                     (e, m)
                 });
-                b.iter(|| {
-                    let mut r = request(n, &data_for(n, cfg));
-                    r.action = HsmAction::Archive;
-                    e.new_request(r, NOW).unwrap();
-                    n += 1;
-                    let client = m[i % m.len()];
-                    i += 1;
-                    if e.client_state(client) == Some(coordinatool_sched::ClientState::Ready) {
-                        e.recv(client, lim, NOW).unwrap();
-                    }
-                    // The owner is whoever got it (a waiting client may take the new one).
-                    for (owner, r) in drain_owned(e) {
-                        black_box(e.done(owner, r.key(), 0, NOW));
-                    }
-                    drain(e);
-                })
+                b.iter(|| cycle(e, m, cfg, &mut n, &mut i))
             });
+            // Free the engine (up to 2.5 GB) before filling the next one.
+            drop(state);
         }
     }
     g.finish();
+}
+
+/// One steady-state cycle: a new archive, one `recv` taking exactly one archive, its `done`.
+/// Every new request is an archive and each recv takes one: the queue depth stays constant.
+fn cycle(e: &mut Engine, m: &[ClientId], cfg: &str, n: &mut u64, i: &mut usize) {
+    let lim = RecvLimits {
+        max_archive: Some(1),
+        max_restore: Some(0),
+        max_remove: Some(0),
+        max_bytes: 1 << 20,
+    };
+    let mut r = request(*n, &data_for(*n, cfg));
+    r.action = HsmAction::Archive;
+    e.new_request(r, NOW).unwrap();
+    *n += 1;
+    let client = m[*i % m.len()];
+    *i += 1;
+    if e.client_state(client) == Some(coordinatool_sched::ClientState::Ready) {
+        e.recv(client, lim, NOW).unwrap();
+    }
+    // The owner is whoever got it (a waiting client may take the new one).
+    for (owner, r) in drain_owned(e) {
+        black_box(e.done(owner, r.key(), 0, NOW));
+    }
+    drain(e);
+}
+
+/// `SCHED_CYCLES=<cfg>/<queued>/<cycles>`: fill, then run that many cycles without criterion
+/// (for cachegrind: run it with 0 and with N cycles and subtract).
+fn cycles_only(spec: &str) {
+    let parts: Vec<&str> = spec.split('/').collect();
+    let [cfg, queued, cycles] = parts[..] else {
+        panic!("SCHED_CYCLES must be <cfg>/<queued>/<cycles>, got {spec:?}");
+    };
+    let queued: u64 = queued.parse().expect("queued: a number");
+    let cycles: u64 = cycles.parse().expect("cycles: a number");
+    let mut e = filled(cfg, queued);
+    let m = movers(&mut e, 100);
+    drain(&mut e);
+    let (mut n, mut i) = (queued, 0);
+    // Warm-up: the first cycles fill the movers' waiting states.
+    for _ in 0..1000 {
+        cycle(&mut e, &m, cfg, &mut n, &mut i);
+    }
+    let t = std::time::Instant::now();
+    for _ in 0..cycles {
+        cycle(&mut e, &m, cfg, &mut n, &mut i);
+    }
+    let el = t.elapsed();
+    eprintln!(
+        "{cfg}/{queued}: {cycles} cycles in {el:?} ({:.3} µs/cycle)",
+        el.as_secs_f64() * 1e6 / cycles.max(1) as f64
+    );
 }
 
 fn memory() {
@@ -286,4 +318,12 @@ fn all(c: &mut Criterion) {
 }
 
 criterion_group!(benches, all);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("SCHED_CYCLES") {
+        cycles_only(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

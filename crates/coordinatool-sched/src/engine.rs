@@ -185,6 +185,22 @@ impl LinkStore for Vec<Option<Req>> {
     fn set_link(&mut self, id: u32, link: Link) {
         self[id as usize].as_mut().expect("live request").link = link;
     }
+    fn prefetch(&self, id: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(slot) = self.get(id as usize) {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let p = std::ptr::from_ref(slot).cast::<i8>();
+            // The dispatch reads the whole record (it clones the request): every line of it.
+            let last = std::mem::size_of::<Option<Req>>() - 1;
+            for off in (0..last).step_by(64).chain(std::iter::once(last)) {
+                // SAFETY: SSE is part of the x86_64 baseline, and a prefetch never faults
+                // nor reads memory into the program (it is only a cache hint).
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = id;
+    }
 }
 
 /// A cached [`RestoreLocator`] answer.

@@ -1,23 +1,74 @@
 //! The request index: `(cookie, dfid)` → request slot, with the 32-bit cookie fallback.
 
-use crate::fxhash::FxHashMap;
 use crate::types::RequestKey;
 use coordinatool_lustre::LuFid;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 const OVERFLOW: u32 = u32::MAX;
+
+/// The map key: (dfid, low 32 bits of the cookie).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    dfid: LuFid,
+    low: u32,
+}
+
+impl Hash for Key {
+    /// One word: the low cookie bits in the low half, a mix of the dfid in the high half.
+    ///
+    /// hashbrown picks the bucket from the low bits and a tag from the top 7 bits. Cookies of
+    /// one MDT increase one by one, so requests that arrive together land in neighbouring
+    /// buckets, and a queue served roughly in arrival order touches the index sequentially
+    /// instead of at a random bucket per operation (one cache miss less per intake and per
+    /// `done` once the index outgrows the caches). The dfid mix keeps the tags discriminating.
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let f = self.dfid;
+        let mix = (f.seq ^ (u64::from(f.oid) << 32 | u64::from(f.ver)).rotate_left(17))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h.write_u64(u64::from(self.low) | (mix & 0xffff_ffff_0000_0000));
+    }
+}
+
+/// Passes [`Key`]'s precomputed word through unchanged.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `Key`; anything else still hashes deterministically.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<PassThrough>>;
 
 /// Keyed by (dfid, low 32 bits of the cookie); the value carries the high 32 bits. Several
 /// requests sharing a dfid and low cookie bits (rare) move to `overflow`. One hash lookup per
 /// operation; a truncated cookie matches when its (dfid, low bits) entry is unique.
 #[derive(Default)]
 pub(crate) struct KeyIndex {
-    map: FxHashMap<(LuFid, u32), (u32, u32)>,
-    overflow: FxHashMap<(LuFid, u32), Vec<(u32, u32)>>,
+    map: KeyMap<(u32, u32)>,
+    overflow: KeyMap<Vec<(u32, u32)>>,
     len: usize,
 }
 
-fn split(key: RequestKey) -> ((LuFid, u32), u32) {
-    ((key.dfid, key.cookie as u32), (key.cookie >> 32) as u32)
+fn split(key: RequestKey) -> (Key, u32) {
+    (
+        Key {
+            dfid: key.dfid,
+            low: key.cookie as u32,
+        },
+        (key.cookie >> 32) as u32,
+    )
 }
 
 impl KeyIndex {
@@ -94,6 +145,22 @@ mod tests {
             cookie,
             dfid: LuFid::new(1, 2, 0),
         }
+    }
+
+    fn word(cookie: u64, dfid: LuFid) -> u64 {
+        let (k, _) = split(RequestKey { cookie, dfid });
+        let mut h = PassThrough::default();
+        k.hash(&mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn sequential_cookies_hash_to_neighbouring_buckets() {
+        let (f1, f2) = (LuFid::new(0x200000400, 7, 0), LuFid::new(0x200000401, 9, 0));
+        let (a, b) = (word(0x6000_0000, f1), word(0x6000_0001, f2));
+        // Same low bits (bucket) pattern as the cookie, different dfid mix in the tag bits.
+        assert_eq!((a as u32, b as u32), (0x6000_0000, 0x6000_0001));
+        assert_ne!(a >> 57, word(0x6000_0000, f2) >> 57);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub(crate) trait LinkStore {
         l.next = next;
         self.set_link(id, l);
     }
+    /// Hints that slot `id` will be read soon (no effect by default).
+    fn prefetch(&self, _id: u32) {}
 }
 
 impl LinkStore for [Link] {
@@ -317,6 +319,12 @@ impl QueueSet {
             part.vclock = part.vclock.max(flow.vtime);
             flow.vtime += VT_UNIT / u64::from(flow.weight);
             part.since = now;
+        }
+        if served && flow.fifo.head != NIL {
+            // This flow's next request is read when the flow is served again, after the
+            // other flows had their turn: start loading it now (with fair share, heads are
+            // far apart in memory and each would otherwise be a cache miss).
+            links.prefetch(flow.fifo.head);
         }
         let flow_vtime = flow.vtime;
         let flow_len = flow.fifo.len;
