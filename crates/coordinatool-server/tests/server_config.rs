@@ -13,7 +13,7 @@
 //! | `client_grace_ms` (`COORDINATOOL_CLIENT_GRACE`, `--client-grace`) | `server_e2e.rs` (grace, takeover); env and option: [`client_grace_env_and_option`] |
 //! | `archive_on_hosts` | [`archive_on_hosts_sends_tagged_archives_to_their_host_only`] |
 //! | `archive_on_hosts_ch`, `archive_on_hosts_ch_hash` | [`archive_on_hosts_ch_in_both_hash_modes`] |
-//! | `batch_archives_slices_sec`, `batch_archives_slots_per_client` | [`batch_keys_give_each_client_its_slots`] |
+//! | `batch_archives_slices_sec`, `batch_archives_slots_per_client` | [`batch_keys_give_each_client_its_slots`], [`a_batch_slice_expiry_wakes_the_timer_and_frees_the_slot`] |
 //! | `reporting_dir`, `reporting_hint` | `server_ops.rs` (report files) |
 //! | `reporting_schedule_interval_ms` | [`reporting_interval_reports_progress_and_deletes_files`] |
 //! | `store`, `state_dir` (`COORDINATOOL_STORE`, `COORDINATOOL_STATE_DIR`) | [`state_dir_key_and_env_place_the_embedded_store`], [`store_none_and_an_empty_redis_host_keep_nothing`] |
@@ -722,4 +722,32 @@ fn fair_share_by_file_owner() {
     assert_eq!(first_owner_share("fair_share_key gid\n", true), Some(4));
     // Shared by uid, files that differ only by group are one share.
     assert_eq!(first_owner_share("fair_share_key uid\n", true), Some(8));
+}
+
+#[test]
+fn a_batch_slice_expiry_wakes_the_timer_and_frees_the_slot() {
+    let sim = Sim::start("slice");
+    let conf = config(
+        &sim,
+        "batch_archives_slices_sec 2\nbatch_archives_slots_per_client 1\n",
+    );
+    let srv = Server::start(&sim, &conf);
+    let mut c = srv.connect();
+    let mut m = mover(&srv, "m1");
+    queue(&mut c, vec![archive(1, "tape=A")]);
+    assert_eq!(recv(&mut m, RecvRequest::default()).len(), 1);
+    // The only slot is tape=A's for two seconds: tape=B waits although m1 asks for work.
+    queue(&mut c, vec![archive(2, "tape=B")]);
+    m.send(&Request::Recv(RecvRequest::default()));
+    let st = status(&mut c, 4);
+    assert_eq!((st.pending_archive, st.running_archive), (1, 1), "{st:?}");
+    // Once the idle slice ends (nothing else comes for tape=A), the timer hands the slot over.
+    let got = match m.next() {
+        Reply::Recv(r) => r.hal.expect("a list").list,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got[0].data, b"tape=B");
+    let st = status(&mut c, 4);
+    let me = st.clients.iter().find(|c| c.client_id == "m1").unwrap();
+    assert_eq!(me.batches[0].hint.as_deref(), Some("tape=B"), "{me:?}");
 }
