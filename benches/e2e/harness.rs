@@ -25,7 +25,7 @@ use coordinatool_proto::{Decoder, Reply, Request, StatusReply, StatusRequest};
 use coordinatool_sim::rpc::{self, Fid};
 use coordinatool_sim::server::{Daemon, ServeOptions, now_secs};
 
-use crate::e2e_common::bin_dir;
+use crate::e2e_common::{bin_dir, free_port};
 use crate::sim_common::{DEADLINE, Proc, build_c, lib_dir};
 
 /// The server's store.
@@ -62,6 +62,8 @@ pub struct Options {
     pub per_call: usize,
     /// `mdt.*.hsm.max_requests` (per MDT; the simulator has 2 MDTs).
     pub max_requests: u32,
+    /// The server's `verbose` (a site's default is `normal`; `info` logs every request).
+    pub verbose: String,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             store: Store::Embedded,
             per_call: 50,
             max_requests: 1000,
+            verbose: "normal".to_owned(),
         }
     }
 }
@@ -80,8 +83,10 @@ impl Default for Options {
 /// CPU time (ms) of one process over the window, with its live threads grouped by name.
 #[derive(Clone, Debug, Default)]
 pub struct Cpu {
-    /// Whole process (exited threads included).
+    /// Whole process (exited threads included), or the threads reported.
     pub total_ms: f64,
+    /// The part of `total_ms` spent in the kernel (system calls, wake-ups).
+    pub sys_ms: f64,
     /// Live threads by name (numbers stripped: `mover-w3` counts as `mover-w`).
     pub threads_ms: BTreeMap<String, f64>,
 }
@@ -218,9 +223,10 @@ impl Report {
                 .map(|(k, v)| format!("{k} {v:.0}"))
                 .collect();
             println!(
-                "   CPU {name}: {:.0} ms = {:.1} µs/request [{}]",
+                "   CPU {name}: {:.0} ms = {:.1} µs/request ({:.0}% in the kernel) [{}]",
                 c.total_ms,
                 c.total_ms * 1000.0 / n,
+                100.0 * c.sys_ms / c.total_ms.max(1e-9),
                 threads.join(", ")
             );
         };
@@ -348,12 +354,15 @@ struct ServerProc {
 }
 
 impl ServerProc {
-    fn start(sim: &BenchSim, store: Store) -> ServerProc {
+    /// Starts the server on a free loopback port (at `verbose normal` it does not log its
+    /// address) and waits until it accepts connections.
+    fn start(sim: &BenchSim, store: Store, verbose: &str) -> ServerProc {
+        let port = free_port();
         let conf = sim.root.join("coordinatool.conf");
         std::fs::write(
             &conf,
             format!(
-                "host 127.0.0.1\nport 0\nverbose info\nstore {}\nstate_dir {}\n",
+                "host 127.0.0.1\nport {port}\nverbose {verbose}\nstore {}\nstate_dir {}\n",
                 store.name(),
                 sim.root.join("state").display()
             ),
@@ -371,14 +380,10 @@ impl ServerProc {
         let mut child = cmd.spawn().expect("spawn coordinatool-server");
         let err = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
         let l2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                }
                 let mut g = l2.lock().unwrap();
                 if g.len() > 200 {
                     g.remove(0);
@@ -386,13 +391,22 @@ impl ServerProc {
                 g.push(line);
             }
         });
-        let addr = rx.recv_timeout(DEADLINE).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!(
-                "the server did not start listening:\n{}",
+        let addr = format!("127.0.0.1:{port}");
+        let start = Instant::now();
+        while TcpStream::connect(&addr).is_err() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "the server exited ({st}):\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the server did not listen on {addr}:\n{}",
                 log.lock().unwrap().join("\n")
-            )
-        });
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         ServerProc { child, addr, log }
     }
 
@@ -511,66 +525,79 @@ fn parse_stats(line: &str) -> MoverStats {
     }
 }
 
-/// CPU ticks of process `pid` and of each of its live threads (by name).
-fn cpu_ticks(pid: u32) -> (u64, Vec<(u32, String, u64)>) {
-    fn parse(stat: &str) -> Option<(String, u64)> {
+/// CPU ticks (user, system) of a process, and of each of its live threads: (tid, name,
+/// user, system).
+struct Snap {
+    process: (u64, u64),
+    threads: Vec<(u32, String, u64, u64)>,
+}
+
+/// CPU ticks of process `pid` and of each of its live threads.
+fn cpu_ticks(pid: u32) -> Snap {
+    fn parse(stat: &str) -> Option<(String, u64, u64)> {
         let open = stat.find('(')?;
         let close = stat.rfind(')')?;
         let comm = stat[open + 1..close].to_owned();
         let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // Fields 14 and 15 of stat(5); `f[0]` is field 3.
-        let t = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        Some((comm, t))
+        // Fields 14 (utime) and 15 (stime) of proc_pid_stat(5); `f[0]` is field 3.
+        Some((comm, f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
     }
-    let total = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    let process = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| parse(&s))
-        .map_or(0, |(_, t)| t);
+        .map_or((0, 0), |(_, u, s)| (u, s));
     let mut threads = Vec::new();
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for e in rd.flatten() {
             let Ok(tid) = e.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            if let Some((comm, t)) = std::fs::read_to_string(e.path().join("stat"))
+            if let Some((comm, u, s)) = std::fs::read_to_string(e.path().join("stat"))
                 .ok()
                 .and_then(|s| parse(&s))
             {
-                threads.push((tid, comm, t));
+                threads.push((tid, comm, u, s));
             }
         }
     }
-    (total, threads)
+    Snap { process, threads }
 }
 
-/// The CPU used between two `cpu_ticks` snapshots; threads keep their tid, so a thread that
-/// started in between counts from zero. `group` names the group of a thread (`None`: not
-/// reported); with `whole`, the total is the process's (exited threads included), else the
-/// sum of the reported threads.
+/// The CPU used between two snapshots; threads keep their tid, so a thread that started in
+/// between counts from zero. `group` names the group of a thread (`None`: not reported); with
+/// `whole`, the total is the process's (exited threads included), else the sum of the
+/// reported threads.
 fn cpu_between(
-    a: &(u64, Vec<(u32, String, u64)>),
-    b: &(u64, Vec<(u32, String, u64)>),
+    a: &Snap,
+    b: &Snap,
     whole: bool,
     group: impl Fn(u32, &str) -> Option<String>,
 ) -> Cpu {
     let ms = |ticks: u64| ticks as f64 * 1000.0 / clock_ticks_per_sec();
-    let before: HashMap<u32, u64> = a.1.iter().map(|(tid, _, t)| (*tid, *t)).collect();
+    let before: HashMap<u32, (u64, u64)> = a
+        .threads
+        .iter()
+        .map(|(tid, _, u, s)| (*tid, (*u, *s)))
+        .collect();
     let mut threads_ms = BTreeMap::new();
-    let mut sum = 0.0;
-    for (tid, comm, t) in &b.1 {
+    let (mut user, mut sys) = (0.0, 0.0);
+    for (tid, comm, u, s) in &b.threads {
         let Some(name) = group(*tid, comm) else {
             continue;
         };
-        let d = ms(t.saturating_sub(before.get(tid).copied().unwrap_or(0)));
-        sum += d;
-        *threads_ms.entry(name).or_insert(0.0) += d;
+        let (u0, s0) = before.get(tid).copied().unwrap_or((0, 0));
+        let (du, ds) = (ms(u.saturating_sub(u0)), ms(s.saturating_sub(s0)));
+        user += du;
+        sys += ds;
+        *threads_ms.entry(name).or_insert(0.0) += du + ds;
+    }
+    if whole {
+        user = ms(b.process.0.saturating_sub(a.process.0));
+        sys = ms(b.process.1.saturating_sub(a.process.1));
     }
     Cpu {
-        total_ms: if whole {
-            ms(b.0.saturating_sub(a.0))
-        } else {
-            sum
-        },
+        total_ms: user + sys,
+        sys_ms: sys,
         threads_ms,
     }
 }
@@ -591,10 +618,10 @@ fn clock_ticks_per_sec() -> f64 {
 /// Tids of this process's threads named `name`.
 fn tids_named(name: &str) -> Vec<u32> {
     cpu_ticks(std::process::id())
-        .1
+        .threads
         .into_iter()
-        .filter(|(_, c, _)| c == name)
-        .map(|(t, _, _)| t)
+        .filter(|(_, c, _, _)| c == name)
+        .map(|(t, _, _, _)| t)
         .collect()
 }
 
@@ -619,7 +646,7 @@ pub fn run(opts: &Options) -> Report {
     );
     let k = opts.files;
     let sim = BenchSim::start(opts.store.name(), k, opts.max_requests);
-    let server = ServerProc::start(&sim, opts.store);
+    let server = ServerProc::start(&sim, opts.store, &opts.verbose);
     let mut movers: Vec<Proc> = (0..opts.movers)
         .map(|i| spawn_mover(&sim, &server, i, opts.threads))
         .collect();
@@ -633,13 +660,14 @@ pub fn run(opts: &Options) -> Report {
 
     let mut report = Report {
         opts_line: format!(
-            "e2e store={} files={} movers={} threads={} per_call={} max_requests={}",
+            "e2e store={} files={} movers={} threads={} per_call={} max_requests={} verbose={}",
             opts.store.name(),
             k,
             opts.movers,
             opts.threads,
             opts.per_call,
-            opts.max_requests
+            opts.max_requests,
+            opts.verbose
         ),
         requests: k,
         loadavg: std::fs::read_to_string("/proc/loadavg").unwrap_or_default(),
@@ -858,6 +886,12 @@ pub fn parse_args(args: &[String]) -> Result<Vec<Options>, String> {
                 }
             }
             "--per-call" => base.per_call = num(a, it.next())?,
+            "--verbose" => {
+                base.verbose = it
+                    .next()
+                    .ok_or_else(|| "--verbose: missing value".to_owned())?
+                    .clone();
+            }
             "--max-requests" => {
                 base.max_requests = u32::try_from(num(a, it.next())?)
                     .map_err(|_| "--max-requests: too large".to_owned())?;
