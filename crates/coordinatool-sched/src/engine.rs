@@ -186,21 +186,29 @@ impl LinkStore for Vec<Option<Req>> {
         self[id as usize].as_mut().expect("live request").link = link;
     }
     fn prefetch(&self, id: u32) {
-        #[cfg(target_arch = "x86_64")]
         if let Some(slot) = self.get(id as usize) {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let p = std::ptr::from_ref(slot).cast::<i8>();
+            let p = std::ptr::from_ref(slot).cast::<u8>();
             // The dispatch reads the whole record (it clones the request): every line of it.
             let last = std::mem::size_of::<Option<Req>>() - 1;
             for off in (0..last).step_by(64).chain(std::iter::once(last)) {
-                // SAFETY: SSE is part of the x86_64 baseline, and a prefetch never faults
-                // nor reads memory into the program (it is only a cache hint).
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+                prefetch(p.wrapping_add(off));
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = id;
     }
+}
+
+/// Hints the CPU to load the cache line holding `p` (no effect off x86_64).
+#[inline]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch never faults nor reads
+        // memory into the program, whatever the address (it is only a cache hint).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// A cached [`RestoreLocator`] answer.
@@ -1300,16 +1308,12 @@ impl Engine {
                 return;
             }
             Loc::Grouped { group, .. } => {
-                let g = self.groups.get(group);
-                if let Some((c, _)) = g.owner {
+                // Placement offered an unowned group every free slot (expired ones were
+                // released first): only the owner, if any, can send it now.
+                if let Some((c, _)) = self.groups.get(group).owner {
                     self.dispatch(c, now);
-                    return;
                 }
-                if g.target != GLOBAL {
-                    self.dispatch(self.sets[g.target as usize].owner, now);
-                    return;
-                }
-                true
+                return;
             }
             Loc::Queued { .. } => true,
             Loc::Running { .. } | Loc::Detached => return,
@@ -1320,13 +1324,7 @@ impl Engine {
         while i < self.waiting.len() {
             let c = self.waiting[i];
             let cl = self.cl(c);
-            let could = cl.accepts(aid)
-                && cl.limits.max(kind).is_none_or(|m| cl.current[k] < m)
-                && (!matches!(loc, Loc::Grouped { .. })
-                    || cl.slots.iter().any(|sl| match sl.group {
-                        None => true,
-                        Some(g) => sl.expired(self.groups.get(g).len() == 0, now),
-                    }));
+            let could = cl.accepts(aid) && cl.limits.max(kind).is_none_or(|m| cl.current[k] < m);
             if could {
                 self.dispatch(c, now);
                 if !matches!(self.rq(id).loc, Loc::Queued { .. } | Loc::Grouped { .. }) {
@@ -2196,6 +2194,9 @@ impl Engine {
                 .expect("active partition is non-empty");
             let (cost, kind, aid, flags) = {
                 let r = self.rq(id);
+                // The data is a separate allocation, cloned at the end of this step: start
+                // loading it now, behind the bookkeeping.
+                prefetch(r.r.data.as_ptr());
                 (r.r.budget_cost(), r.kind, r.r.archive_id, r.r.hal_flags)
             };
             if kind == Kind::Restore && !self.restore_goes_to(id, c, now) {
