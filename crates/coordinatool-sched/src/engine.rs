@@ -7,7 +7,7 @@ use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::hint::{Rng, parse_hint, valid_report_value};
 use crate::index::KeyIndex;
 use crate::policy::{ConfigPolicy, Placement, Policy, Share};
-use crate::queue::{Fifo, Link, LinkStore, PartKey, QueueSet, Slot};
+use crate::queue::{Fifo, Link, LinkStore, NIL, PartKey, QueueSet, Slot};
 use crate::status::{BatchStatus, ClientDump, ClientStatus, DumpEntry, Status};
 use crate::types::{
     ClientId, ClientState, Ehlo, Kind, LockState, MIN_RECV_BYTES, PerKind, RecvLimits, Request,
@@ -185,14 +185,30 @@ impl LinkStore for Vec<Option<Req>> {
     fn set_link(&mut self, id: u32, link: Link) {
         self[id as usize].as_mut().expect("live request").link = link;
     }
+    /// Two-deep: `id` is a flow's new head, served when the flow's turn comes again. Its
+    /// record was prefetched when it became second in line, so reading it now is cheap: this
+    /// starts loading its data (a separate allocation, cloned at dispatch) and the record of
+    /// the request behind it.
     fn prefetch(&self, id: u32) {
-        if let Some(slot) = self.get(id as usize) {
-            let p = std::ptr::from_ref(slot).cast::<u8>();
-            // The dispatch reads the whole record (it clones the request): every line of it.
-            let last = std::mem::size_of::<Option<Req>>() - 1;
-            for off in (0..last).step_by(64).chain(std::iter::once(last)) {
-                prefetch(p.wrapping_add(off));
-            }
+        let Some(Some(r)) = self.get(id as usize) else {
+            return;
+        };
+        prefetch_record(self, id);
+        prefetch(r.r.data.as_ptr());
+        if r.link.next != NIL {
+            prefetch_record(self, r.link.next);
+        }
+    }
+}
+
+/// Prefetches every cache line of request slot `id` (the dispatch reads all of it: it
+/// clones the request).
+fn prefetch_record(reqs: &[Option<Req>], id: u32) {
+    if let Some(slot) = reqs.get(id as usize) {
+        let p = std::ptr::from_ref(slot).cast::<u8>();
+        let last = std::mem::size_of::<Option<Req>>() - 1;
+        for off in (0..last).step_by(64).chain(std::iter::once(last)) {
+            prefetch(p.wrapping_add(off));
         }
     }
 }
