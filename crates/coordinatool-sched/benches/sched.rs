@@ -74,7 +74,8 @@ fn request(n: u64, data: &[u8]) -> Request {
 fn data_for(n: u64, cfg: &str) -> Vec<u8> {
     match cfg {
         "hosts" => format!("grouping=g{}", n % 1000).into_bytes(),
-        "batch" => format!("tape=t{}", n % 1000).into_bytes(),
+        // As many tapes as movers: every slot that has a tape always has work, at any depth.
+        "batch" => format!("tape=t{}", n % 100).into_bytes(),
         _ => Vec::new(),
     }
 }
