@@ -685,6 +685,7 @@ impl Mdt {
 
     /// Appends a CL_HSM record, if some changelog user is registered (an MDT records no
     /// changelog until the first `changelog_register`).
+    #[inline]
     fn emit(&mut self, now: u64, event: HsmEvent, error: u32, dirty: bool, fid: LuFid) {
         if self.changelog_users.is_empty() {
             return;
@@ -1537,6 +1538,7 @@ impl Mdt {
                 ag.errors += 1;
             }
         }
+        let mut file_dirty = None;
         if let Some(f) = self.files.get_mut(&a.item.fid) {
             match a.item.action {
                 HsmAction::Archive => {
@@ -1564,6 +1566,7 @@ impl Mdt {
                 }
                 _ => {}
             }
+            file_dirty = Some(f.states.contains(HsmStates::DIRTY));
         }
         // CL_HSM record of the completion: a copytool without cancel support (ENOSYS) is
         // logged as canceled, a failed layout swap with the swap's error; an error too large
@@ -1576,13 +1579,8 @@ impl Mdt {
         if cl_error > u32::from(CLF_HSM_MAXERROR) && ret.is_ok() {
             ret = Err(Errno::EINVAL);
         }
-        if let Some(dirty) = self
-            .files
-            .get(&a.item.fid)
-            .map(|f| f.states.contains(HsmStates::DIRTY))
-        {
-            let event = event_of(a.item.action);
-            self.emit(now, event, cl_error, dirty, a.item.fid);
+        if let Some(dirty) = file_dirty {
+            self.emit(now, event_of(a.item.action), cl_error, dirty, a.item.fid);
         }
         if a.item.action == HsmAction::Restore && status != AgentReqStatus::Waiting {
             self.restore_locks.remove(&a.item.fid);
