@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use coordinatool_lustre::{HsmAction, HsmProgressFlags, HsmUserAction, LuFid};
 use coordinatool_sim::mdt::{
-    AgentReqStatus, Caller, Cluster, Dispatch, Errno, FileAttrs, HAL_MAX_SIZE, HsmExtent, Progress,
-    UserRequest,
+    AgentReqStatus, CL_HSM, Caller, Cluster, Dispatch, Errno, FileAttrs, HAL_MAX_SIZE, HsmExtent,
+    Progress, UserRequest,
 };
 use proptest::prelude::*;
 
@@ -95,6 +95,9 @@ struct World {
 impl World {
     fn new() -> Self {
         let mut c = Cluster::new_enabled("lustre", MDTS, T0);
+        for m in 0..MDTS {
+            c.mdt_mut(m).unwrap().changelog_register();
+        }
         let mut files = Vec::new();
         for m in 0..MDTS {
             for _ in 0..FILES_PER_MDT {
@@ -233,8 +236,22 @@ impl World {
             }
             let counts = m.action_counts();
             prop_assert_eq!(counts.iter().sum::<u64>(), act.len() as u64);
+            // The changelog: consecutive record numbers, CL_HSM records of known files.
+            let cl: Vec<_> = m.changelog(0, 0).collect();
+            for w in cl.windows(2) {
+                prop_assert_eq!(w[1].index, w[0].index + 1);
+            }
+            for r in &cl {
+                prop_assert_eq!(r.kind, CL_HSM);
+                prop_assert!(r.event().is_some(), "bad event in {:#x}", r.flags);
+                prop_assert!(self.files.contains(&r.tfid));
+            }
         }
         Ok(())
+    }
+
+    fn changelog_len(&self, mdt: u32) -> usize {
+        self.c.mdt(mdt).unwrap().changelog(0, 0).count()
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
@@ -329,7 +346,18 @@ impl World {
                     errval: *errval,
                     data_version: Some(self.dv),
                 };
+                let cl_before = self.changelog_len(h.mdt);
                 let r = self.c.progress(self.now, &p);
+                // One CL_HSM record per accepted completion (files are never unlinked here).
+                let cl_added = self.changelog_len(h.mdt) - cl_before;
+                prop_assert_eq!(cl_added, usize::from(r.is_ok()));
+                if r.is_ok() {
+                    let last = self.c.mdt(h.mdt).unwrap().changelog(0, 0).last().unwrap();
+                    prop_assert_eq!(last.tfid, h.fid);
+                    // ENOSYS (no cancel support) is logged as ECANCELED.
+                    let logged = if *errval == 38 { 125 } else { *errval };
+                    prop_assert_eq!(last.error(), logged);
+                }
                 let running = self.c.mdt(h.mdt).unwrap().state().name();
                 match r {
                     Ok(()) => prop_assert!(was_active),
