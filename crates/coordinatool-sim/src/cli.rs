@@ -621,7 +621,10 @@ pub fn lctl(args: &[String], io: &mut Io<'_>) -> i32 {
         args = &args[2..];
     }
     let Some(cmd) = args.first() else {
-        let _ = writeln!(io.err, "usage: lctl {{get_param|set_param}} ...");
+        let _ = writeln!(
+            io.err,
+            "usage: lctl [--device MDTNAME] {{get_param|set_param|changelog_register|changelog_deregister}} ..."
+        );
         return 1;
     };
     let mut show_name = true;
