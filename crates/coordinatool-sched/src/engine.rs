@@ -1565,9 +1565,11 @@ impl Engine {
         };
         let set = match target {
             Some(c) => {
-                let dfid = self.rq(id).r.dfid;
-                let client = self.cl(c).name.to_string();
-                self.report(id, ReportLine::Assign { dfid, client });
+                if self.report_needle.is_some() {
+                    let dfid = self.rq(id).r.dfid;
+                    let client = self.cl(c).name.to_string();
+                    self.report(id, ReportLine::Assign { dfid, client });
+                }
                 self.client_set(c)
             }
             None => GLOBAL,
@@ -1856,9 +1858,11 @@ impl Engine {
         debug!(host = %host, client = %self.cl(c).name, "restore belongs to another host now");
         self.detach(id, false, now);
         let target = self.client_for_host(&host, now);
-        let dfid = self.rq(id).r.dfid;
-        let client = self.cl(target).name.to_string();
-        self.report(id, ReportLine::Assign { dfid, client });
+        if self.report_needle.is_some() {
+            let dfid = self.rq(id).r.dfid;
+            let client = self.cl(target).name.to_string();
+            self.report(id, ReportLine::Assign { dfid, client });
+        }
         let set = self.client_set(target);
         self.enqueue(set, id, true, now);
         // That host may be waiting for work.
