@@ -247,6 +247,11 @@ fn archive_life_cycle_and_finished_cookie() {
     let a = api().hsm_current_action(&path).unwrap();
     assert_eq!(a.state, HsmProgressState::Running);
     assert_eq!(a.location.length, 100_000, "bytes moved so far");
+    // llapi_hsm_state_get fills hus_in_progress_* with the same running action.
+    let st = api().hsm_state_get(&path).unwrap();
+    assert_eq!(st.in_progress_state, HsmProgressState::Running, "{st:?}");
+    assert_eq!(st.in_progress_action, Some(HsmUserAction::Archive));
+    assert_eq!(st.in_progress_location.length, 100_000, "{st:?}");
     assert!(matches!(
         h.progress(
             HsmExtent::new(u64::MAX - 5, 100),
@@ -260,6 +265,15 @@ fn archive_life_cycle_and_finished_cookie() {
     let st = api().hsm_state_get(&path).unwrap();
     assert!(
         st.states.contains(HsmStates::EXISTS | HsmStates::ARCHIVED),
+        "{st:?}"
+    );
+    assert_eq!(
+        st.in_progress_state,
+        HsmProgressState::None,
+        "idle again: {st:?}"
+    );
+    assert!(
+        matches!(st.in_progress_action, None | Some(HsmUserAction::None)),
         "{st:?}"
     );
     assert_eq!(st.archive_id, 2);

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use coordinatool_lustre::LuFid;
 use coordinatool_lustre::ffi::bindings::{
-    hsm_current_action, hsm_request, hsm_user_item, hsm_user_request, hsm_user_state, lu_fid,
+    hsm_current_action, hsm_extent, hsm_request, hsm_user_item, hsm_user_request, hsm_user_state,
+    lu_fid,
 };
 use coordinatool_sim::rpc::{Fid, Reply, Request};
 
@@ -112,14 +113,27 @@ pub(crate) unsafe fn hsm_request(path: *const c_char, hur: *const hsm_user_reque
 }
 
 fn state_of(mount: &Path, fid: LuFid, hus: *mut hsm_user_state) -> Result<(), i32> {
-    let (states, archive_id) = match util::call(mount, &Request::StateGet { fid: Fid(fid) })? {
-        Reply::State { states, archive_id } => (states, archive_id),
+    // The whole struct, with the running or waiting action, as LL_IOC_HSM_STATE_GET fills it.
+    let out = match util::call(mount, &Request::UserState { fid: Fid(fid) })? {
+        Reply::UserState {
+            states,
+            archive_id,
+            in_progress_state,
+            in_progress_action,
+            in_progress_offset,
+            in_progress_length,
+        } => hsm_user_state {
+            hus_states: states,
+            hus_archive_id: archive_id,
+            hus_in_progress_state: in_progress_state,
+            hus_in_progress_action: in_progress_action,
+            hus_in_progress_location: hsm_extent {
+                offset: in_progress_offset,
+                length: in_progress_length,
+            },
+            ..hsm_user_state::default()
+        },
         _ => return Err(libc::EPROTO),
-    };
-    let out = hsm_user_state {
-        hus_states: states,
-        hus_archive_id: archive_id,
-        ..hsm_user_state::default()
     };
     // SAFETY: the caller's buffer has the 32-byte fixed part (checked non-NULL).
     unsafe { hus.write_unaligned(out) };
