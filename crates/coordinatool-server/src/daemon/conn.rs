@@ -1,5 +1,10 @@
 //! One TCP connection: a reader task (framing and decoding) and a writer task (bounded,
 //! with a stall timeout). Both talk to the loop through [`Event`]s; neither touches the engine.
+//!
+//! Cheap per message: the reader decodes every request of a read and hands them to the
+//! loop as one event; the loop sends one buffer per connection per turn (every reply of
+//! the turn) and writes it itself when the socket takes it at once, so the writer task only
+//! wakes for what the socket did not accept.
 
 use coordinatool_proto::{DecodeError, Decoder, Request};
 use coordinatool_sched::ClientId;
@@ -7,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -30,6 +35,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Largest coalesced write (several queued replies sent with one syscall).
 const WRITE_COALESCE: usize = 256 * 1024;
 
+/// Requests taken from one read before handing them to the loop (bounds the batch when a
+/// client floods).
+const REQUESTS_PER_EVENT: usize = 1024;
+
 /// TCP keepalive: first probe after this idle time, then every `KEEPALIVE_INTERVAL`,
 /// `KEEPALIVE_COUNT` unanswered probes drop the connection (about 2 minutes for a dead mover,
 /// instead of the kernel's 2 hours, so its id is free again and its grace starts).
@@ -40,8 +49,8 @@ const KEEPALIVE_COUNT: libc::c_int = 6;
 /// What a connection task tells the loop.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// A complete, decoded request.
-    Request(ClientId, Request),
+    /// Complete, decoded requests, in the order received (one read's worth).
+    Requests(ClientId, Vec<Request>),
     /// Input that is not a valid request: the connection reads no further.
     Malformed(ClientId, DecodeError),
     /// The connection is gone: end of input (`graceful`: replies already queued are still
@@ -60,7 +69,10 @@ pub(crate) enum Event {
 /// The loop's handle on a connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
+    /// Shared with the writer task; the socket's write side shuts down when both are gone.
+    wr: Arc<OwnedWriteHalf>,
     tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes handed to the writer task and not yet written.
     queued: Arc<AtomicUsize>,
     reader: AbortHandle,
     writer: AbortHandle,
@@ -74,7 +86,7 @@ pub(crate) struct Conn {
 pub(crate) enum SendError {
     /// The client has more than [`OUTBOX_LIMIT`] bytes waiting.
     Full(usize),
-    /// The writer task is gone.
+    /// The writer task is gone, or the socket failed.
     Gone,
 }
 
@@ -91,11 +103,14 @@ impl Conn {
         }
         set_keepalive(&stream, &peer);
         let (rd, wr) = stream.into_split();
+        // The loop writes on the socket too (see `send`).
+        let wr = Arc::new(wr);
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let reader = tokio::spawn(read_loop(rd, id, events.clone()));
-        let writer = tokio::spawn(write_loop(wr, rx, queued.clone(), id, events));
+        let writer = tokio::spawn(write_loop(wr.clone(), rx, queued.clone(), id, events));
         Conn {
+            wr,
             tx,
             queued,
             reader: reader.abort_handle(),
@@ -105,14 +120,34 @@ impl Conn {
         }
     }
 
-    /// Queues `msg` for writing.
+    /// Writes `msg`: at once as far as the socket takes it when nothing is waiting before
+    /// it, the rest through the writer task.
     pub(crate) fn send(&self, msg: Vec<u8>) -> Result<(), SendError> {
         let queued = self.queued.load(Ordering::Relaxed);
-        if queued > 0 && queued + msg.len() > OUTBOX_LIMIT {
+        let mut off = 0;
+        if queued == 0 {
+            // The writer holds nothing: writing here keeps the order and saves a task wake.
+            while off < msg.len() {
+                match self.wr.try_write(&msg[off..]) {
+                    Ok(0) => return Err(SendError::Gone),
+                    Ok(n) => off += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        debug!(peer = %self.peer, "write error: {e}");
+                        return Err(SendError::Gone);
+                    }
+                }
+            }
+            if off == msg.len() {
+                return Ok(());
+            }
+        } else if queued + msg.len() > OUTBOX_LIMIT {
             return Err(SendError::Full(queued));
         }
-        self.queued.fetch_add(msg.len(), Ordering::Relaxed);
-        self.tx.send(msg).map_err(|_| SendError::Gone)
+        let rest = if off == 0 { msg } else { msg[off..].to_vec() };
+        self.queued.fetch_add(rest.len(), Ordering::Relaxed);
+        self.tx.send(rest).map_err(|_| SendError::Gone)
     }
 
     /// Stops reading; what is queued is still written, then the socket is closed.
@@ -158,6 +193,7 @@ async fn read_loop(mut rd: OwnedReadHalf, id: ClientId, events: mpsc::Sender<Eve
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; READ_CHUNK];
     let (reason, graceful) = loop {
+        // (A short read tells tokio the socket is drained: no extra read to see EAGAIN.)
         let n = match rd.read(&mut buf).await {
             Ok(0) if dec.is_mid_message() => {
                 break (
@@ -173,20 +209,31 @@ async fn read_loop(mut rd: OwnedReadHalf, id: ClientId, events: mpsc::Sender<Eve
             Err(e) => break (format!("read error: {e}"), false),
         };
         dec.feed(&buf[..n]);
+        let mut batch = Vec::new();
         loop {
             match dec.next_message::<Request>() {
                 Ok(Some(req)) => {
-                    // A full channel makes this reader wait: TCP backpressure on the client.
-                    if events.send(Event::Request(id, req)).await.is_err() {
-                        return;
+                    batch.push(req);
+                    if batch.len() >= REQUESTS_PER_EVENT {
+                        // A full channel makes this reader wait: TCP backpressure on the client.
+                        let full = std::mem::take(&mut batch);
+                        if events.send(Event::Requests(id, full)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    if !batch.is_empty() {
+                        let _ = events.send(Event::Requests(id, batch)).await;
+                    }
                     let _ = events.send(Event::Malformed(id, e)).await;
                     return;
                 }
             }
+        }
+        if !batch.is_empty() && events.send(Event::Requests(id, batch)).await.is_err() {
+            return;
         }
     };
     let _ = events
@@ -206,8 +253,31 @@ fn broken(id: ClientId, reason: String) -> Event {
     }
 }
 
+/// Writes all of `buf`, waiting (at most [`WRITE_STALL`] without progress) for the socket.
+async fn write_all(stream: &OwnedWriteHalf, buf: &[u8]) -> Result<(), String> {
+    let mut off = 0;
+    while off < buf.len() {
+        match tokio::time::timeout(WRITE_STALL, stream.writable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("write error: {e}")),
+            Err(_) => return Err(format!("write stalled for {WRITE_STALL:?}")),
+        }
+        match stream.try_write(&buf[off..]) {
+            Ok(0) => return Err("write returned 0".into()),
+            Ok(n) => off += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(format!("write error: {e}")),
+        }
+    }
+    Ok(())
+}
+
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    stream: Arc<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     id: ClientId,
@@ -222,30 +292,15 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let len = buf.len();
-        let mut off = 0;
-        while off < len {
-            match tokio::time::timeout(WRITE_STALL, wr.write(&buf[off..])).await {
-                Ok(Ok(0)) => {
-                    let _ = events.send(broken(id, "write returned 0".into())).await;
-                    return;
-                }
-                Ok(Ok(n)) => off += n,
-                Ok(Err(e)) => {
-                    let _ = events.send(broken(id, format!("write error: {e}"))).await;
-                    return;
-                }
-                Err(_) => {
-                    warn!(client = %id, "no write progress for {WRITE_STALL:?}: dropping the connection");
-                    let _ = events
-                        .send(broken(id, format!("write stalled for {WRITE_STALL:?}")))
-                        .await;
-                    return;
-                }
+        if let Err(reason) = write_all(&stream, &buf).await {
+            if reason.starts_with("write stalled") {
+                warn!(client = %id, "no write progress for {WRITE_STALL:?}: dropping the connection");
             }
+            let _ = events.send(broken(id, reason)).await;
+            return;
         }
-        queued.fetch_sub(len, Ordering::Relaxed);
+        queued.fetch_sub(buf.len(), Ordering::Relaxed);
     }
-    // The loop dropped the connection: everything queued is written, close our side.
-    let _ = wr.shutdown().await;
+    // The loop dropped the connection: everything queued is written. Dropping the last
+    // handle on the write half shuts our side down.
 }

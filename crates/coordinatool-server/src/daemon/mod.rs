@@ -374,7 +374,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             store: Some(store),
             batch: Batch::new(),
             conns: HashMap::new(),
-            outbox: Vec::new(),
+            outbox: Outbox::default(),
             reporter,
             report_out: Vec::new(),
             fsname,
@@ -464,13 +464,68 @@ enum Out {
     Close(ClientId),
 }
 
+/// The turn's replies: per connection, every reply of the turn in one buffer (sent with one
+/// write), in the order connections are flushed and closed. A buffer is closed once it holds
+/// [`OUT_SEGMENT`] bytes, so big replies stay separate messages for the outbox limit.
+#[derive(Default)]
+struct Outbox {
+    /// Index in `order` of the open buffer of each connection.
+    open: HashMap<ClientId, usize>,
+    order: Vec<Out>,
+}
+
+/// Size after which a connection's reply buffer takes no more replies this turn.
+const OUT_SEGMENT: usize = 64 * 1024;
+
+impl Outbox {
+    /// The buffer of `id` for this turn, to encode replies into.
+    fn buf(&mut self, id: ClientId) -> &mut Vec<u8> {
+        let i = match self.open.get(&id) {
+            Some(&i) if matches!(&self.order[i], Out::Send(_, b) if b.len() < OUT_SEGMENT) => i,
+            _ => {
+                self.order.push(Out::Send(id, Vec::with_capacity(256)));
+                self.open.insert(id, self.order.len() - 1);
+                self.order.len() - 1
+            }
+        };
+        match &mut self.order[i] {
+            Out::Send(_, b) => b,
+            Out::Close(_) => unreachable!("open buffers index Send entries"),
+        }
+    }
+
+    fn push(&mut self, out: Out) {
+        match out {
+            Out::Send(id, msg) => {
+                let b = self.buf(id);
+                if b.is_empty() {
+                    *b = msg;
+                } else {
+                    b.extend_from_slice(&msg);
+                }
+            }
+            close @ Out::Close(_) => self.order.push(close),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Everything to do, in order, with each connection's replies coalesced.
+    fn take(&mut self) -> Vec<Out> {
+        self.open.clear();
+        std::mem::take(&mut self.order)
+    }
+}
+
 struct Server {
     engine: Engine,
     /// `None` only while a commit runs on the blocking thread.
     store: Option<Box<dyn Store>>,
     batch: Batch,
     conns: HashMap<ClientId, Conn>,
-    outbox: Vec<Out>,
+    outbox: Outbox,
     reporter: Option<(Reporter, ReportWriter)>,
     report_out: Vec<ReportOutput>,
     fsname: String,
@@ -760,8 +815,12 @@ impl Server {
 
     fn handle_event(&mut self, ev: Event) {
         match ev {
-            Event::Request(id, req) => {
-                if self.conns.contains_key(&id) {
+            Event::Requests(id, reqs) => {
+                for req in reqs {
+                    // A request may get its own connection dropped (a reply it cannot take).
+                    if !self.conns.contains_key(&id) {
+                        break;
+                    }
                     self.handle_request(id, req);
                 }
             }
@@ -815,8 +874,7 @@ impl Server {
     }
 
     fn reply(&mut self, id: ClientId, r: &Reply) {
-        self.outbox
-            .push(Out::Send(id, coordinatool_proto::to_vec(r)));
+        coordinatool_proto::encode(r, self.outbox.buf(id));
     }
 
     fn handle_request(&mut self, id: ClientId, req: WireRequest) {
@@ -956,8 +1014,7 @@ impl Server {
             match a {
                 Action::Deliver(d) => {
                     let r = Reply::Recv(reply::recv_reply(&d, &self.fsname));
-                    self.outbox
-                        .push(Out::Send(d.client, coordinatool_proto::to_vec(&r)));
+                    coordinatool_proto::encode(&r, self.outbox.buf(d.client));
                 }
                 Action::ReportCancelled { cancel } => self.report_cancelled(&cancel),
                 Action::Persist(op) => self.batch.push(op),
@@ -1008,7 +1065,7 @@ impl Server {
             if self.outbox.is_empty() {
                 return Ok(());
             }
-            for out in std::mem::take(&mut self.outbox) {
+            for out in self.outbox.take() {
                 match out {
                     Out::Send(id, msg) => self.send(id, msg),
                     Out::Close(id) => {
