@@ -385,6 +385,8 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             store_buffered: false,
             mirror,
             flushing: Vec::new(),
+            inflight: None,
+            store_health: None,
             last_timer: None,
             names: resolve::Names::new(),
             owners,
@@ -396,7 +398,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             quit: sig(SignalKind::quit(), "cannot handle SIGQUIT")?,
         };
         // The recovery's own changes (placeholders, report files) first.
-        server.end_turn().await?;
+        server.settle().await?;
         info!(address = %local, "listening on {local}");
         if let Err(e) = notify::ready(&format!("listening on {local}")) {
             warn!("sd_notify READY: {e}");
@@ -455,6 +457,7 @@ enum Wake {
     ReportTick,
     Watchdog,
     StoreCheck,
+    Committed(Result<Committed, tokio::task::JoinError>),
 }
 
 /// Something to do after the turn's commit.
@@ -508,10 +511,6 @@ impl Outbox {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
     /// Everything to do, in order, with each connection's replies coalesced.
     fn take(&mut self) -> Vec<Out> {
         self.open.clear();
@@ -539,12 +538,28 @@ struct Server {
     mirror: Option<Mirror>,
     /// Writers of closed connections still writing their last bytes.
     flushing: Vec<tokio::task::JoinHandle<()>>,
+    /// The group commit running on the blocking thread, and what waits for it.
+    inflight: Option<Inflight>,
+    /// The store's health as of the last commit, for `status` while a commit runs.
+    store_health: Option<crate::store::StoreHealth>,
     /// When the engine timer last fired (rate limit, [`TIMER_MIN_GAP`]).
     last_timer: Option<tokio::time::Instant>,
     /// Peer host names (reverse lookups off the loop, cached).
     names: resolve::Names,
     /// File owners of new requests, when fair share is by uid, gid or projid.
     owners: Option<owner::OwnerLookup>,
+}
+
+/// What a group commit on the blocking thread gives back.
+type Committed = (Box<dyn Store>, Batch, Result<CommitStatus, StoreError>);
+
+/// A group commit in flight (stores with a backend). The loop goes on meanwhile: the next
+/// turns' changes gather in the next batch and their replies wait for the next commit.
+struct Inflight {
+    handle: tokio::task::JoinHandle<Committed>,
+    /// Replies of the turns whose changes this commit makes durable.
+    outbox: Vec<Out>,
+    report_out: Vec<ReportOutput>,
 }
 
 /// The stop signals, installed before the server says it is ready.
@@ -604,6 +619,7 @@ impl Server {
         while self.stop.is_none() {
             let deadline = self.timer_deadline();
             let ct = &self.ct;
+            let inflight = &mut self.inflight;
             // Unbiased: a flood on one input (Lustre or clients) must not starve the others.
             let wake = tokio::select! {
                 () = recv_sig(&mut term) => Wake::Signal("SIGTERM"),
@@ -652,6 +668,12 @@ impl Server {
                         None => std::future::pending().await,
                     }
                 } => Wake::StoreCheck,
+                r = async {
+                    match inflight {
+                        Some(i) => (&mut i.handle).await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Committed(r),
             };
             match wake {
                 Wake::Signal(name) => {
@@ -704,6 +726,7 @@ impl Server {
                     let _ = notify::watchdog();
                 }
                 Wake::StoreCheck => self.check_store(None).await?,
+                Wake::Committed(r) => self.committed(r).await?,
             }
             self.end_turn().await?;
             if self.stop.is_some() {
@@ -987,8 +1010,14 @@ impl Server {
                 let st = self.engine.status(s.verbose >= 6);
                 let body: StatusReply = reply::status_reply(&st);
                 let mut msg = coordinatool_proto::to_vec(&Reply::Status(Box::new(body)));
-                if let Some(store) = &self.store {
-                    msg = reply::with_store(msg, &reply::store_object(&store.health()));
+                // (While a commit runs, the health its start saw.)
+                if let Some(h) = self
+                    .store
+                    .as_ref()
+                    .map(|s| s.health())
+                    .or(self.store_health.clone())
+                {
+                    msg = reply::with_store(msg, &reply::store_object(&h));
                 }
                 self.outbox.push(Out::Send(id, msg));
             }
@@ -1050,35 +1079,119 @@ impl Server {
 
     /// Commits the turn's changes, then writes report lines and sends the outbox; repeats
     /// while sending produced new work (a dropped slow client re-queues its requests).
+    ///
+    /// With a store backend the commit runs on the blocking thread while the loop goes on
+    /// (pipelined group commit): the turn's replies are held until it is durable, and
+    /// whatever comes meanwhile goes into the next commit. Replies are never sent before
+    /// every change up to their turn is durable.
     async fn end_turn(&mut self) -> Result<(), DaemonError> {
         loop {
             self.drain_actions();
-            if !self.batch.is_empty() {
-                self.commit().await?;
-            }
-            if !self.report_out.is_empty()
-                && let Some((_, w)) = &self.reporter
-            {
-                w.apply(&self.report_out);
-                self.report_out.clear();
-            }
-            if self.outbox.is_empty() {
+            if self.inflight.is_some() {
+                // This turn's replies may depend on the running commit: they wait for the next.
                 return Ok(());
             }
-            for out in self.outbox.take() {
-                match out {
-                    Out::Send(id, msg) => self.send(id, msg),
-                    Out::Close(id) => {
-                        if let Some(c) = self.conns.remove(&id)
-                            && let Some(j) = c.close()
-                        {
-                            self.flushing.retain(|j| !j.is_finished());
-                            self.flushing.push(j);
-                        }
+            if !self.batch.is_empty() {
+                if self
+                    .store
+                    .as_ref()
+                    .is_some_and(|s| s.health().backend != "none")
+                {
+                    self.start_commit();
+                    return Ok(());
+                }
+                self.commit().await?;
+            }
+            let report_out = std::mem::take(&mut self.report_out);
+            let outbox = self.outbox.take();
+            if !self.release(report_out, outbox) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Starts the group commit of the batch on the blocking thread; the turn's replies and
+    /// report lines wait for it.
+    fn start_commit(&mut self) {
+        let Some(mut store) = self.store.take() else {
+            return;
+        };
+        if let Some(m) = &mut self.mirror {
+            m.apply(self.batch.ops());
+        }
+        self.store_health = Some(store.health());
+        let batch = std::mem::take(&mut self.batch);
+        let handle = tokio::task::spawn_blocking(move || {
+            let r = store.commit(&batch);
+            (store, batch, r)
+        });
+        self.inflight = Some(Inflight {
+            handle,
+            outbox: self.outbox.take(),
+            report_out: std::mem::take(&mut self.report_out),
+        });
+    }
+
+    /// The commit in flight is over: its replies and report lines go out.
+    async fn committed(
+        &mut self,
+        r: Result<Committed, tokio::task::JoinError>,
+    ) -> Result<(), DaemonError> {
+        let Some(inflight) = self.inflight.take() else {
+            return Ok(());
+        };
+        let (store, mut batch, res) = r.map_err(|e| DaemonError::Runtime {
+            what: "store task failed",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        self.store = Some(store);
+        if self.batch.is_empty() {
+            // Keep the allocation.
+            batch.clear();
+            self.batch = batch;
+        }
+        let status = res?;
+        self.check_store(Some(status)).await?;
+        self.release(inflight.report_out, inflight.outbox);
+        Ok(())
+    }
+
+    /// Ends the turn and waits for every commit it starts (start-up and shutdown).
+    async fn settle(&mut self) -> Result<(), DaemonError> {
+        self.end_turn().await?;
+        while let Some(i) = self.inflight.as_mut() {
+            let r = (&mut i.handle).await;
+            self.committed(r).await?;
+            self.end_turn().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes report lines and sends replies whose changes are durable; false when there
+    /// was nothing to send.
+    fn release(&mut self, report_out: Vec<ReportOutput>, outbox: Vec<Out>) -> bool {
+        if !report_out.is_empty()
+            && let Some((_, w)) = &self.reporter
+        {
+            w.apply(&report_out);
+        }
+        if outbox.is_empty() {
+            return false;
+        }
+        for out in outbox {
+            match out {
+                Out::Send(id, msg) => self.send(id, msg),
+                Out::Close(id) => {
+                    if let Some(c) = self.conns.remove(&id)
+                        && let Some(j) = c.close()
+                    {
+                        self.flushing.retain(|j| !j.is_finished());
+                        self.flushing.push(j);
                     }
                 }
             }
         }
+        true
     }
 
     fn send(&mut self, id: ClientId, msg: Vec<u8>) {
@@ -1217,7 +1330,7 @@ impl Server {
     /// After the loop: last commit, last replies, unregister from Lustre.
     async fn finish(&mut self) {
         let _ = notify::stopping();
-        if let Err(e) = self.end_turn().await {
+        if let Err(e) = self.settle().await {
             error!("final commit: {e}");
         }
         for (_, c) in self.conns.drain() {
