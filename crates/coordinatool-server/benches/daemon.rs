@@ -1,12 +1,17 @@
 //! Protocol-level throughput of the server binary: movers doing `recv` + `done` over real TCP.
 //!
 //! `cargo bench -p coordinatool-server --bench daemon [-- <requests> <movers> <per_recv>]`
+//! `cargo bench -p coordinatool-server --bench daemon -- mem [<requests>]`
 //!
 //! Starts the simulated Lustre in-process and the `coordinatool-server` binary against it
 //! (the liblustreapi stand-in), queues `<requests>` archives with `queue`, then `<movers>`
 //! threads loop on `recv` (`max_archive = <per_recv>`) and answer every item with `done`
 //! (pipelined). Prints round trips (one item received and done) per second, for the
 //! embedded store (fsync per group commit) and without a store.
+//!
+//! `mem`: the server's memory per queued request: its resident size (`VmRSS` of
+//! `/proc/<pid>/status`) before and after queueing `<requests>` (default 1M) archives, for
+//! each store. The many-mover load generator is `coordinatool-client bench`.
 
 #[path = "../tests/server_common/mod.rs"]
 mod server_common;
@@ -103,7 +108,53 @@ fn run(store: &str, requests: u32, movers: u32, per_recv: u32) {
     }
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS line")
+}
+
+fn memory(store: &str, requests: u32) {
+    let sim = Sim::start(&format!("mem-{store}"));
+    let srv = Server::start(&sim, &config(&sim, &format!("store {store}\n")));
+    let mut q = srv.connect();
+    // One status round trip first: the loop and a connection are set up.
+    q.call(&Request::Status(Default::default()));
+    let before = rss_kib(srv.child.id());
+    let mut n = 0;
+    while n < requests {
+        let end = (n + 10_000).min(requests);
+        match q.call(&Request::Queue(QueueRequest {
+            items: (n..end).map(item).collect(),
+            fsname: None,
+        })) {
+            Reply::Queue(r) => assert_eq!(r.enqueued, u64::from(end - n)),
+            other => panic!("{other:?}"),
+        }
+        n = end;
+    }
+    let after = rss_kib(srv.child.id());
+    println!(
+        "store {store:8}: {requests} queued: RSS {before} KiB -> {after} KiB = {:.0} bytes per queued request",
+        (after.saturating_sub(before) * 1024) as f64 / f64::from(requests)
+    );
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("mem") {
+        let requests = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1_000_000);
+        for store in ["none", "embedded"] {
+            memory(store, requests);
+        }
+        return;
+    }
     let args: Vec<u32> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
