@@ -26,7 +26,7 @@ use coordinatool_sim::rpc::{self, Fid};
 use coordinatool_sim::server::{Daemon, ServeOptions, now_secs};
 
 use crate::e2e_common::{bin_dir, free_port};
-use crate::sim_common::{DEADLINE, Proc, build_c, lib_dir};
+use crate::sim_common::{DEADLINE, Proc, lib_dir};
 
 /// The server's store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -474,26 +474,13 @@ impl StatusClient {
     }
 }
 
-/// The shim the mover loads (see `shim.c`), built once and cached by content.
-fn shim() -> PathBuf {
-    let preload = lib_dir().join("libcoordinatool_client.so");
-    assert!(preload.exists(), "{} missing", preload.display());
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/shim.c");
-    let preload = preload.to_string_lossy().into_owned();
-    build_c(
-        &src,
-        "libcoordinatool-e2e-shim.so",
-        &["-shared", "-fPIC", "-Wl,--no-as-needed", &preload],
-    )
-}
-
 fn spawn_mover(sim: &BenchSim, server: &ServerProc, i: usize, threads: usize) -> Proc {
     let port = server.addr.rsplit(':').next().expect("port");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinatool-e2e-mover"));
     clean_env(&mut cmd);
     cmd.arg(&sim.mount)
         .arg(threads.to_string())
-        .arg(shim())
+        .arg(lib_dir().join("liblustreapi.so.1"))
         .env("LD_LIBRARY_PATH", lib_dir())
         .env("LD_PRELOAD", lib_dir().join("libcoordinatool_client.so"))
         .env("COORDINATOOL_CONF", "/dev/null")

@@ -4,10 +4,11 @@
 //! request through Lustre (simulated), the server and the preload, not a copy.
 //!
 //! Usage: `coordinatool-e2e-mover MOUNT THREADS LIBRARY`, run under
-//! `LD_PRELOAD=libcoordinatool_client.so`. `LIBRARY` is what coordinatool-lustre loads: the
-//! benchmark's shim (`shim.c`), an empty library whose dependencies are the preload then
-//! liblustreapi, so that the loader's `dlsym` on it finds the preload's copytool functions
-//! first, as the dynamic linker does for a copytool linked with `-llustreapi`.
+//! `LD_PRELOAD=libcoordinatool_client.so`. `LIBRARY` is the `liblustreapi.so.1` that
+//! coordinatool-lustre loads; its loader takes the copytool functions from the preload, which
+//! interposes on them, as the dynamic linker does for a copytool linked with `-llustreapi`. The
+//! mover refuses to run when they are not interposed, so the benchmark cannot silently bypass
+//! the preload.
 //!
 //! One thread receives lists (`recv` is serialised by the library anyway) and queues their
 //! items; `THREADS` workers begin and end them. SIGTERM (or SIGINT) interrupts `recv`; the
@@ -134,6 +135,12 @@ fn main() {
     // Every thread started from here on (the preload's, the workers) inherits the mask.
     mask_signals(libc::SIG_BLOCK);
     let api = Lustreapi::load_from(library).unwrap_or_else(|e| fail(e.to_string()));
+    if !api.interposed().contains(&"llapi_hsm_copytool_recv") {
+        fail(format!(
+            "llapi_hsm_copytool_recv is not interposed (interposed: {:?}): run under LD_PRELOAD=libcoordinatool_client.so",
+            api.interposed()
+        ));
+    }
     let ct = Copytool::register(&api, &mount, &[], false)
         .unwrap_or_else(|e| fail(format!("register on {}: {e}", mount.display())));
     let queue = Queue {

@@ -118,7 +118,86 @@ fn dl_reason(e: &libloading::Error) -> String {
 pub struct Lustreapi {
     library: String,
     syms: bindings::LustreapiSymbols,
+    interposed: Vec<&'static str>,
 }
+
+/// `p` as a value of `F`, the type of `_like`.
+///
+/// # Safety
+/// `F` is a function pointer type and `p` the address of a function of that type.
+unsafe fn same_type_as<F: Copy>(_like: F, p: *mut libc::c_void) -> F {
+    assert_eq!(size_of::<F>(), size_of::<*mut libc::c_void>());
+    // SAFETY: same size (checked), and the caller vouches for the type.
+    unsafe { std::mem::transmute_copy(&p) }
+}
+
+macro_rules! interposable {
+    ($($f:ident),* $(,)?) => {
+        /// The functions [`interpose`] looks up; equal to [`SYMBOLS`] (tested).
+        #[cfg_attr(not(test), allow(dead_code))]
+        const INTERPOSABLE: &[&str] = &[$(stringify!($f)),*];
+
+        /// Replaces each function of `syms` by the definition the process's global scope has
+        /// for its name, when there is one: the program, its `LD_PRELOAD` libraries and the
+        /// libraries loaded with `RTLD_GLOBAL`, in the dynamic linker's order. Returns the
+        /// names replaced.
+        ///
+        /// `dlsym` on the library's own handle only searches that library and its
+        /// dependencies, so without this a copytool using this crate would bypass an
+        /// `LD_PRELOAD` library that a copytool linked with `-llustreapi` goes through
+        /// (coordinatool's movers' library is one). The library is opened `RTLD_LOCAL`, so its
+        /// own symbols are not in the global scope, and a second library loaded from another
+        /// path in the same process is never shadowed by the first.
+        fn interpose(syms: &mut bindings::LustreapiSymbols) -> Vec<&'static str> {
+            let mut replaced = Vec::new();
+            $(
+                // SAFETY: a plain lookup with a NUL-terminated name.
+                let p = unsafe {
+                    libc::dlsym(libc::RTLD_DEFAULT, concat!(stringify!($f), "\0").as_ptr().cast())
+                };
+                if !p.is_null() && p as usize != syms.$f as usize {
+                    // SAFETY: the global definition has the library's name, hence (as the
+                    // dynamic linker assumes for a program linked with it) its prototype; a
+                    // data pointer and a function pointer have the same size here.
+                    syms.$f = unsafe { same_type_as(syms.$f, p) };
+                    replaced.push(stringify!($f));
+                }
+            )*
+            replaced
+        }
+    };
+}
+
+interposable!(
+    llapi_hsm_copytool_register,
+    llapi_hsm_copytool_unregister,
+    llapi_hsm_copytool_get_fd,
+    llapi_hsm_copytool_recv,
+    llapi_hsm_action_begin,
+    llapi_hsm_action_end,
+    llapi_hsm_action_progress,
+    llapi_hsm_action_get_dfid,
+    llapi_hsm_action_get_fd,
+    llapi_hsm_user_request_alloc,
+    llapi_hsm_request,
+    llapi_hsm_current_action,
+    llapi_hsm_state_get_fd,
+    llapi_hsm_state_get,
+    llapi_hsm_state_set_fd,
+    llapi_hsm_state_set,
+    llapi_hsm_register_event_fifo,
+    llapi_hsm_unregister_event_fifo,
+    llapi_hsm_log_error,
+    llapi_msg_set_level,
+    llapi_msg_get_level,
+    llapi_error_callback_set,
+    llapi_info_callback_set,
+    llapi_search_fsname,
+    llapi_get_mdt_index_by_fid,
+    llapi_fid2path,
+    llapi_path2fid,
+    llapi_fd2fid,
+);
 
 impl std::fmt::Debug for Lustreapi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,8 +250,21 @@ impl Lustreapi {
                 reason: dl_reason(&e),
             }
         })?;
-        tracing::debug!(library = %library, "loaded liblustreapi");
-        Ok(Lustreapi { library, syms })
+        let mut syms = syms;
+        let interposed = interpose(&mut syms);
+        tracing::debug!(library = %library, ?interposed, "loaded liblustreapi");
+        Ok(Lustreapi {
+            library,
+            syms,
+            interposed,
+        })
+    }
+
+    /// The functions taken from an object that interposes on the library (an `LD_PRELOAD`
+    /// library such as coordinatool's movers' library, or the program itself) rather than
+    /// from the library.
+    pub fn interposed(&self) -> &[&'static str] {
+        &self.interposed
     }
 
     /// The process-wide instance, loaded by [`load`](Self::load) on first use. A failure is
@@ -194,5 +286,15 @@ impl Lustreapi {
     /// [`crate::copytool`].
     pub fn symbols(&self) -> &bindings::LustreapiSymbols {
         &self.syms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_symbol_can_be_interposed() {
+        assert_eq!(INTERPOSABLE, SYMBOLS);
     }
 }
