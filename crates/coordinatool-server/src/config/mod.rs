@@ -501,14 +501,9 @@ pub fn load(
     })))
 }
 
-/// Keys of the shared file that belong to the clients.
-const CLIENT_KEYS: &[&str] = &[
-    "client_id",
-    "max_restore",
-    "max_archive",
-    "max_remove",
-    "hal_size",
-];
+// Keys of the shared file that belong to the clients: one list, shared with the clients'
+// parser, so that neither side warns about the other's keys.
+use coordinatool_config::CLIENT_KEYS;
 
 /// Applies the text of a config file on top of `cfg`.
 pub fn apply_file(

@@ -783,3 +783,31 @@ fn random_command_lines_never_panic() {
         let _ = load("x", &args, &|_| None);
     }
 }
+
+#[test]
+fn client_keys_are_skipped_and_every_server_key_of_the_shared_list_is_read() {
+    // The clients skip exactly coordinatool_config::SERVER_KEYS; each must be a key here.
+    let sample = |k: &str| match k {
+        "redis_host" | "reporting_hint" | "priority_tag" => "x=",
+        "archive_on_hosts" => "tag= host1",
+        "archive_on_hosts_ch" => "tag= 1 host1",
+        "archive_on_hosts_ch_hash" => "rendezvous",
+        "batch_archives_slices_sec" | "batch_archives_slice_sec" => "10 20",
+        "reporting_dir" => "reports",
+        "store" => "none",
+        "state_dir" => "/tmp/state",
+        "fair_share_key" => "uid",
+        "fair_share_weight" => "1000 2",
+        _ => "1",
+    };
+    let mut text = String::new();
+    for k in coordinatool_config::SERVER_KEYS {
+        text.push_str(&format!("{k} {}\n", sample(k)));
+    }
+    for k in coordinatool_config::CLIENT_KEYS {
+        text.push_str(&format!("{k} 1000\n"));
+    }
+    let l = with_file(&text).unwrap();
+    let msgs: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(msgs.is_empty(), "{msgs:?}");
+}
