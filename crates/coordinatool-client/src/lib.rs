@@ -6,7 +6,7 @@
 //! * [`queue`]: an MDT `active_requests` listing to `queue` messages (parsed whole before
 //!   anything is sent, then sent in chunks with every reply checked).
 //! * [`render`]: upstream's indented JSON, status tables, the `watch` view.
-//! * [`bench`]: the load generator behind `coordinatool-client bench` (many movers, one thread).
+//! * [`bench`](mod@bench): the load generator behind `coordinatool-client bench` (many movers, one thread).
 //! * [`cli`] and [`app`]: the clap definition and the program ([`app::run`]), with exit
 //!   statuses in [`app::exit`].
 
