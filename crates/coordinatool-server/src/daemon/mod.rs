@@ -1424,3 +1424,58 @@ fn printable(data: &[u8]) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod outbox_tests {
+    use super::*;
+
+    fn two_clients() -> (ClientId, ClientId) {
+        let mut e = Engine::new(coordinatool_sched::Config::default()).expect("engine");
+        (e.connect("a:1", Time(1)), e.connect("b:2", Time(1)))
+    }
+
+    fn sends(out: &[Out]) -> Vec<(ClientId, String)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Send(id, m) => Some((*id, String::from_utf8_lossy(m).into_owned())),
+                Out::Close(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replies_of_a_turn_are_coalesced_per_connection_in_order() {
+        let (a, b) = two_clients();
+        let mut o = Outbox::default();
+        o.buf(a).extend_from_slice(b"{1}");
+        o.push(Out::Send(b, b"{x}".to_vec()));
+        o.push(Out::Send(a, b"{2}".to_vec()));
+        o.buf(b).extend_from_slice(b"{y}");
+        o.push(Out::Close(b));
+        let out = o.take();
+        assert_eq!(
+            sends(&out),
+            vec![(a, "{1}{2}".to_owned()), (b, "{x}{y}".to_owned())]
+        );
+        assert!(matches!(out.last(), Some(Out::Close(id)) if *id == b));
+        assert_eq!(out.len(), 3);
+        // A new turn starts empty.
+        assert!(o.take().is_empty());
+        o.push(Out::Send(a, b"{3}".to_vec()));
+        assert_eq!(sends(&o.take()), vec![(a, "{3}".to_owned())]);
+    }
+
+    #[test]
+    fn a_full_buffer_is_closed_so_big_replies_stay_separate() {
+        let (a, _) = two_clients();
+        let mut o = Outbox::default();
+        let big = vec![b'x'; OUT_SEGMENT];
+        o.push(Out::Send(a, big.clone()));
+        o.push(Out::Send(a, b"{s}".to_vec()));
+        o.push(Out::Send(a, b"{t}".to_vec()));
+        let s = sends(&o.take());
+        assert_eq!(s.len(), 2, "the full buffer takes nothing more");
+        assert_eq!(s[0].1.len(), OUT_SEGMENT);
+        assert_eq!(s[1].1, "{s}{t}");
+    }
+}
