@@ -148,6 +148,70 @@ pub struct SimFs {
     entries: HashMap<LuFid, Entry>,
     by_ino: HashMap<u64, LuFid>,
     next_mdt: u32,
+    /// Something the index records changed since [`SimFs::take_changed`] (so a daemon rewrites
+    /// the index only when needed).
+    changed: bool,
+}
+
+/// A copy of the FID index taken under the daemon's lock, written out by
+/// [`IndexSnapshot::write`] without it (the fsync of a 100k-line index takes a while).
+#[derive(Debug)]
+pub struct IndexSnapshot {
+    path: PathBuf,
+    rows: Vec<(LuFid, Entry, FileAttrs)>,
+}
+
+/// What a walk of the mount found: every regular file and directory with its metadata,
+/// gathered without the model (see [`SimFs::walk`] and [`SimFs::apply_scan`]).
+#[derive(Debug, Default)]
+pub struct ScanWalk {
+    found: Vec<(PathBuf, fs::Metadata)>,
+}
+
+impl IndexSnapshot {
+    /// Writes the snapshot to the index file atomically (temporary file, fsync, rename).
+    pub fn write(mut self) -> Result<(), FsError> {
+        let tmp = self.path.with_extension("tmp");
+        let mut out = String::with_capacity(64 * self.rows.len() + 64);
+        out.push_str(INDEX_HEADER);
+        out.push('\n');
+        self.rows.sort_unstable_by_key(|r| r.0);
+        for (fid, e, a) in &self.rows {
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                out,
+                "{fid} {} {} {:#x} {} {} {} {} {} {} {} {}",
+                e.ino,
+                if e.dir { "d" } else { "f" },
+                a.states.bits(),
+                a.archive_id,
+                a.uid,
+                a.gid,
+                a.data_version,
+                a.archive_version,
+                e.stamp.0,
+                e.size,
+                escape(&e.path)
+            );
+        }
+        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(out.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &self.path).map_err(io_err("rename", &self.path))
+    }
+}
+
+impl ScanWalk {
+    /// Number of files and directories found.
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+
+    /// True when the mount held nothing.
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
 }
 
 impl SimFs {
@@ -166,6 +230,7 @@ impl SimFs {
             entries: HashMap::new(),
             by_ino: HashMap::new(),
             next_mdt: 0,
+            changed: false,
         };
         me.load(cluster)?;
         me.scan(0, cluster)?;
@@ -268,48 +333,52 @@ impl SimFs {
 
     /// Writes the index (HSM attributes from `cluster`) atomically.
     pub fn save(&self, cluster: &Cluster) -> Result<(), FsError> {
-        let path = self.index_path();
-        let tmp = path.with_extension("tmp");
-        let mut out = String::with_capacity(64 * self.entries.len() + 64);
-        out.push_str(INDEX_HEADER);
-        out.push('\n');
-        let mut fids: Vec<&LuFid> = self.entries.keys().collect();
-        fids.sort_unstable();
-        for fid in fids {
-            let e = &self.entries[fid];
-            let a = cluster.file(*fid).copied().unwrap_or_default();
-            use std::fmt::Write as _;
-            let _ = writeln!(
-                out,
-                "{fid} {} {} {:#x} {} {} {} {} {} {} {} {}",
-                e.ino,
-                if e.dir { "d" } else { "f" },
-                a.states.bits(),
-                a.archive_id,
-                a.uid,
-                a.gid,
-                a.data_version,
-                a.archive_version,
-                e.stamp.0,
-                e.size,
-                escape(&e.path)
-            );
+        self.snapshot(cluster).write()
+    }
+
+    /// Copies what the index records (cheap next to [`IndexSnapshot::write`], so a daemon
+    /// takes it under its lock and writes it after releasing the lock).
+    pub fn snapshot(&self, cluster: &Cluster) -> IndexSnapshot {
+        IndexSnapshot {
+            path: self.index_path(),
+            rows: self
+                .entries
+                .iter()
+                .map(|(fid, e)| {
+                    (
+                        *fid,
+                        e.clone(),
+                        cluster.file(*fid).copied().unwrap_or_default(),
+                    )
+                })
+                .collect(),
         }
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(out.as_bytes())
-            .and_then(|()| f.sync_data())
-            .map_err(io_err("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+    }
+
+    /// True (once) if something the index records changed since the last call: a new FID, a
+    /// rename, an unlink, a data version bump, a release, an import, a committed restore.
+    /// HSM attributes changed by the model alone (a completed archive) are not seen here.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// Walks the mount: gives a FID (and an open-by-FID link) to every new regular file and
     /// directory, follows renames, and unlinks from the model the files whose last name is
-    /// gone (only the `.lustre/fid` link is left).
+    /// gone (only the `.lustre/fid` link is left). Same as [`SimFs::walk`] then
+    /// [`SimFs::apply_scan`].
     pub fn scan(&mut self, now: u64, cluster: &mut Cluster) -> Result<(), FsError> {
+        let walk = SimFs::walk(&self.root)?;
+        self.apply_scan(now, walk, cluster)
+    }
+
+    /// The file-system half of a scan: lists and stats everything below `root` (a mount
+    /// root, [`SimFs::root`]), in sorted order. Needs no model, so a daemon runs it without
+    /// its lock.
+    pub fn walk(root: &Path) -> Result<ScanWalk, FsError> {
         let mut stack = vec![PathBuf::new()];
-        let mut seen = std::collections::HashSet::new();
+        let mut found = Vec::new();
         while let Some(rel) = stack.pop() {
-            let dir = self.root.join(&rel);
+            let dir = root.join(&rel);
             let rd = fs::read_dir(&dir).map_err(io_err("read dir", &dir))?;
             let mut names: Vec<_> = rd.filter_map(Result::ok).map(|e| e.file_name()).collect();
             names.sort();
@@ -318,8 +387,7 @@ impl SimFs {
                     continue;
                 }
                 let r = rel.join(&name);
-                let p = self.root.join(&r);
-                let md = match fs::symlink_metadata(&p) {
+                let md = match fs::symlink_metadata(root.join(&r)) {
                     Ok(m) => m,
                     Err(_) => continue,
                 };
@@ -328,7 +396,34 @@ impl SimFs {
                 } else if !md.is_file() {
                     continue;
                 }
-                seen.insert(md.ino());
+                found.push((r, md));
+            }
+        }
+        Ok(ScanWalk { found })
+    }
+
+    /// The model half of a scan: applies what `walk` found. The tree may have changed since
+    /// the walk (files created, renamed, unlinked, tracked by a call meanwhile), so a new
+    /// file is stat'ed again before it gets a FID, and a tracked file the walk did not see is
+    /// unlinked only if it is not at its recorded path either.
+    pub fn apply_scan(
+        &mut self,
+        now: u64,
+        walk: ScanWalk,
+        cluster: &mut Cluster,
+    ) -> Result<(), FsError> {
+        let mut seen = std::collections::HashSet::with_capacity(walk.found.len());
+        for (r, md) in walk.found {
+            seen.insert(md.ino());
+            if !self.by_ino.contains_key(&md.ino()) {
+                // Unknown inode: it must still be there, as the same kind of file.
+                match fs::symlink_metadata(self.root.join(&r)) {
+                    Ok(now_md) if now_md.ino() == md.ino() && now_md.is_dir() == md.is_dir() => {
+                        self.track(&r, &now_md, cluster)?;
+                    }
+                    _ => continue,
+                }
+            } else {
                 self.track(&r, &md, cluster)?;
             }
         }
@@ -336,11 +431,15 @@ impl SimFs {
             .entries
             .iter()
             .filter(|(_, e)| !seen.contains(&e.ino))
+            .filter(|(_, e)| {
+                !fs::symlink_metadata(self.root.join(&e.path)).is_ok_and(|m| m.ino() == e.ino)
+            })
             .map(|(f, _)| *f)
             .collect();
         for fid in gone {
             let e = self.entries.remove(&fid).expect("listed above");
             self.by_ino.remove(&e.ino);
+            self.changed = true;
             let _ = fs::remove_file(self.fid_link(fid));
             if !e.dir {
                 let _ = cluster.unlink_file(now, fid);
@@ -363,6 +462,7 @@ impl SimFs {
                 .expect("by_ino and entries agree");
             if e.path != rel {
                 e.path = rel.to_owned();
+                self.changed = true;
             }
             return Ok(fid);
         }
@@ -388,6 +488,7 @@ impl SimFs {
                 },
             );
         }
+        self.changed = true;
         self.by_ino.insert(md.ino(), fid);
         self.entries.insert(
             fid,
@@ -463,6 +564,7 @@ impl SimFs {
         match found {
             Some(rel) => {
                 self.entries.get_mut(&fid).expect("present").path = rel.clone();
+                self.changed = true;
                 Ok(rel)
             }
             None => Err(FsError::UnknownFid(fid)),
@@ -506,6 +608,7 @@ impl SimFs {
         if st != e.stamp {
             e.stamp = st;
             e.size = md.size();
+            self.changed = true;
             cluster.file_modified(fid, attrs.data_version + 1)?;
             return Ok(attrs.data_version + 1);
         }
@@ -551,6 +654,7 @@ impl SimFs {
         let e = self.entries.get_mut(&fid).expect("refresh found it");
         e.stamp = stamp(&md);
         e.size = size;
+        self.changed = true;
         Ok(())
     }
 
@@ -587,6 +691,7 @@ impl SimFs {
         if let Some(e) = self.entries.get_mut(&fid) {
             e.stamp = stamp(&md);
             e.size = md.size();
+            self.changed = true;
         }
         self.discard_volatile(volatile);
         Ok(())
@@ -688,6 +793,7 @@ impl SimFs {
         let e = self.entries.get_mut(&fid).expect("tracked above");
         e.stamp = stamp(&md);
         e.size = attrs.size;
+        self.changed = true;
         Ok(fid)
     }
 }

@@ -6,8 +6,9 @@
 //! copytool that stops reading blocks only its own pipe, as in the kernel), and a ticker that
 //! runs the coordinators. The wall clock is read in one place, [`now_secs`]. The ticker runs a
 //! scan as soon as a request, completion or registration asks for one (the real coordinator
-//! waits for its next 1-second wake-up), and every second otherwise; every 10 seconds it
-//! rescans the mount for unlinked files and saves the FID index if something changed.
+//! waits for its next 1-second wake-up), and every second otherwise; it saves the FID index (at most every
+//! 2 seconds, writing a snapshot without the lock) when something the index records changed;
+//! every 10 seconds it rescans the mount for new, renamed and unlinked files.
 //!
 //! A client that crashes mid-call only loses its own connection: its half-read request is
 //! dropped, and a copytool stream that closes is removed from its mount's broadcast group.
@@ -92,6 +93,7 @@ struct Core {
     /// Copytool streams per client mount UUID.
     streams: HashMap<String, Vec<StreamTx>>,
     next_stream: u64,
+    /// The FID index differs from the saved one.
     dirty: bool,
 }
 
@@ -247,9 +249,6 @@ impl Daemon {
                 let _ = s.tx.send(msg.clone());
             }
             core.streams.clear();
-            if let Err(e) = core.fs.save(&core.cluster) {
-                warn!(error = %e, "saving the FID index");
-            }
         }
         self.shared.kick.notify_all();
         // Request/response connections: nothing more is answered.
@@ -277,6 +276,12 @@ impl Daemon {
         for t in conns {
             let _ = t.join();
         }
+        // Every thread is gone: no snapshot of the ticker can overwrite this one.
+        let core = self.shared.lock();
+        if let Err(e) = core.fs.save(&core.cluster) {
+            warn!(error = %e, "saving the FID index");
+        }
+        drop(core);
         let _ = std::fs::remove_file(&self.socket);
     }
 }
@@ -335,8 +340,14 @@ fn ticker_loop(shared: &Arc<Shared>) {
         let now = now_secs();
         let paused = shared.paused.load(Ordering::SeqCst);
         if !paused {
+            let active = |c: &Cluster| c.mdts().iter().map(|m| m.active_count()).sum::<u64>();
+            let before = active(&core.cluster);
             core.cluster.tick(now);
-            deliver(&mut core, now);
+            let sent = deliver(&mut core, now);
+            // A HAL sent marks its files `exists`; a timed-out request changes their state.
+            if sent > 0 || active(&core.cluster) != before {
+                core.dirty = true;
+            }
             // A purge writer waits for the thread's idle point.
             shared.kick.notify_all();
         }
@@ -346,13 +357,20 @@ fn ticker_loop(shared: &Arc<Shared>) {
             if let Err(e) = c.fs.scan(now, &mut c.cluster) {
                 warn!(error = %e, "rescanning the mount");
             }
-            c.dirty = true;
+            if c.fs.take_changed() {
+                c.dirty = true;
+            }
         }
         if core.dirty && now >= last_save + 2 {
             last_save = now;
             core.dirty = false;
-            if let Err(e) = core.fs.save(&core.cluster) {
+            let snapshot = core.fs.snapshot(&core.cluster);
+            drop(core);
+            let saved = snapshot.write();
+            core = shared.lock();
+            if let Err(e) = saved {
                 warn!(error = %e, "saving the FID index");
+                core.dirty = true;
             }
         }
         if !paused && core.cluster.wants_scan() {
@@ -366,9 +384,12 @@ fn ticker_loop(shared: &Arc<Shared>) {
     }
 }
 
-/// Writes pending HALs into the copytool streams of their agent's mount (broadcast, §6).
-fn deliver(core: &mut Core, now: u64) {
+/// Writes pending HALs into the copytool streams of their agent's mount (broadcast, §6);
+/// returns how many were dispatched.
+fn deliver(core: &mut Core, now: u64) -> usize {
+    let mut n = 0;
     while let Some(d) = core.cluster.poll_dispatch() {
+        n += 1;
         let msg = Arc::new(rpc::kuc_action_list(&d.to_hal().encode()));
         let streams = core.streams.entry(d.agent.to_string()).or_default();
         streams.retain(|s| s.tx.send(msg.clone()).is_ok());
@@ -377,6 +398,7 @@ fn deliver(core: &mut Core, now: u64) {
             core.cluster.send_failed(now, &d, Errno::EPIPE);
         }
     }
+    n
 }
 
 fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
@@ -402,7 +424,7 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
                     let _ = rpc::write_frame(&mut stream, &Response::Err(libc::ESHUTDOWN));
                     return;
                 }
-                core.cluster.register(uuid, archives).map(|()| {
+                let r = core.cluster.register(uuid, archives).map(|()| {
                     core.next_stream += 1;
                     let id = core.next_stream;
                     core.streams
@@ -410,18 +432,26 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
                         .or_default()
                         .push(StreamTx { id, tx });
                     id
-                })
+                });
+                if r.is_ok() {
+                    // Under the lock stop takes to send the shutdown message: a stopping
+                    // daemon waits for this writer and does not close the socket as a plain
+                    // connection before the message is out.
+                    shared.writers.fetch_add(1, Ordering::SeqCst);
+                    if let Some(c) = shared.conns().open.get_mut(&conn_id) {
+                        c.1 = true;
+                    }
+                }
+                r
             };
             shared.kick.notify_all();
             match r {
                 Ok(id) => {
-                    if let Some(c) = shared.conns().open.get_mut(&conn_id) {
-                        c.1 = true;
-                    }
                     if rpc::write_frame(&mut stream, &Response::Ok(Reply::Unit)).is_ok() {
                         copytool_stream(shared, stream, uuid, id, rx);
                     } else {
                         remove_stream(shared, uuid, id);
+                        shared.writers.fetch_sub(1, Ordering::SeqCst);
                     }
                     return;
                 }
@@ -442,10 +472,18 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
             }
             continue;
         }
+        let effect = Effect::of(&req);
         let resp = {
             let mut core = shared.lock();
             let r = handle(&mut core, &shared.mount, shared.read_only, req);
-            core.dirty = true;
+            let model_changed = match effect {
+                Effect::Attrs | Effect::Control => true,
+                Effect::AttrsOnError => matches!(r, Response::Err(_)),
+                Effect::Query => false,
+            };
+            if core.fs.take_changed() || model_changed {
+                core.dirty = true;
+            }
             r
         };
         shared.kick.notify_all();
@@ -455,8 +493,43 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
     }
 }
 
+/// What a call may change besides the file side (which [`SimFs::take_changed`] reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    /// Nothing the coordinator or the index cares about.
+    Query,
+    /// HSM attributes of files, saved in the index.
+    Attrs,
+    /// HSM attributes, only when it fails (a failed archive start completes the request).
+    AttrsOnError,
+    /// Rare calls on the coordinator itself (tunables, agents, requests).
+    Control,
+}
+
+impl Effect {
+    fn of(req: &Request) -> Effect {
+        match req {
+            Request::Progress { flags, .. }
+                if HsmProgressFlags(*flags).contains(HsmProgressFlags::COMPLETED) =>
+            {
+                Effect::Attrs
+            }
+            Request::CopyStart { .. } => Effect::AttrsOnError,
+            Request::StateSet { .. } | Request::Release { .. } | Request::Import { .. } => {
+                Effect::Attrs
+            }
+            Request::HsmRequest { .. }
+            | Request::ImplicitRestore { .. }
+            | Request::SetParam { .. }
+            | Request::Unregister { .. }
+            | Request::Register { .. } => Effect::Control,
+            _ => Effect::Query,
+        }
+    }
+}
+
 /// Serves one registered copytool: a writer thread feeds it KUC messages while this thread
-/// waits for the connection to close.
+/// waits for the connection to close. The caller counted the writer in `shared.writers`.
 fn copytool_stream(
     shared: &Arc<Shared>,
     stream: UnixStream,
@@ -466,10 +539,10 @@ fn copytool_stream(
 ) {
     let Ok(mut writer) = stream.try_clone() else {
         remove_stream(shared, uuid, id);
+        shared.writers.fetch_sub(1, Ordering::SeqCst);
         return;
     };
     debug!(uuid, id, "copytool stream registered");
-    shared.writers.fetch_add(1, Ordering::SeqCst);
     let sh = shared.clone();
     let w = thread::Builder::new()
         .name("sim-kuc".into())

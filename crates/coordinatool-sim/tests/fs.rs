@@ -216,3 +216,77 @@ fn unlinked_file_leaves_the_model_with_raolu() {
     assert_eq!(last.item.action, coordinatool_lustre::HsmAction::Remove);
     assert_eq!(last.item.fid, f);
 }
+
+#[test]
+fn only_index_changes_are_reported_as_changed() {
+    let t = TempDir::new();
+    fs::write(t.0.join("f"), b"data").unwrap();
+    let mut c = Cluster::new_enabled("lustre", 1, T0);
+    let mut sfs = SimFs::open(&t.0, &mut c).unwrap();
+    assert!(sfs.take_changed(), "the open scan gave the file a FID");
+    assert!(!sfs.take_changed(), "reported once");
+    let f = sfs.path2fid(&t.0.join("f"), &mut c).unwrap();
+    sfs.refresh(f, &mut c).unwrap();
+    assert_eq!(sfs.fid2path(f).unwrap(), PathBuf::from("f"));
+    sfs.scan(T0 + 1, &mut c).unwrap();
+    assert!(!sfs.take_changed(), "lookups and an idle rescan change nothing");
+    fs::write(t.0.join("f"), b"more data").unwrap();
+    sfs.refresh(f, &mut c).unwrap();
+    assert!(sfs.take_changed(), "a new data version");
+    fs::rename(t.0.join("f"), t.0.join("g")).unwrap();
+    assert_eq!(sfs.fid2path(f).unwrap(), PathBuf::from("g"));
+    assert!(sfs.take_changed(), "a rename");
+    fs::write(t.0.join("h"), b"x").unwrap();
+    sfs.path2fid(&t.0.join("h"), &mut c).unwrap();
+    assert!(sfs.take_changed(), "a new FID");
+    fs::remove_file(t.0.join("h")).unwrap();
+    sfs.scan(T0 + 2, &mut c).unwrap();
+    assert!(sfs.take_changed(), "an unlink");
+}
+
+#[test]
+fn a_walk_applied_late_keeps_files_tracked_meanwhile_and_skips_vanished_ones() {
+    let t = TempDir::new();
+    fs::write(t.0.join("old"), b"data").unwrap();
+    fs::write(t.0.join("short-lived"), b"data").unwrap();
+    let mut c = Cluster::new_enabled("lustre", 1, T0);
+    let mut sfs = SimFs::open(&t.0, &mut c).unwrap();
+    fs::remove_file(t.0.join("short-lived")).unwrap();
+    sfs.scan(T0, &mut c).unwrap();
+    fs::write(t.0.join("short-lived"), b"data").unwrap();
+    let walk = SimFs::walk(sfs.root()).unwrap();
+    assert_eq!(walk.len(), 2);
+    // After the walk: one file created and tracked by a call, the new one unlinked.
+    fs::write(t.0.join("late"), b"data").unwrap();
+    let late = sfs.path2fid(&t.0.join("late"), &mut c).unwrap();
+    fs::remove_file(t.0.join("short-lived")).unwrap();
+    let n = sfs.len();
+    sfs.apply_scan(T0 + 1, walk, &mut c).unwrap();
+    assert!(c.file(late).is_some(), "tracked after the walk: not unlinked");
+    assert_eq!(sfs.fid2path(late).unwrap(), PathBuf::from("late"));
+    assert_eq!(sfs.len(), n, "the vanished file got no FID");
+    // The next full scan sees the tree as it is.
+    fs::remove_file(t.0.join("late")).unwrap();
+    sfs.scan(T0 + 2, &mut c).unwrap();
+    assert!(c.file(late).is_none());
+}
+
+#[test]
+fn a_snapshot_writes_the_index_as_it_was_when_taken() {
+    let t = TempDir::new();
+    fs::write(t.0.join("f"), b"data").unwrap();
+    let mut c = Cluster::new_enabled("lustre", 1, T0);
+    let mut sfs = SimFs::open(&t.0, &mut c).unwrap();
+    let f = sfs.path2fid(&t.0.join("f"), &mut c).unwrap();
+    let snap = sfs.snapshot(&c);
+    archive(&mut c, &mut sfs, f);
+    snap.write().unwrap();
+    let mut c2 = Cluster::new_enabled("lustre", 1, T0);
+    let mut sfs2 = SimFs::open(&t.0, &mut c2).unwrap();
+    assert_eq!(sfs2.path2fid(&t.0.join("f"), &mut c2).unwrap(), f);
+    assert_eq!(c2.file(f).unwrap().states, HsmStates::default(), "not archived yet");
+    sfs.save(&c).unwrap();
+    let mut c3 = Cluster::new_enabled("lustre", 1, T0);
+    SimFs::open(&t.0, &mut c3).unwrap();
+    assert!(c3.file(f).unwrap().states.contains(HsmStates::ARCHIVED));
+}
