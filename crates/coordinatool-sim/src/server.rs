@@ -7,8 +7,10 @@
 //! runs the coordinators. The wall clock is read in one place, [`now_secs`]. The ticker runs a
 //! scan as soon as a request, completion or registration asks for one (the real coordinator
 //! waits for its next 1-second wake-up), and every second otherwise; it saves the FID index (at most every
-//! 2 seconds, writing a snapshot without the lock) when something the index records changed;
-//! every 10 seconds it rescans the mount for new, renamed and unlinked files.
+//! 2 seconds, writing a snapshot without the lock) when something the index records changed.
+//! A scanner thread rescans the mount every 10 seconds for new, renamed and unlinked files:
+//! it lists and stats the tree without the lock and applies the difference under it, so a
+//! large mount does not stall the calls.
 //!
 //! A client that crashes mid-call only loses its own connection: its half-read request is
 //! dropped, and a copytool stream that closes is removed from its mount's broadcast group.
@@ -30,6 +32,9 @@ use tracing::{debug, info, warn};
 use crate::fs::{FsError, SimFs};
 use crate::mdt::{Caller, Cluster, Errno, HsmExtent, Progress, UserRequest};
 use crate::rpc::{self, Fid, Reply, Request, Response, RpcError};
+
+/// Interval of the scanner thread's rescans of the mount.
+const RESCAN_EVERY: Duration = Duration::from_secs(10);
 
 /// Epoch seconds now: the daemon's only clock read.
 pub fn now_secs() -> u64 {
@@ -135,6 +140,8 @@ pub struct Daemon {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     socket: PathBuf,
+    /// Dropped to stop the scanner thread at once.
+    scanner_stop: Option<Sender<()>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -202,10 +209,17 @@ impl Daemon {
             .name("sim-cdt".into())
             .spawn(move || ticker_loop(&s2))
             .expect("spawning a thread");
+        let (scanner_stop, stop_rx) = mpsc::channel();
+        let s3 = shared.clone();
+        let scanner = thread::Builder::new()
+            .name("sim-scan".into())
+            .spawn(move || scanner_loop(&s3, &stop_rx))
+            .expect("spawning a thread");
         Ok(Daemon {
             shared,
-            threads: vec![accept, ticker],
+            threads: vec![accept, ticker, scanner],
             socket,
+            scanner_stop: Some(scanner_stop),
         })
     }
 
@@ -250,6 +264,7 @@ impl Daemon {
             }
             core.streams.clear();
         }
+        self.scanner_stop = None;
         self.shared.kick.notify_all();
         // Request/response connections: nothing more is answered.
         for (s, copytool) in self.shared.conns().open.values() {
@@ -333,7 +348,6 @@ fn accept_loop(shared: &Arc<Shared>, listener: UnixListener) {
 }
 
 fn ticker_loop(shared: &Arc<Shared>) {
-    let mut last_scan = 0u64;
     let mut last_save = 0u64;
     let mut core = shared.lock();
     while !shared.stop.load(Ordering::SeqCst) {
@@ -350,16 +364,6 @@ fn ticker_loop(shared: &Arc<Shared>) {
             }
             // A purge writer waits for the thread's idle point.
             shared.kick.notify_all();
-        }
-        if now >= last_scan + 10 {
-            last_scan = now;
-            let c = &mut *core;
-            if let Err(e) = c.fs.scan(now, &mut c.cluster) {
-                warn!(error = %e, "rescanning the mount");
-            }
-            if c.fs.take_changed() {
-                c.dirty = true;
-            }
         }
         if core.dirty && now >= last_save + 2 {
             last_save = now;
@@ -381,6 +385,37 @@ fn ticker_loop(shared: &Arc<Shared>) {
             .wait_timeout(core, Duration::from_millis(1000))
             .unwrap_or_else(|p| p.into_inner())
             .0;
+    }
+}
+
+/// Rescans the mount every [`RESCAN_EVERY`] until `stop` is dropped: the walk (a stat per
+/// file) runs without the lock, only the difference is applied under it.
+fn scanner_loop(shared: &Arc<Shared>, stop: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(RESCAN_EVERY) {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let walk = match SimFs::walk(&shared.mount) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "rescanning the mount");
+                continue;
+            }
+        };
+        let wake = {
+            let mut core = shared.lock();
+            let c = &mut *core;
+            if let Err(e) = c.fs.apply_scan(now_secs(), walk, &mut c.cluster) {
+                warn!(error = %e, "rescanning the mount");
+            }
+            if c.fs.take_changed() {
+                c.dirty = true;
+            }
+            c.cluster.wants_scan()
+        };
+        if wake {
+            shared.kick.notify_all();
+        }
     }
 }
 
