@@ -437,8 +437,14 @@ fn deliver(core: &mut Core, now: u64) -> usize {
 }
 
 fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
+    // One read per frame (length and body together). A client sends its next call only after
+    // the reply, and a copytool nothing after its registration, so nothing buffered is lost.
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = io::BufReader::with_capacity(8192, read_half);
     loop {
-        let req: Request = match rpc::read_frame(&mut stream) {
+        let req: Request = match rpc::read_frame(&mut reader) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(RpcError::Json(e)) => {

@@ -154,7 +154,10 @@ fn exchange(stream: &UnixStream, req: &Request) -> Result<Result<Reply, i32>, Un
     if send_all(stream, &frame).is_err() {
         return Err(Unsent);
     }
-    Ok(read_response(stream))
+    // The registration's reply is followed by the copytool's KUC stream on the same socket:
+    // no byte past the reply may be taken from it.
+    let exact = matches!(req, Request::Register { .. });
+    Ok(read_response(stream, exact))
 }
 
 /// Connects to the daemon of `mount`: `ENOTCONN` when it is not running.
@@ -173,9 +176,16 @@ pub(crate) fn call_on(stream: &UnixStream, req: &Request) -> Result<Reply, i32> 
     exchange(stream, req).unwrap_or(Err(libc::ENOTCONN))
 }
 
-fn read_response(stream: &UnixStream) -> Result<Reply, i32> {
+/// Reads the reply to the one call in flight. Unless `exact`, length and body come in one
+/// `read` (nothing follows a reply, so a buffer dropped afterwards loses nothing).
+fn read_response(stream: &UnixStream, exact: bool) -> Result<Reply, i32> {
     let mut r = stream;
-    match rpc::read_frame::<Response>(&mut r) {
+    let frame = if exact {
+        rpc::read_frame::<Response>(&mut r)
+    } else {
+        rpc::read_frame::<Response>(&mut std::io::BufReader::with_capacity(4096, r))
+    };
+    match frame {
         Ok(Some(Response::Ok(reply))) => Ok(reply),
         Ok(Some(Response::Err(e))) => Err(if e > 0 { e } else { libc::EPROTO }),
         Ok(None) => Err(libc::ENOTCONN),
