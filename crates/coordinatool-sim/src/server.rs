@@ -5,8 +5,9 @@
 //! reader that notices the copytool going away), one writer per copytool stream (so a
 //! copytool that stops reading blocks only its own pipe, as in the kernel), and a ticker that
 //! runs the coordinators. The wall clock is read in one place, [`now_secs`]. The ticker runs a
-//! scan as soon as a request, completion or registration asks for one (the real coordinator
-//! waits for its next 1-second wake-up), and every second otherwise; it saves the FID index (at most every
+//! scan soon after a request, completion or registration asks for one (the real coordinator
+//! waits for its next 1-second wake-up), at most one per [`SCAN_COALESCE`] so that a burst
+//! of calls makes one scan, and every second otherwise; it saves the FID index (at most every
 //! 2 seconds, writing a snapshot without the lock) when something the index records changed.
 //! A scanner thread rescans the mount every 10 seconds for new, renamed and unlinked files:
 //! it lists and stats the tree without the lock and applies the difference under it, so a
@@ -32,6 +33,10 @@ use tracing::{debug, info, warn};
 use crate::fs::{FsError, SimFs};
 use crate::mdt::{Caller, Cluster, Errno, HsmExtent, Progress, UserRequest};
 use crate::rpc::{self, Fid, Reply, Request, Response, RpcError};
+
+/// Shortest interval between two coordinator scans woken by calls: calls arriving meanwhile
+/// are served by the same scan (fewer, fuller HALs), for at most this much added latency.
+pub const SCAN_COALESCE: Duration = Duration::from_millis(1);
 
 /// Interval of the scanner thread's rescans of the mount.
 const RESCAN_EVERY: Duration = Duration::from_secs(10);
@@ -349,8 +354,17 @@ fn accept_loop(shared: &Arc<Shared>, listener: UnixListener) {
 
 fn ticker_loop(shared: &Arc<Shared>) {
     let mut last_save = 0u64;
+    let mut last_scan = std::time::Instant::now();
     let mut core = shared.lock();
     while !shared.stop.load(Ordering::SeqCst) {
+        let since = last_scan.elapsed();
+        if since < SCAN_COALESCE {
+            // Woken again right after a scan: let the calls of the next moment gather.
+            drop(core);
+            thread::sleep(SCAN_COALESCE - since);
+            core = shared.lock();
+        }
+        last_scan = std::time::Instant::now();
         let now = now_secs();
         let paused = shared.paused.load(Ordering::SeqCst);
         if !paused {
@@ -379,6 +393,10 @@ fn ticker_loop(shared: &Arc<Shared>) {
         }
         if !paused && core.cluster.wants_scan() {
             continue;
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            // Set while the lock was released (coalescing, saving): its wake-up is gone.
+            break;
         }
         core = shared
             .kick
@@ -514,7 +532,7 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
             continue;
         }
         let effect = Effect::of(&req);
-        let resp = {
+        let (resp, wake) = {
             let mut core = shared.lock();
             let r = handle(&mut core, &shared.mount, shared.read_only, req);
             let model_changed = match effect {
@@ -525,9 +543,11 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
             if core.fs.take_changed() || model_changed {
                 core.dirty = true;
             }
-            r
+            (r, effect == Effect::Control || core.cluster.wants_scan())
         };
-        shared.kick.notify_all();
+        if wake {
+            shared.kick.notify_all();
+        }
         if rpc::write_frame(&mut stream, &resp).is_err() {
             return;
         }
@@ -543,7 +563,8 @@ enum Effect {
     Attrs,
     /// HSM attributes, only when it fails (a failed archive start completes the request).
     AttrsOnError,
-    /// Rare calls on the coordinator itself (tunables, agents, requests).
+    /// Rare calls that may give the coordinator work without the model asking for a scan
+    /// (tunables, agents, requests): the ticker is woken in any case.
     Control,
 }
 
