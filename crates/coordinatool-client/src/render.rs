@@ -126,10 +126,20 @@ fn len_of(list: &Option<Vec<DumpEntry>>) -> String {
 /// queue lengths when the reply carries the dump).
 pub fn status_tables(s: &StatusReply) -> String {
     let mut out = format!(
-        "dispatch: {}    clients connected: {}\n\n",
+        "dispatch: {}    clients connected: {}",
         lock_name(s.locked),
         s.clients_connected
     );
+    if let Some(st) = &s.store {
+        out.push_str(&format!("    store: {} {}", st.kind, st.state));
+        if st.buffered_ops > 0 {
+            out.push_str(&format!(" ({} changes buffered)", st.buffered_ops));
+        }
+        if let Some(e) = &st.error {
+            out.push_str(&format!(": {e}"));
+        }
+    }
+    out.push_str("\n\n");
     let dumped = s.waiting_archive.is_some();
     let mut headers = vec!["", "running", "pending", "done"];
     if dumped {
@@ -415,6 +425,20 @@ mod tests {
         assert!(t.contains("archive        2        5    12\n"), "{t}");
         assert!(
             t.contains("agent_1  waiting        0        2       0       0/12/0        0\n"),
+            "{t}"
+        );
+        let mut s = status(1, vec![]);
+        s.store = Some(coordinatool_proto::StoreStatus {
+            kind: "redis".into(),
+            state: "down".into(),
+            buffered_ops: 7,
+            error: Some("connection refused".into()),
+        });
+        let t = status_tables(&s);
+        assert!(
+            t.starts_with(
+                "dispatch: unlocked    clients connected: 1    store: redis down (7 changes buffered): connection refused\n\n"
+            ),
             "{t}"
         );
     }

@@ -220,6 +220,10 @@ pub struct StatusReply {
     /// `waiting_archive`: the global archive queue (verbose ≥ 6 only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_archive: Option<Vec<DumpEntry>>,
+    /// `store`: health of the server's persistent store (extension: the C server does not send
+    /// it, and C readers ignore it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
     /// `status`: 0 for success, else a positive errno.
     #[serde(skip_serializing_if = "is_zero", with = "errno")]
     pub status: i32,
@@ -228,6 +232,23 @@ pub struct StatusReply {
         skip_serializing_if = "str_is_empty",
         deserialize_with = "opt_string::deserialize"
     )]
+    pub error: Option<String>,
+}
+
+/// The `store` object of a `status` reply (extension).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreStatus {
+    /// `kind`: `"embedded"`, `"redis"` or `"none"`.
+    pub kind: String,
+    /// `state`: `"ok"`, or `"down"` while the backend cannot be written (the server keeps
+    /// working and buffers the changes).
+    pub state: String,
+    /// `buffered_ops`: changes waiting for the backend (omitted when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub buffered_ops: u64,
+    /// `error`: the backend's last error while it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

@@ -5,7 +5,7 @@ use coordinatool_lustre::{HsmAction, LuFid};
 use coordinatool_proto::{
     AckReply, BatchStatus, ClientState, ClientStatus, Decoder, DoneRequest, DumpEntry, EhloRequest,
     LockRequest, Message, QueueReply, QueueRequest, RecvReply, RecvRequest, Reply, Request,
-    StatusReply, StatusRequest, WireHai, WireHal, to_vec,
+    StatusReply, StatusRequest, StoreStatus, WireHai, WireHal, to_vec,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -205,8 +205,14 @@ fn reply() -> impl Strategy<Value = Reply> {
         vec(client(), 0..3),
         (dumps(), dumps(), dumps()),
         ack(),
+        option::of((
+            prop_oneof![Just("embedded"), Just("redis"), Just("none")],
+            prop_oneof![Just("ok"), Just("down")],
+            any_u64(),
+            option::of(".{1,12}"),
+        )),
     )
-        .prop_map(|(u, d, locked, clients, (wr, wm, wa), ack)| {
+        .prop_map(|(u, d, locked, clients, (wr, wm, wa), ack, store)| {
             Reply::Status(Box::new(StatusReply {
                 running_restore: u[0],
                 running_archive: u[1],
@@ -225,6 +231,12 @@ fn reply() -> impl Strategy<Value = Reply> {
                 waiting_restore: wr,
                 waiting_remove: wm,
                 waiting_archive: wa,
+                store: store.map(|(kind, state, buffered_ops, error)| StoreStatus {
+                    kind: kind.into(),
+                    state: state.into(),
+                    buffered_ops,
+                    error,
+                }),
                 status: ack.status,
                 error: ack.error,
             }))

@@ -1008,17 +1008,15 @@ impl Server {
             }
             WireRequest::Status(s) => {
                 let st = self.engine.status(s.verbose >= 6);
-                let body: StatusReply = reply::status_reply(&st);
-                let mut msg = coordinatool_proto::to_vec(&Reply::Status(Box::new(body)));
+                let mut body: StatusReply = reply::status_reply(&st);
                 // (While a commit runs, the health its start saw.)
-                if let Some(h) = self
+                body.store = self
                     .store
                     .as_ref()
                     .map(|s| s.health())
                     .or(self.store_health.clone())
-                {
-                    msg = reply::with_store(msg, &reply::store_object(&h));
-                }
+                    .map(|h| reply::store_status(&h));
+                let msg = coordinatool_proto::to_vec(&Reply::Status(Box::new(body)));
                 self.outbox.push(Out::Send(id, msg));
             }
             WireRequest::Lock(l) => match LockState::from_wire(i64::from(l.locked)) {

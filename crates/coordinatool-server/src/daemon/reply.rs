@@ -3,7 +3,7 @@
 use crate::store::{StoreHealth, request_to_wire};
 use coordinatool_proto::{
     BatchStatus as WireBatch, ClientState as WireState, ClientStatus as WireClient, Command,
-    DumpEntry as WireDump, RecvReply, StatusReply, WireHal,
+    DumpEntry as WireDump, RecvReply, StatusReply, StoreStatus, WireHal,
 };
 use coordinatool_sched::{ClientState, Delivery, DumpEntry, Status, Time};
 
@@ -100,6 +100,8 @@ pub(crate) fn status_reply(st: &Status) -> StatusReply {
         waiting_restore: queues.map(|q| dump(&q.restore)),
         waiting_remove: queues.map(|q| dump(&q.remove)),
         waiting_archive: queues.map(|q| dump(&q.archive)),
+        // Filled in by the caller, which knows the store.
+        store: None,
         status: 0,
         error: None,
     }
@@ -122,44 +124,26 @@ pub(crate) fn error_reply(command: Command, status: i32, message: &str) -> Vec<u
     out.into_bytes()
 }
 
-/// The `store` object this server adds to every successful `status` reply:
-/// `{"kind": "embedded"|"redis"|"none", "state": "ok"|"down", "buffered_ops": N, "error": ...}`
-/// (`buffered_ops`, changes waiting for the backend, and `error` omitted when 0 or empty). The
-/// C CLI prints the reply as it comes, so it shows the new key; the preload never asks for
-/// `status`; C and Rust readers ignore keys they do not know.
-pub(crate) fn store_object(h: &StoreHealth) -> serde_json::Value {
-    let mut o = serde_json::Map::new();
-    o.insert("kind".into(), h.backend.into());
-    o.insert(
-        "state".into(),
-        if h.connected { "ok" } else { "down" }.into(),
-    );
-    if h.pending_keys > 0 {
-        o.insert("buffered_ops".into(), h.pending_keys.into());
+/// The `store` object of a successful `status` reply: kind, `ok` or `down`, the changes
+/// waiting for the backend and, while it is down, its last error. The C CLI prints the reply
+/// as it comes, so it shows the new key; the preload never asks for `status`; C and Rust
+/// readers ignore keys they do not know.
+pub(crate) fn store_status(h: &StoreHealth) -> StoreStatus {
+    StoreStatus {
+        kind: h.backend.to_owned(),
+        state: if h.connected { "ok" } else { "down" }.to_owned(),
+        buffered_ops: h.pending_keys as u64,
+        error: h
+            .last_error
+            .clone()
+            .filter(|e| !h.connected && !e.is_empty()),
     }
-    if !h.connected
-        && let Some(e) = h.last_error.as_deref().filter(|e| !e.is_empty())
-    {
-        o.insert("error".into(), e.into());
-    }
-    serde_json::Value::Object(o)
-}
-
-/// Appends `"store": <store>` to an encoded successful `status` reply (a JSON object that
-/// starts with its `command` key, so it is never empty).
-pub(crate) fn with_store(mut status: Vec<u8>, store: &serde_json::Value) -> Vec<u8> {
-    if status.last() == Some(&b'}') {
-        status.pop();
-        status.extend_from_slice(br#","store":"#);
-        status.extend_from_slice(store.to_string().as_bytes());
-        status.push(b'}');
-    }
-    status
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coordinatool_proto::Reply;
 
     #[test]
     fn error_replies_carry_command_status_and_error_only() {
@@ -174,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn the_store_object_is_appended_to_a_status_reply() {
+    fn the_store_object_of_a_status_reply() {
         let down = StoreHealth {
             backend: "redis",
             connected: false,
@@ -182,10 +166,11 @@ mod tests {
             last_error: Some("connection refused".into()),
             needs_full_resync: false,
         };
-        let got = with_store(
-            br#"{"command":"status","clients":[]}"#.to_vec(),
-            &store_object(&down),
-        );
+        let body = StatusReply {
+            store: Some(store_status(&down)),
+            ..StatusReply::default()
+        };
+        let got = coordinatool_proto::to_vec(&Reply::Status(Box::new(body)));
         let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
         assert_eq!(
             v,
@@ -199,9 +184,7 @@ mod tests {
             last_error: Some("old".into()),
             needs_full_resync: false,
         };
-        assert_eq!(
-            store_object(&ok),
-            serde_json::json!({"kind": "embedded", "state": "ok"})
-        );
+        let v = serde_json::to_value(store_status(&ok)).unwrap();
+        assert_eq!(v, serde_json::json!({"kind": "embedded", "state": "ok"}));
     }
 }
