@@ -44,7 +44,7 @@ use coordinatool_proto::{
     Command, QueueReply, Reply, Request as WireRequest, StatusReply, WireHal,
 };
 use coordinatool_sched::{
-    Action, ClientId, Ehlo, Engine, EngineError, LockState, PersistOp, RecvLimits, Request,
+    Action, ClientId, Ehlo, Engine, EngineError, LockState, PersistOp, Placed, RecvLimits, Request,
     RequestKey, Time,
 };
 use std::collections::HashMap;
@@ -276,8 +276,8 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
     let now = clock.now();
     let total = recovery.requests.len();
     let mut assigned = 0usize;
-    // Backends that can lose acknowledged writes get a mirror of the queue to re-write it.
-    let mut mirror = (store.health().backend == "redis").then(Mirror::default);
+    // Backends that can lose acknowledged writes are watched, to write the queue again.
+    let resyncable = store.health().backend == "redis";
     for mut r in recovery.requests {
         assigned += usize::from(r.assigned.is_some());
         // Redis keeps upstream's hai objects, without the owner.
@@ -285,10 +285,6 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             && let Some(o) = &mut owners
         {
             r.request.owner = o.owner(&r.request.fid);
-        }
-        if let Some(m) = &mut mirror {
-            m.reqs
-                .insert(r.request.key(), (r.request.clone(), r.assigned.clone()));
         }
         let key = r.request.key();
         if let Err(e) = engine.recover(r.request, r.assigned.as_deref(), now) {
@@ -383,7 +379,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             stop: None,
             events_tx: tx,
             store_buffered: false,
-            mirror,
+            resyncable,
             flushing: Vec::new(),
             inflight: None,
             store_health: None,
@@ -534,8 +530,9 @@ struct Server {
     stop: Option<&'static str>,
     events_tx: mpsc::Sender<Event>,
     store_buffered: bool,
-    /// The queue as the store should hold it (Redis only), for full re-syncs.
-    mirror: Option<Mirror>,
+    /// The store can lose acknowledged writes (Redis): watch it and write the whole queue
+    /// again (from the engine) when it does.
+    resyncable: bool,
     /// Writers of closed connections still writing their last bytes.
     flushing: Vec<tokio::task::JoinHandle<()>>,
     /// The group commit running on the blocking thread, and what waits for it.
@@ -610,10 +607,7 @@ impl Server {
         let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
         // A store that can go away is checked even when idle, so a re-sync does not wait
         // for the next change.
-        let mut store_check = self
-            .mirror
-            .is_some()
-            .then(|| tokio::time::interval(STORE_CHECK));
+        let mut store_check = self.resyncable.then(|| tokio::time::interval(STORE_CHECK));
         let mut lustre_more = false;
         let mut listener = Some(listener);
         while self.stop.is_none() {
@@ -1114,9 +1108,6 @@ impl Server {
         let Some(mut store) = self.store.take() else {
             return;
         };
-        if let Some(m) = &mut self.mirror {
-            m.apply(self.batch.ops());
-        }
         self.store_health = Some(store.health());
         let batch = std::mem::take(&mut self.batch);
         let handle = tokio::task::spawn_blocking(move || {
@@ -1253,9 +1244,6 @@ impl Server {
 
     /// One group commit of the batch, on a blocking thread.
     async fn commit(&mut self) -> Result<(), DaemonError> {
-        if let Some(m) = &mut self.mirror {
-            m.apply(self.batch.ops());
-        }
         let batch = std::mem::take(&mut self.batch);
         let (mut batch, res) = self
             .with_store(move |store| {
@@ -1299,14 +1287,14 @@ impl Server {
             self.store_buffered = true;
         }
         if health.needs_full_resync {
-            let Some(m) = &self.mirror else {
+            if !self.resyncable {
                 warn!(
                     backend = health.backend,
-                    "the store lost acknowledged changes and this backend has no mirror to re-sync from"
+                    "the store lost acknowledged changes and cannot be re-synced"
                 );
                 return Ok(());
-            };
-            let mut snapshot = m.snapshot();
+            }
+            let (mut snapshot, requests) = self.queue_snapshot();
             if let Some((r, _)) = &self.reporter {
                 for f in r.tracked() {
                     snapshot.track_report_file(f);
@@ -1314,8 +1302,7 @@ impl Server {
             }
             warn!(
                 backend = health.backend,
-                requests = m.len(),
-                "the store lost acknowledged changes: writing the whole queue again"
+                requests, "the store lost acknowledged changes: writing the whole queue again"
             );
             let status = self
                 .with_store(move |store| store.full_resync(&snapshot))
@@ -1323,6 +1310,28 @@ impl Server {
             info!(?status, "store re-synced");
         }
         Ok(())
+    }
+
+    /// The queue as the store should hold it, from the engine: every request, and the client
+    /// each running one runs on; with the number of requests. Changes of turns not committed
+    /// yet are in it too: they are idempotent (a `New` or `Assigned` written twice, a
+    /// `Finished` of a request already absent), so their commit after the re-sync is harmless.
+    fn queue_snapshot(&self) -> (Batch, usize) {
+        let mut b = Batch::new();
+        let mut n = 0;
+        for (r, placed) in self.engine.requests() {
+            n += 1;
+            b.push(PersistOp::New(r.clone()));
+            if let Placed::Running(c) = placed
+                && let Some(client) = self.engine.client_name(c)
+            {
+                b.push(PersistOp::Assigned {
+                    key: r.key(),
+                    client: client.to_owned(),
+                });
+            }
+        }
+        (b, n)
     }
 
     /// After the loop: last commit, last replies, unregister from Lustre.
@@ -1350,61 +1359,6 @@ impl Server {
             }
         }
         info!("stopped");
-    }
-}
-
-/// The queue as the store should hold it: every request and the client it runs on. Kept
-/// only for Redis, which can come back without acknowledged writes (restarted empty or from
-/// an old snapshot); the engine has no way to list its requests.
-#[derive(Debug, Default)]
-struct Mirror {
-    reqs: HashMap<RequestKey, (Request, Option<String>)>,
-}
-
-impl Mirror {
-    fn apply(&mut self, ops: &[PersistOp]) {
-        for op in ops {
-            match op {
-                PersistOp::New(r) => {
-                    self.reqs
-                        .entry(r.key())
-                        .and_modify(|e| e.0 = r.clone())
-                        .or_insert_with(|| (r.clone(), None));
-                }
-                PersistOp::Assigned { key, client } => {
-                    if let Some(e) = self.reqs.get_mut(key) {
-                        e.1 = Some(client.clone());
-                    }
-                }
-                PersistOp::Unassigned { key } => {
-                    if let Some(e) = self.reqs.get_mut(key) {
-                        e.1 = None;
-                    }
-                }
-                PersistOp::Finished { key } => {
-                    self.reqs.remove(key);
-                }
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.reqs.len()
-    }
-
-    /// Everything, as a batch for [`Store::full_resync`].
-    fn snapshot(&self) -> Batch {
-        let mut b = Batch::new();
-        for (key, (r, client)) in &self.reqs {
-            b.push(PersistOp::New(r.clone()));
-            if let Some(c) = client {
-                b.push(PersistOp::Assigned {
-                    key: *key,
-                    client: c.clone(),
-                });
-            }
-        }
-        b
     }
 }
 
