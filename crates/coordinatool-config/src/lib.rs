@@ -182,6 +182,16 @@ impl Verbosity {
         })
     }
 
+    /// One level more verbose (`-v`), saturating at `debug`.
+    pub const fn raised(self) -> Self {
+        Self::from_level(self.level() + 1)
+    }
+
+    /// One level quieter (`-q`), saturating at `off`.
+    pub const fn lowered(self) -> Self {
+        Self::from_level(self.level() - 1)
+    }
+
     /// The level's name as the config file spells it.
     pub const fn name(self) -> &'static str {
         match self {
@@ -193,6 +203,21 @@ impl Verbosity {
             Verbosity::Info => "info",
             Verbosity::Debug => "debug",
         }
+    }
+}
+
+impl std::str::FromStr for Verbosity {
+    type Err = String;
+    /// A level name, any case (see [`Verbosity::from_name`]).
+    fn from_str(s: &str) -> Result<Self, String> {
+        Verbosity::from_name(s)
+            .ok_or_else(|| "expected off, fatal, error, warn, normal, info or debug".to_owned())
+    }
+}
+
+impl fmt::Display for Verbosity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -278,6 +278,18 @@ fn verbosity_names_and_levels() {
     assert_eq!(Verbosity::from_level(-3), Verbosity::Off);
     assert_eq!(Verbosity::from_level(99), Verbosity::Debug);
     assert_eq!(Verbosity::from_name("loud"), None);
+    assert_eq!("DEBUG".parse::<Verbosity>(), Ok(Verbosity::Debug));
+    assert!(
+        "loud"
+            .parse::<Verbosity>()
+            .unwrap_err()
+            .contains("expected off")
+    );
+    assert_eq!(Verbosity::Warn.to_string(), "warn");
+    assert_eq!(Verbosity::Info.raised(), Verbosity::Debug);
+    assert_eq!(Verbosity::Debug.raised(), Verbosity::Debug);
+    assert_eq!(Verbosity::Fatal.lowered(), Verbosity::Off);
+    assert_eq!(Verbosity::Off.lowered(), Verbosity::Off);
 }
 
 #[test]

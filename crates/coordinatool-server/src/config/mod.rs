@@ -38,83 +38,20 @@ pub const DEFAULT_STATE_ROOT: &str = "/var/lib/coordinatool";
 pub const MAX_ARCHIVE_IDS: usize = 1024;
 const INT_MAX: i64 = i32::MAX as i64;
 
-/// Log verbosity, upstream's llapi levels (`off` … `debug`).
-///
-/// Mapped onto tracing by [`Verbosity::level_filter`]: `fatal` and `error` are ERROR, `warn`
-/// is WARN, `normal` is INFO, `info` is DEBUG and `debug` is TRACE (upstream's per-request
-/// INFO messages are DEBUG events here, and its per-message DEBUG dumps are TRACE events).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum Verbosity {
-    /// Nothing at all.
-    Off = 0,
-    /// Fatal errors only.
-    Fatal = 1,
-    /// Errors.
-    Error = 2,
-    /// Warnings.
-    Warn = 3,
-    /// The default.
-    #[default]
-    Normal = 4,
-    /// Informational messages (one per request).
-    Info = 5,
-    /// Everything, including every protocol message.
-    Debug = 6,
-}
+/// Log verbosity, upstream's llapi levels (`off` … `debug`), shared with the clients.
+pub use coordinatool_config::Verbosity;
 
-impl Verbosity {
-    const ALL: [Verbosity; 7] = [
-        Verbosity::Off,
-        Verbosity::Fatal,
-        Verbosity::Error,
-        Verbosity::Warn,
-        Verbosity::Normal,
-        Verbosity::Info,
-        Verbosity::Debug,
-    ];
-
-    /// The level's name as the config file spells it.
-    pub fn name(self) -> &'static str {
-        ["off", "fatal", "error", "warn", "normal", "info", "debug"][self as usize]
-    }
-
-    /// One level more verbose (`-v`), saturating at `debug`.
-    pub fn raised(self) -> Self {
-        Self::ALL[(self as usize + 1).min(6)]
-    }
-
-    /// One level quieter (`-q`), saturating at `off`.
-    pub fn lowered(self) -> Self {
-        Self::ALL[(self as usize).saturating_sub(1)]
-    }
-
-    /// The tracing filter for this level.
-    pub fn level_filter(self) -> LevelFilter {
-        match self {
-            Verbosity::Off => LevelFilter::OFF,
-            Verbosity::Fatal | Verbosity::Error => LevelFilter::ERROR,
-            Verbosity::Warn => LevelFilter::WARN,
-            Verbosity::Normal => LevelFilter::INFO,
-            Verbosity::Info => LevelFilter::DEBUG,
-            Verbosity::Debug => LevelFilter::TRACE,
-        }
-    }
-}
-
-impl FromStr for Verbosity {
-    type Err = String;
-    /// Case-insensitive level name (`fatal` included, as the C code accepts it).
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| "expected off, fatal, error, warn, normal, info or debug".to_string())
-    }
-}
-
-impl fmt::Display for Verbosity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// The tracing filter for a verbosity: `fatal` and `error` are ERROR, `warn` is WARN,
+/// `normal` is INFO, `info` is DEBUG and `debug` is TRACE (upstream's per-request INFO messages
+/// are DEBUG events here, and its per-message DEBUG dumps are TRACE events).
+pub fn level_filter(v: Verbosity) -> LevelFilter {
+    match v {
+        Verbosity::Off => LevelFilter::OFF,
+        Verbosity::Fatal | Verbosity::Error => LevelFilter::ERROR,
+        Verbosity::Warn => LevelFilter::WARN,
+        Verbosity::Normal => LevelFilter::INFO,
+        Verbosity::Info => LevelFilter::DEBUG,
+        Verbosity::Debug => LevelFilter::TRACE,
     }
 }
 

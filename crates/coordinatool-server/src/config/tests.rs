@@ -362,13 +362,13 @@ fn verbose_levels_case_insensitive() {
         assert_eq!(cfg(&format!("verbose {name}\n")).verbosity, v);
         assert_eq!(v.name().parse::<Verbosity>(), Ok(v));
     }
-    assert_eq!(Verbosity::Off.level_filter(), LevelFilter::OFF);
-    assert_eq!(Verbosity::Fatal.level_filter(), LevelFilter::ERROR);
-    assert_eq!(Verbosity::Error.level_filter(), LevelFilter::ERROR);
-    assert_eq!(Verbosity::Warn.level_filter(), LevelFilter::WARN);
-    assert_eq!(Verbosity::Normal.level_filter(), LevelFilter::INFO);
-    assert_eq!(Verbosity::Info.level_filter(), LevelFilter::DEBUG);
-    assert_eq!(Verbosity::Debug.level_filter(), LevelFilter::TRACE);
+    assert_eq!(level_filter(Verbosity::Off), LevelFilter::OFF);
+    assert_eq!(level_filter(Verbosity::Fatal), LevelFilter::ERROR);
+    assert_eq!(level_filter(Verbosity::Error), LevelFilter::ERROR);
+    assert_eq!(level_filter(Verbosity::Warn), LevelFilter::WARN);
+    assert_eq!(level_filter(Verbosity::Normal), LevelFilter::INFO);
+    assert_eq!(level_filter(Verbosity::Info), LevelFilter::DEBUG);
+    assert_eq!(level_filter(Verbosity::Debug), LevelFilter::TRACE);
 }
 
 #[test]

@@ -207,7 +207,7 @@ pub fn main() -> ExitCode {
 
 fn init_logging(v: Verbosity) {
     let _ = tracing_subscriber::fmt()
-        .with_max_level(v.level_filter())
+        .with_max_level(crate::config::level_filter(v))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
