@@ -229,7 +229,10 @@ fn only_index_changes_are_reported_as_changed() {
     sfs.refresh(f, &mut c).unwrap();
     assert_eq!(sfs.fid2path(f).unwrap(), PathBuf::from("f"));
     sfs.scan(T0 + 1, &mut c).unwrap();
-    assert!(!sfs.take_changed(), "lookups and an idle rescan change nothing");
+    assert!(
+        !sfs.take_changed(),
+        "lookups and an idle rescan change nothing"
+    );
     fs::write(t.0.join("f"), b"more data").unwrap();
     sfs.refresh(f, &mut c).unwrap();
     assert!(sfs.take_changed(), "a new data version");
@@ -262,7 +265,10 @@ fn a_walk_applied_late_keeps_files_tracked_meanwhile_and_skips_vanished_ones() {
     fs::remove_file(t.0.join("short-lived")).unwrap();
     let n = sfs.len();
     sfs.apply_scan(T0 + 1, walk, &mut c).unwrap();
-    assert!(c.file(late).is_some(), "tracked after the walk: not unlinked");
+    assert!(
+        c.file(late).is_some(),
+        "tracked after the walk: not unlinked"
+    );
     assert_eq!(sfs.fid2path(late).unwrap(), PathBuf::from("late"));
     assert_eq!(sfs.len(), n, "the vanished file got no FID");
     // The next full scan sees the tree as it is.
@@ -284,7 +290,11 @@ fn a_snapshot_writes_the_index_as_it_was_when_taken() {
     let mut c2 = Cluster::new_enabled("lustre", 1, T0);
     let mut sfs2 = SimFs::open(&t.0, &mut c2).unwrap();
     assert_eq!(sfs2.path2fid(&t.0.join("f"), &mut c2).unwrap(), f);
-    assert_eq!(c2.file(f).unwrap().states, HsmStates::default(), "not archived yet");
+    assert_eq!(
+        c2.file(f).unwrap().states,
+        HsmStates::default(),
+        "not archived yet"
+    );
     sfs.save(&c).unwrap();
     let mut c3 = Cluster::new_enabled("lustre", 1, T0);
     SimFs::open(&t.0, &mut c3).unwrap();
