@@ -508,6 +508,14 @@ impl Engine {
         })
     }
 
+    /// The hsm data `key`'s request arrived with, which is what a store must keep: it differs
+    /// from the data [`requests`](Self::requests) shows when an upstream-mode consistent-hash
+    /// rewrite changed it (recovering the rewritten data would hash the hashed value again).
+    /// `None` for an unknown key.
+    pub fn stored_data(&self, key: RequestKey) -> Option<&[u8]> {
+        self.lookup_exact(key).map(|id| self.data_of(id))
+    }
+
     fn placed_in_set(&self, set: u32) -> Placed {
         if set == GLOBAL {
             Placed::Queued

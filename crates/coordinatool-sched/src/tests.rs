@@ -896,6 +896,13 @@ fn consistent_hash_upstream_mode_rewrites_and_is_idempotent() {
     h.recv(m, RecvLimits::default(), t(3));
     let d = h.deliveries();
     assert_eq!(&*d[0].items[0].data, b"a=b,grouping=7,c=d");
+    // A listing shows what movers get; the data to store stays the original.
+    let (r, _) = h.e.requests().next().expect("one request");
+    assert_eq!(&*r.data, b"a=b,grouping=7,c=d");
+    assert_eq!(
+        h.e.stored_data(r.key()),
+        Some(&b"a=b,grouping=test0,c=d"[..])
+    );
 }
 
 #[test]

@@ -382,6 +382,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             resyncable,
             flushing: Vec::new(),
             inflight: None,
+            store_failed: false,
             store_health: None,
             last_timer: None,
             names: resolve::Names::new(),
@@ -537,6 +538,10 @@ struct Server {
     flushing: Vec<tokio::task::JoinHandle<()>>,
     /// The group commit running on the blocking thread, and what waits for it.
     inflight: Option<Inflight>,
+    /// A commit failed: the changes of that turn are not durable, so no later change may be
+    /// committed and no held reply released (they could depend on the lost ones). The server
+    /// stops; the next start recovers from what the store has.
+    store_failed: bool,
     /// The store's health as of the last commit, for `status` while a commit runs.
     store_health: Option<crate::store::StoreHealth>,
     /// When the engine timer last fired (rate limit, [`TIMER_MIN_GAP`]).
@@ -1079,6 +1084,13 @@ impl Server {
     async fn end_turn(&mut self) -> Result<(), DaemonError> {
         loop {
             self.drain_actions();
+            if self.store_failed {
+                // Nothing after a lost commit is durable-ordered: drop it all (see the field).
+                self.batch = Batch::new();
+                self.outbox.take();
+                self.report_out.clear();
+                return Ok(());
+            }
             if self.inflight.is_some() {
                 // This turn's replies may depend on the running commit: they wait for the next.
                 return Ok(());
@@ -1129,9 +1141,12 @@ impl Server {
         let Some(inflight) = self.inflight.take() else {
             return Ok(());
         };
-        let (store, mut batch, res) = r.map_err(|e| DaemonError::Runtime {
-            what: "store task failed",
-            source: std::io::Error::other(e.to_string()),
+        let (store, mut batch, res) = r.map_err(|e| {
+            self.store_failed = true;
+            DaemonError::Runtime {
+                what: "store task failed",
+                source: std::io::Error::other(e.to_string()),
+            }
         })?;
         self.store = Some(store);
         if self.batch.is_empty() {
@@ -1139,7 +1154,7 @@ impl Server {
             batch.clear();
             self.batch = batch;
         }
-        let status = res?;
+        let status = res.inspect_err(|_| self.store_failed = true)?;
         self.check_store(Some(status)).await?;
         self.release(inflight.report_out, inflight.outbox);
         Ok(())
@@ -1253,7 +1268,7 @@ impl Server {
             .await?;
         batch.clear();
         self.batch = batch;
-        let status = res?;
+        let status = res.inspect_err(|_| self.store_failed = true)?;
         self.check_store(Some(status)).await
     }
 
@@ -1321,7 +1336,15 @@ impl Server {
         let mut n = 0;
         for (r, placed) in self.engine.requests() {
             n += 1;
-            b.push(PersistOp::New(r.clone()));
+            // The data as it arrived: an upstream-mode consistent-hash rewrite is redone at
+            // recovery, so storing the rewritten data would hash the hashed value again.
+            let mut stored = r.clone();
+            if let Some(d) = self.engine.stored_data(r.key())
+                && *d != *r.data
+            {
+                stored.data = d.into();
+            }
+            b.push(PersistOp::New(stored));
             if let Placed::Running(c) = placed
                 && let Some(client) = self.engine.client_name(c)
             {
