@@ -433,20 +433,11 @@ fn copytool_exits_cleanly_when_the_daemon_process_dies() {
     ct.wait_line(&["REGISTER"]);
     let fid = fid_of(&f);
     let lfs = |args: &[&str]| {
-        let mut argv = vec!["coordinatool-sim".to_owned(), "lfs".to_owned()];
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        let mut stdin: &[u8] = b"";
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let rc = coordinatool_sim::cli::main_with_args(
-            &argv,
-            &mut coordinatool_sim::cli::Io {
-                stdin: &mut stdin,
-                out: &mut out,
-                err: &mut err,
-            },
-        );
-        assert_eq!(rc, 0, "lfs {args:?}: {}", String::from_utf8_lossy(&err));
-        String::from_utf8_lossy(&out).into_owned()
+        let mut argv = vec!["lfs"];
+        argv.extend_from_slice(args);
+        let (rc, out, err) = coordinatool_sim::cli::run_captured(&argv);
+        assert_eq!(rc, 0, "lfs {args:?}: {err}");
+        out
     };
     lfs(&["hsm_archive", &s(&f)]);
     ct.wait_line(&["ARCHIVE end", &fid.to_string(), "rc=0 errval=0 end_rc=0"]);

@@ -812,6 +812,29 @@ const USAGE: &str = "usage:
   coordinatool-sim cat FILE...   (read; a released file is restored first)
 (also runs as `lfs` or `lctl` when invoked under that name)";
 
+/// Runs `coordinatool-sim <args>` in this process with an empty stdin, capturing its output;
+/// returns (exit status, stdout, stderr). For tests and tools that drive the simulator's
+/// commands without spawning its binary.
+pub fn run_captured(args: &[&str]) -> (i32, String, String) {
+    let mut argv = vec!["coordinatool-sim".to_owned()];
+    argv.extend(args.iter().map(|s| (*s).to_owned()));
+    let mut stdin: &[u8] = b"";
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let rc = main_with_args(
+        &argv,
+        &mut Io {
+            stdin: &mut stdin,
+            out: &mut out,
+            err: &mut err,
+        },
+    );
+    (
+        rc,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
 /// The whole `coordinatool-sim` command line (`argv` including the program name).
 pub fn main_with_args(argv: &[String], io: &mut Io<'_>) -> i32 {
     let prog = argv

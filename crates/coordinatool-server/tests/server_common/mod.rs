@@ -52,24 +52,7 @@ impl Sim {
 
     /// Runs `coordinatool-sim <args>` in-process; returns (status, stdout, stderr).
     pub fn command(&self, args: &[&str]) -> (i32, String, String) {
-        let mut argv = vec!["coordinatool-sim".to_owned()];
-        argv.extend(args.iter().map(|s| (*s).to_owned()));
-        let mut stdin: &[u8] = b"";
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let rc = coordinatool_sim::cli::main_with_args(
-            &argv,
-            &mut coordinatool_sim::cli::Io {
-                stdin: &mut stdin,
-                out: &mut out,
-                err: &mut err,
-            },
-        );
-        (
-            rc,
-            String::from_utf8_lossy(&out).into_owned(),
-            String::from_utf8_lossy(&err).into_owned(),
-        )
+        coordinatool_sim::cli::run_captured(args)
     }
 
     /// `lfs <args>`; panics on a non-zero status.
