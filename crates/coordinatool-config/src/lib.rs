@@ -111,20 +111,27 @@ pub struct Line<'a> {
 /// A line with a key and no value is returned with an empty `value`: what to do with it
 /// (upstream warns and skips it) is the caller's choice.
 pub fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
-    text.lines().enumerate().filter_map(|(i, raw)| {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            return None;
-        }
-        let (key, value) = match line.split_once(|c: char| c.is_ascii_whitespace()) {
-            Some((k, v)) => (k, v.trim()),
-            None => (line, ""),
-        };
-        Some(Line {
-            number: i + 1,
-            key: key.to_ascii_lowercase(),
-            value,
-        })
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, raw)| parse_line(i + 1, raw))
+}
+
+/// One line of a config file (line `number`, 1-based): `None` for a blank or `#` comment
+/// line. For readers that must look at each line before parsing it (the server refuses a
+/// line that is not UTF-8, naming it).
+pub fn parse_line(number: usize, raw: &str) -> Option<Line<'_>> {
+    let line = raw.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (key, value) = match line.split_once(|c: char| c.is_ascii_whitespace()) {
+        Some((k, v)) => (k, v.trim()),
+        None => (line, ""),
+    };
+    Some(Line {
+        number,
+        key: key.to_ascii_lowercase(),
+        value,
     })
 }
 

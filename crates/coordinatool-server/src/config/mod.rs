@@ -460,15 +460,11 @@ pub fn apply_file(
         };
         let text =
             std::str::from_utf8(raw).map_err(|_| bad("", "", "line is not valid UTF-8".into()))?;
-        let text = text.trim();
-        if text.is_empty() || text.starts_with('#') {
+        let Some(coordinatool_config::Line { key, value, .. }) =
+            coordinatool_config::parse_line(line, text)
+        else {
             continue;
-        }
-        let (key, value) = match text.find(|c: char| c.is_ascii_whitespace()) {
-            Some(i) => (&text[..i], text[i..].trim()),
-            None => (text, ""),
         };
-        let key = key.to_ascii_lowercase();
         let warn = |warnings: &mut Vec<ConfigWarning>, message: String| {
             warnings.push(ConfigWarning {
                 location: format!("{}:{line}", path.display()),
