@@ -78,6 +78,9 @@ const STORE_CHECK: Duration = Duration::from_secs(1);
 /// harmless, and bursts of expiries (movers dropping one after another) cost one wake-up.
 const TIMER_MIN_GAP: Duration = Duration::from_secs(1);
 
+/// How long a stopping server waits for the owner lookups of held requests.
+const OWNER_DRAIN: Duration = Duration::from_secs(10);
+
 /// How long a stopping server waits for its last replies to be written.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
@@ -244,7 +247,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
 
     let mut clock = Clock::default();
     let mut engine = Engine::new(cfg.engine_config())?;
-    let mut owners = owner::OwnerLookup::for_config(&cfg, api);
+    let mut owners = owner::Owners::for_config(&cfg, api);
 
     let reporting = match cfg.reporting() {
         Some((dir, _hint)) => {
@@ -273,24 +276,24 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             w,
         )
     });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|source| DaemonError::Runtime {
+            what: "cannot start the tokio runtime",
+            source,
+        })?;
     let now = clock.now();
     let total = recovery.requests.len();
-    let mut assigned = 0usize;
+    let assigned = recovery
+        .requests
+        .iter()
+        .filter(|r| r.assigned.is_some())
+        .count();
     // Backends that can lose acknowledged writes are watched, to write the queue again.
     let resyncable = store.health().backend == "redis";
-    for mut r in recovery.requests {
-        assigned += usize::from(r.assigned.is_some());
-        // Redis keeps upstream's hai objects, without the owner.
-        if r.request.owner.is_none()
-            && let Some(o) = &mut owners
-        {
-            r.request.owner = o.owner(&r.request.fid);
-        }
-        let key = r.request.key();
-        if let Err(e) = engine.recover(r.request, r.assigned.as_deref(), now) {
-            warn!(cookie = format_args!("{:#x}", key.cookie), dfid = %key.dfid, "stored request not recovered: {e}");
-        }
-    }
+    recover_queue(&mut engine, recovery.requests, owners.as_mut(), &rt, now);
     info!(
         requests = total,
         assigned,
@@ -343,56 +346,122 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
     })?;
     info!(archive_ids = ?cfg.archive_ids, "registered as copytool");
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|source| DaemonError::Runtime {
-            what: "cannot start the tokio runtime",
-            source,
-        })?;
+    serve(
+        &rt,
+        Parts {
+            engine,
+            store,
+            reporter,
+            fsname,
+            ct: Some(ct),
+            clock,
+            listener: Some(std_listener),
+            resyncable,
+            owners,
+            report_ms: cfg.reporting_interval_ms,
+            signals: true,
+        },
+    )
+}
+
+/// Gives the stored queue to the engine; when fair share needs owners that the store does
+/// not keep (Redis), they are looked up first, in parallel off this thread (see [`owner`]).
+fn recover_queue(
+    engine: &mut Engine,
+    recovered: Vec<store::Recovered>,
+    owners: Option<&mut owner::Owners>,
+    rt: &tokio::runtime::Runtime,
+    now: Time,
+) {
+    let (mut requests, clients): (Vec<Request>, Vec<Option<String>>) = recovered
+        .into_iter()
+        .map(|r| (r.request, r.assigned))
+        .unzip();
+    if let Some(o) = owners {
+        let missing = requests.iter().filter(|r| r.owner.is_none()).count();
+        if missing > 0 {
+            info!(
+                requests = missing,
+                "looking up the file owners of the recovered requests (fair share)"
+            );
+            requests = rt.block_on(o.resolve(requests));
+        }
+    }
+    for (r, client) in requests.into_iter().zip(clients) {
+        let key = r.key();
+        if let Err(e) = engine.recover(r, client.as_deref(), now) {
+            warn!(cookie = format_args!("{:#x}", key.cookie), dfid = %key.dfid, "stored request not recovered: {e}");
+        }
+    }
+}
+
+/// What the loop is made of: built by [`run`] after start-up, or by a test.
+struct Parts {
+    engine: Engine,
+    store: Box<dyn Store>,
+    reporter: Option<(Reporter, ReportWriter)>,
+    fsname: String,
+    /// The copytool registration (`None`: no Lustre intake).
+    ct: Option<Copytool<'static>>,
+    clock: Clock,
+    /// The bound, non-blocking listen socket (`None` once the loop took it).
+    listener: Option<std::net::TcpListener>,
+    resyncable: bool,
+    owners: Option<owner::Owners>,
+    report_ms: u64,
+    /// Stop on SIGTERM, SIGINT and SIGQUIT (the daemon; an in-process test stops it with
+    /// lock-and-quit instead of taking its test process's signals).
+    signals: bool,
+}
+
+/// Runs the loop on `rt` until it stops, then the last commit and replies.
+fn serve(rt: &tokio::runtime::Runtime, mut parts: Parts) -> Result<(), DaemonError> {
+    let (ct, signals, report_ms) = (parts.ct.take(), parts.signals, parts.report_ms);
+    let Some(std_listener) = parts.listener.take() else {
+        return Err(DaemonError::Runtime {
+            what: "no listen socket",
+            source: std::io::Error::from(std::io::ErrorKind::NotConnected),
+        });
+    };
     rt.block_on(async move {
+        let local = std_listener
+            .local_addr()
+            .map_err(|source| DaemonError::Listen {
+                addr: "the listen socket".to_owned(),
+                source,
+            })?;
         let listener =
             TcpListener::from_std(std_listener).map_err(|source| DaemonError::Listen {
                 addr: local.to_string(),
                 source,
             })?;
-        // SAFETY: the copytool's fd belongs to the registration, stays open and the same
-        // until it is unregistered, which happens only after `into_inner`.
-        let ct = unsafe { AsyncFd::register_with_interest(ct, tokio::io::Interest::READABLE) }
-            .map_err(|e| DaemonError::Runtime {
-                what: "cannot watch the copytool fd",
-                source: e.into_parts().1,
-            })?;
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        let mut server = Server {
-            engine,
-            store: Some(store),
-            batch: Batch::new(),
-            conns: HashMap::new(),
-            outbox: Outbox::default(),
-            reporter,
-            report_out: Vec::new(),
-            fsname,
-            ct: Some(ct),
-            clock,
-            stop: None,
-            events_tx: tx,
-            store_buffered: false,
-            resyncable,
-            flushing: Vec::new(),
-            inflight: None,
-            store_failed: false,
-            store_health: None,
-            last_timer: None,
-            names: resolve::Names::new(),
-            owners,
+        let ct = match ct {
+            // SAFETY: the copytool's fd belongs to the registration, stays open and the same
+            // until it is unregistered, which happens only after `into_inner`.
+            Some(ct) => Some(
+                unsafe { AsyncFd::register_with_interest(ct, tokio::io::Interest::READABLE) }
+                    .map_err(|e| DaemonError::Runtime {
+                        what: "cannot watch the copytool fd",
+                        source: e.into_parts().1,
+                    })?,
+            ),
+            None => None,
         };
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let mut server = Server::new(parts, ct, tx);
         // Handlers first: a signal right after READY must stop the server cleanly.
-        let signals = Signals {
-            term: sig(SignalKind::terminate(), "cannot handle SIGTERM")?,
-            int: sig(SignalKind::interrupt(), "cannot handle SIGINT")?,
-            quit: sig(SignalKind::quit(), "cannot handle SIGQUIT")?,
+        let signals = if signals {
+            Signals {
+                term: Some(sig(SignalKind::terminate(), "cannot handle SIGTERM")?),
+                int: Some(sig(SignalKind::interrupt(), "cannot handle SIGINT")?),
+                quit: Some(sig(SignalKind::quit(), "cannot handle SIGQUIT")?),
+            }
+        } else {
+            Signals {
+                term: None,
+                int: None,
+                quit: None,
+            }
         };
         // The recovery's own changes (placeholders, report files) first.
         server.settle().await?;
@@ -400,9 +469,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
         if let Err(e) = notify::ready(&format!("listening on {local}")) {
             warn!("sd_notify READY: {e}");
         }
-        let result = server
-            .run(listener, rx, signals, cfg.reporting_interval_ms)
-            .await;
+        let result = server.run(listener, rx, signals, report_ms).await;
         server.finish().await;
         result
     })
@@ -455,6 +522,7 @@ enum Wake {
     Watchdog,
     StoreCheck,
     Committed(Result<Committed, tokio::task::JoinError>),
+    Owners(owner::Results),
 }
 
 /// Something to do after the turn's commit.
@@ -548,8 +616,9 @@ struct Server {
     last_timer: Option<tokio::time::Instant>,
     /// Peer host names (reverse lookups off the loop, cached).
     names: resolve::Names,
-    /// File owners of new requests, when fair share is by uid, gid or projid.
-    owners: Option<owner::OwnerLookup>,
+    /// File owners of new requests, when fair share is by uid, gid or projid: looked up
+    /// off the loop, new requests held meanwhile ([`owner`]).
+    owners: Option<owner::Owners>,
 }
 
 /// What a group commit on the blocking thread gives back.
@@ -564,11 +633,11 @@ struct Inflight {
     report_out: Vec<ReportOutput>,
 }
 
-/// The stop signals, installed before the server says it is ready.
+/// The stop signals, installed before the server says it is ready (`None`: not handled).
 struct Signals {
-    term: Signal,
-    int: Signal,
-    quit: Signal,
+    term: Option<Signal>,
+    int: Option<Signal>,
+    quit: Option<Signal>,
 }
 
 fn sig(kind: SignalKind, what: &'static str) -> Result<Signal, DaemonError> {
@@ -582,14 +651,50 @@ fn sig(kind: SignalKind, what: &'static str) -> Result<Signal, DaemonError> {
     })
 }
 
-async fn recv_sig(s: &mut Signal) {
+async fn recv_sig(s: &mut Option<Signal>) {
     // A closed signal stream never fires again.
-    if s.recv().await.is_none() {
+    let fired = match s {
+        Some(s) => s.recv().await.is_some(),
+        None => false,
+    };
+    if !fired {
         std::future::pending::<()>().await;
     }
 }
 
 impl Server {
+    /// The loop's state from `parts` (whose copytool and listener the caller keeps), with
+    /// the copytool fd watched as `ct` and connection events sent to `events_tx`.
+    fn new(
+        parts: Parts,
+        ct: Option<AsyncFd<Copytool<'static>>>,
+        events_tx: mpsc::Sender<Event>,
+    ) -> Server {
+        Server {
+            engine: parts.engine,
+            store: Some(parts.store),
+            batch: Batch::new(),
+            conns: HashMap::new(),
+            outbox: Outbox::default(),
+            reporter: parts.reporter,
+            report_out: Vec::new(),
+            fsname: parts.fsname,
+            ct,
+            clock: parts.clock,
+            stop: None,
+            events_tx,
+            store_buffered: false,
+            resyncable: parts.resyncable,
+            flushing: Vec::new(),
+            inflight: None,
+            store_failed: false,
+            store_health: None,
+            last_timer: None,
+            names: resolve::Names::new(),
+            owners: parts.owners,
+        }
+    }
+
     async fn run(
         &mut self,
         listener: TcpListener,
@@ -619,6 +724,7 @@ impl Server {
             let deadline = self.timer_deadline();
             let ct = &self.ct;
             let inflight = &mut self.inflight;
+            let owners = &mut self.owners;
             // Unbiased: a flood on one input (Lustre or clients) must not starve the others.
             let wake = tokio::select! {
                 () = recv_sig(&mut term) => Wake::Signal("SIGTERM"),
@@ -673,6 +779,12 @@ impl Server {
                         None => std::future::pending().await,
                     }
                 } => Wake::Committed(r),
+                r = async {
+                    match owners {
+                        Some(o) => o.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Owners(r),
             };
             match wake {
                 Wake::Signal(name) => {
@@ -726,6 +838,7 @@ impl Server {
                 }
                 Wake::StoreCheck => self.check_store(None).await?,
                 Wake::Committed(r) => self.committed(r).await?,
+                Wake::Owners(r) => self.owner_results(r),
             }
             self.end_turn().await?;
             if self.stop.is_some() {
@@ -800,8 +913,14 @@ impl Server {
                 HsmAction::Archive | HsmAction::Restore | HsmAction::Remove => batch.push(r),
                 HsmAction::Cancel => {
                     self.new_requests(&mut batch, now);
-                    let out = self.engine.cancel(r, now);
-                    debug!(?out, "cancel from Lustre");
+                    match &mut self.owners {
+                        // After the requests held before it, which it may cancel.
+                        Some(o) if !o.is_idle() => o.hold(Vec::new(), owner::Then::Cancel(r)),
+                        _ => {
+                            let out = self.engine.cancel(r, now);
+                            debug!(?out, "cancel from Lustre");
+                        }
+                    }
                 }
                 other => warn!(action = %other, "unexpected action from Lustre: ignored"),
             }
@@ -814,9 +933,9 @@ impl Server {
             return;
         }
         if let Some(o) = &mut self.owners {
-            for r in batch.iter_mut() {
-                r.owner = o.owner(&r.fid);
-            }
+            o.hold(std::mem::take(batch), owner::Then::Lustre);
+            self.release_held();
+            return;
         }
         for r in self.engine.new_requests(batch.drain(..), now) {
             if let Err(e) = r {
@@ -836,14 +955,32 @@ impl Server {
     }
 
     fn handle_event(&mut self, ev: Event) {
+        if let Some(o) = &mut self.owners {
+            let id = owner::client_of(&ev);
+            if o.is_deferred(id) {
+                // Behind its held `queue`, so its replies keep their order.
+                o.defer(id, ev);
+                return;
+            }
+        }
         match ev {
             Event::Requests(id, reqs) => {
-                for req in reqs {
+                let mut reqs = reqs.into_iter();
+                while let Some(req) = reqs.next() {
                     // A request may get its own connection dropped (a reply it cannot take).
                     if !self.conns.contains_key(&id) {
                         break;
                     }
                     self.handle_request(id, req);
+                    if let Some(o) = &mut self.owners
+                        && o.is_deferred(id)
+                    {
+                        let rest: Vec<WireRequest> = reqs.collect();
+                        if !rest.is_empty() {
+                            o.defer(id, Event::Requests(id, rest));
+                        }
+                        break;
+                    }
                 }
             }
             Event::Malformed(id, e) => {
@@ -981,27 +1118,17 @@ impl Server {
                     Reply::error(Command::Queue, libc::EINVAL, "Bad fsname")
                 } else if q.items.is_empty() {
                     Reply::error(Command::Queue, libc::EINVAL, "No hsm_action_items set")
+                } else if let Some(o) = &mut self.owners {
+                    // Answered once its items are in the engine (`release_held`).
+                    let items = q.items.into_iter().map(request_from_wire).collect();
+                    o.hold(items, owner::Then::Queue(id));
+                    self.release_held();
+                    return;
                 } else {
-                    let owners = &mut self.owners;
-                    let s = self.engine.queue(
-                        q.items.into_iter().map(request_from_wire).map(|mut r| {
-                            if let Some(o) = owners {
-                                r.owner = o.owner(&r.fid);
-                            }
-                            r
-                        }),
-                        now,
-                    );
-                    for (i, e) in &s.errors {
-                        warn!(item = i, "queue: item refused: {e}");
-                    }
-                    Reply::Queue(QueueReply {
-                        enqueued: u64::from(s.enqueued),
-                        skipped: u64::from(s.skipped),
-                        status: if s.errors.is_empty() { 0 } else { libc::EINVAL },
-                        error: (!s.errors.is_empty())
-                            .then(|| "Error while parsing hsm action items".to_owned()),
-                    })
+                    let s = self
+                        .engine
+                        .queue(q.items.into_iter().map(request_from_wire), now);
+                    queue_reply(&s)
                 };
                 self.reply(id, &reply);
             }
@@ -1031,6 +1158,63 @@ impl Server {
             },
         }
         self.drain_actions();
+    }
+
+    /// Owner lookups ended: their requests go to the engine if nothing held is before them.
+    fn owner_results(&mut self, r: owner::Results) {
+        if let Some(o) = &mut self.owners {
+            o.apply(r);
+        }
+        self.release_held();
+    }
+
+    /// Gives the engine every held entry whose owners are known, in arrival order; answers
+    /// held `queue` commands and handles their connections' input that waited behind them.
+    fn release_held(&mut self) {
+        // Not re-entered from the input it replays: the outer call takes what that holds.
+        if !self.owners.as_mut().is_some_and(|o| o.begin_release()) {
+            return;
+        }
+        while let Some((requests, then)) = self.owners.as_mut().and_then(|o| o.ready()) {
+            let now = self.clock.now();
+            match then {
+                owner::Then::Lustre => {
+                    for r in self.engine.new_requests(requests, now) {
+                        if let Err(e) = r {
+                            warn!("request from Lustre refused: {e}");
+                        }
+                    }
+                }
+                owner::Then::Cancel(c) => {
+                    let out = self.engine.cancel(c, now);
+                    debug!(?out, "cancel from Lustre");
+                }
+                owner::Then::Queue(id) => {
+                    let s = self.engine.queue(requests, now);
+                    self.reply(id, &queue_reply(&s));
+                    let mut later = self
+                        .owners
+                        .as_mut()
+                        .map(|o| o.undefer(id))
+                        .unwrap_or_default();
+                    while let Some(ev) = later.pop_front() {
+                        self.handle_event(ev);
+                        if let Some(o) = &mut self.owners
+                            && o.is_deferred(id)
+                        {
+                            // Held again by a later `queue`: the rest waits behind it.
+                            for ev in later.drain(..) {
+                                o.defer(id, ev);
+                            }
+                        }
+                    }
+                }
+            }
+            self.drain_actions();
+        }
+        if let Some(o) = &mut self.owners {
+            o.end_release();
+        }
     }
 
     /// Takes every pending engine action (deliveries into the outbox, store changes into the
@@ -1357,9 +1541,38 @@ impl Server {
         (b, n)
     }
 
+    /// Waits (at most [`OWNER_DRAIN`]) for held requests' owner lookups, so they are in the
+    /// last commit. Not after a failed commit: nothing can be committed any more.
+    async fn drain_held(&mut self) {
+        let held = match &self.owners {
+            Some(o) if !o.is_idle() && !self.store_failed => o.held_requests(),
+            _ => return,
+        };
+        info!(
+            requests = held,
+            "waiting for file owner lookups before stopping"
+        );
+        let waited = tokio::time::timeout(OWNER_DRAIN, async {
+            while let Some(o) = self.owners.as_mut().filter(|o| !o.is_idle()) {
+                let r = o.next().await;
+                self.owner_results(r);
+            }
+        })
+        .await;
+        if waited.is_err() {
+            let left = self.owners.as_ref().map_or(0, |o| o.held_requests());
+            warn!(
+                requests = left,
+                "file owner lookups did not end: stopping without these requests (Lustre \
+                 still has them as started; a client's unanswered queue can be sent again)"
+            );
+        }
+    }
+
     /// After the loop: last commit, last replies, unregister from Lustre.
     async fn finish(&mut self) {
         let _ = notify::stopping();
+        self.drain_held().await;
         if let Err(e) = self.settle().await {
             error!("final commit: {e}");
         }
@@ -1383,6 +1596,19 @@ impl Server {
         }
         info!("stopped");
     }
+}
+
+/// The reply to a `queue` command.
+fn queue_reply(s: &coordinatool_sched::QueueSummary) -> Reply {
+    for (i, e) in &s.errors {
+        warn!(item = i, "queue: item refused: {e}");
+    }
+    Reply::Queue(QueueReply {
+        enqueued: u64::from(s.enqueued),
+        skipped: u64::from(s.skipped),
+        status: if s.errors.is_empty() { 0 } else { libc::EINVAL },
+        error: (!s.errors.is_empty()).then(|| "Error while parsing hsm action items".to_owned()),
+    })
 }
 
 /// Hsm data for logs: printable bytes, `_` for others, at most 127 characters.
