@@ -32,6 +32,8 @@ mod conn;
 mod owner;
 mod reply;
 mod resolve;
+#[cfg(test)]
+mod tests;
 
 use crate::config::{ServerConfig, Verbosity};
 use crate::notify;
@@ -1338,10 +1340,20 @@ impl Server {
             batch.clear();
             self.batch = batch;
         }
-        let status = res.inspect_err(|_| self.store_failed = true)?;
+        let status = res.inspect_err(|e| self.commit_failed(e))?;
         self.check_store(Some(status)).await?;
         self.release(inflight.report_out, inflight.outbox);
         Ok(())
+    }
+
+    /// A commit failed: nothing after it may be committed or released (see `store_failed`);
+    /// the caller returns the error, which stops the server.
+    fn commit_failed(&mut self, e: &StoreError) {
+        self.store_failed = true;
+        error!(
+            "store commit failed: {e}; stopping without acknowledging this turn's changes or \
+             any later ones (the next start recovers what the store has)"
+        );
     }
 
     /// Ends the turn and waits for every commit it starts (start-up and shutdown).
@@ -1452,7 +1464,7 @@ impl Server {
             .await?;
         batch.clear();
         self.batch = batch;
-        let status = res.inspect_err(|_| self.store_failed = true)?;
+        let status = res.inspect_err(|e| self.commit_failed(e))?;
         self.check_store(Some(status)).await
     }
 

@@ -130,3 +130,115 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// What a [`FailingStore`]'s test controls and observes.
+#[derive(Debug, Default)]
+pub(crate) struct FailState {
+    /// Commits asked for so far (failed ones included).
+    pub(crate) attempts: usize,
+    /// The attempt to fail (1-based), if any.
+    fail_at: Option<usize>,
+    /// The failing commit waits for [`FailCtl::release`] before failing.
+    hold: bool,
+    /// The failing commit has started (and waits, when held).
+    pub(crate) failing: bool,
+    /// Commits asked for after the failed one: the server must ask for none.
+    pub(crate) after_failure: usize,
+}
+
+/// The shared control of a [`FailingStore`].
+#[derive(Debug, Default)]
+pub(crate) struct FailCtl {
+    state: std::sync::Mutex<FailState>,
+    cv: std::sync::Condvar,
+}
+
+impl FailCtl {
+    /// Makes the next commit fail; with `hold`, it first waits for [`FailCtl::release`].
+    pub(crate) fn fail_next(&self, hold: bool) {
+        let mut s = self.state.lock().unwrap();
+        s.fail_at = Some(s.attempts + 1);
+        s.hold = hold;
+    }
+
+    /// Waits (bounded) until the failing commit has started.
+    pub(crate) fn wait_failing(&self) {
+        let s = self.state.lock().unwrap();
+        let (s, t) = self
+            .cv
+            .wait_timeout_while(s, std::time::Duration::from_secs(30), |s| !s.failing)
+            .unwrap();
+        assert!(
+            !t.timed_out() && s.failing,
+            "the failing commit never started"
+        );
+    }
+
+    /// Lets a held failing commit fail.
+    pub(crate) fn release(&self) {
+        self.state.lock().unwrap().hold = false;
+        self.cv.notify_all();
+    }
+
+    /// A copy of the counters.
+    pub(crate) fn attempts(&self) -> (usize, usize) {
+        let s = self.state.lock().unwrap();
+        (s.attempts, s.after_failure)
+    }
+}
+
+/// A real store whose commit fails on demand ([`FailCtl::fail_next`]), as a dying disk
+/// would: the failing commit writes nothing. Commits after it are counted and applied.
+pub(crate) struct FailingStore<S> {
+    inner: S,
+    path: std::path::PathBuf,
+    ctl: std::sync::Arc<FailCtl>,
+}
+
+impl<S: crate::store::Store> FailingStore<S> {
+    /// Wraps `inner`, whose errors name `path`.
+    pub(crate) fn new(inner: S, path: std::path::PathBuf) -> (Self, std::sync::Arc<FailCtl>) {
+        let ctl = std::sync::Arc::new(FailCtl::default());
+        (
+            FailingStore {
+                inner,
+                path,
+                ctl: std::sync::Arc::clone(&ctl),
+            },
+            ctl,
+        )
+    }
+}
+
+impl<S: crate::store::Store> crate::store::Store for FailingStore<S> {
+    fn load(&mut self) -> Result<crate::store::Recovery, crate::store::StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(
+        &mut self,
+        batch: &crate::store::Batch,
+    ) -> Result<crate::store::CommitStatus, crate::store::StoreError> {
+        let mut s = self.ctl.state.lock().unwrap();
+        s.attempts += 1;
+        if s.failing {
+            s.after_failure += 1;
+        } else if s.fail_at == Some(s.attempts) {
+            s.failing = true;
+            self.ctl.cv.notify_all();
+            while s.hold {
+                s = self.ctl.cv.wait(s).unwrap();
+            }
+            return Err(crate::store::StoreError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other("injected commit failure"),
+            });
+        }
+        drop(s);
+        self.inner.commit(batch)
+    }
+
+    fn health(&self) -> crate::store::StoreHealth {
+        self.inner.health()
+    }
+}

@@ -1,0 +1,551 @@
+//! The loop run in-process (no Lustre intake: `ct` is `None`), with stores and owner lookups
+//! the tests control: slow owner lookups must not stall the loop, and a failed commit must
+//! release and commit nothing after it. The end-to-end tests (`tests/`) run the real binary.
+
+use super::*;
+use crate::config::FairShareKey;
+use crate::store::testutil::{FailingStore, TempDir};
+use crate::store::{DB_FILE_NAME, EmbeddedStore, NoStore};
+use coordinatool_proto::{
+    Decoder, DoneRequest, EhloRequest, LockRequest, QueueRequest, RecvRequest, StatusRequest,
+    WireHai,
+};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bound of every wait (only reached when something is broken).
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn hai(n: u32) -> WireHai {
+    let mut h = WireHai::new(
+        HsmAction::Archive,
+        LuFid::new(0x2_0000_0401, n, 0),
+        1_000 + u64::from(n),
+    );
+    h.archive_id = 1;
+    h
+}
+
+fn queue(items: Vec<WireHai>) -> WireRequest {
+    WireRequest::Queue(QueueRequest {
+        items,
+        fsname: None,
+    })
+}
+
+fn status() -> WireRequest {
+    WireRequest::Status(StatusRequest { verbose: 0 })
+}
+
+fn recv(max_archive: u32) -> WireRequest {
+    WireRequest::Recv(RecvRequest {
+        max_archive: Some(max_archive),
+        ..RecvRequest::default()
+    })
+}
+
+fn done(h: &WireHai) -> WireRequest {
+    WireRequest::Done(DoneRequest {
+        cookie: h.cookie,
+        dfid: h.dfid,
+        status: 0,
+    })
+}
+
+fn encode(req: &WireRequest) -> Vec<u8> {
+    let mut out = Vec::new();
+    req.encode(&mut out);
+    out
+}
+
+/// A blocking protocol client.
+struct Client {
+    s: std::net::TcpStream,
+    dec: Decoder,
+}
+
+impl Client {
+    fn connect(addr: std::net::SocketAddr) -> Client {
+        let s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        Client {
+            s,
+            dec: Decoder::new(),
+        }
+    }
+
+    fn send(&mut self, req: &WireRequest) {
+        self.s.write_all(&encode(req)).expect("send");
+    }
+
+    /// The next reply, waiting at most [`DEADLINE`].
+    fn next(&mut self) -> Reply {
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(f) = self.dec.next_frame().expect("framing") {
+                return Reply::decode(f).expect("decode reply");
+            }
+            match self.s.read(&mut buf) {
+                Ok(0) => panic!("connection closed while waiting for a reply"),
+                Ok(n) => self.dec.feed(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    assert!(start.elapsed() < DEADLINE, "no reply within {DEADLINE:?}");
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    fn call(&mut self, req: &WireRequest) -> Reply {
+        self.send(req);
+        self.next()
+    }
+
+    /// Nothing received so far (the server owes this client no reply yet).
+    fn nothing_yet(&mut self) -> bool {
+        if self.dec.next_frame().expect("framing").is_some() {
+            return false;
+        }
+        self.s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let r = self.s.peek(&mut b);
+        self.s.set_nonblocking(false).unwrap();
+        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Runs the loop on its own thread as [`run`] does after start-up: the store's queue
+/// recovered (owners looked up when `owners` is given), then [`serve`] without signals.
+fn spawn_loop(
+    cfg: ServerConfig,
+    mut store: Box<dyn Store>,
+    mut owners: Option<owner::Owners>,
+) -> (
+    std::net::SocketAddr,
+    std::thread::JoinHandle<Result<(), DaemonError>>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut engine = Engine::new(cfg.engine_config()).expect("engine");
+        let mut clock = Clock::default();
+        let recovery = store.load()?;
+        recover_queue(
+            &mut engine,
+            recovery.requests,
+            owners.as_mut(),
+            &rt,
+            clock.now(),
+        );
+        serve(
+            &rt,
+            Parts {
+                engine,
+                store,
+                reporter: None,
+                fsname: "lustre".into(),
+                ct: None,
+                clock,
+                listener: Some(listener),
+                resyncable: false,
+                owners,
+                report_ms: 0,
+                signals: false,
+            },
+        )
+    });
+    (addr, thread)
+}
+
+/// A lookup that blocks every call until the gate opens; uid 100 for fids 1..=4, else 200.
+struct SlowLookup {
+    gate: Mutex<bool>,
+    cv: Condvar,
+    calls: AtomicUsize,
+}
+
+impl SlowLookup {
+    fn new() -> Arc<Self> {
+        Arc::new(SlowLookup {
+            gate: Mutex::new(false),
+            cv: Condvar::new(),
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn lookup(self: &Arc<Self>) -> owner::LookupFn {
+        let me = Arc::clone(self);
+        Arc::new(move |fid: &LuFid| {
+            me.calls.fetch_add(1, Ordering::SeqCst);
+            me.cv.notify_all();
+            let mut open = me.gate.lock().unwrap();
+            while !*open {
+                open = me.cv.wait(open).unwrap();
+            }
+            Ok(coordinatool_sched::Owner {
+                uid: if fid.oid <= 4 { 100 } else { 200 },
+                gid: 0,
+                projid: 0,
+            })
+        })
+    }
+
+    fn wait_called(&self) {
+        let g = self.gate.lock().unwrap();
+        let (_g, t) = self
+            .cv
+            .wait_timeout_while(g, DEADLINE, |_| self.calls.load(Ordering::SeqCst) == 0)
+            .unwrap();
+        assert!(!t.timed_out(), "no owner lookup started");
+    }
+
+    fn open(&self) {
+        *self.gate.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+fn uid_config() -> ServerConfig {
+    let mut cfg = ServerConfig::defaults("/mnt");
+    cfg.sched.fair_share_key = Some(FairShareKey::Uid);
+    cfg
+}
+
+#[test]
+fn slow_owner_lookups_leave_the_loop_serving_and_keep_fair_share_and_order() {
+    let slow = SlowLookup::new();
+    let owners = owner::Owners::with_lookup(slow.lookup());
+    let (addr, thread) = spawn_loop(uid_config(), Box::new(NoStore), Some(owners));
+    let items: Vec<WireHai> = (1..=8).map(hai).collect();
+
+    // A queues 8 archives (4 of uid 100 first, then 4 of uid 200), then asks for status on
+    // the same connection: both wait for the lookups.
+    let mut a = Client::connect(addr);
+    a.send(&queue(items.clone()));
+    a.send(&status());
+    slow.wait_called();
+
+    // Meanwhile the loop serves others: status, ehlo. The held requests are not queued yet.
+    // (Two connections only: `recv` spreads the queue over the connected clients.)
+    let mut m = Client::connect(addr);
+    match m.call(&status()) {
+        Reply::Status(s) => assert_eq!(s.pending_archive, 0, "held, not in the engine"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        m.call(&WireRequest::Ehlo(EhloRequest::new(Some("m".into())))),
+        Reply::Ehlo(r) if r.status == 0
+    ));
+    assert!(
+        a.nothing_yet(),
+        "A's queue is not answered before its owners are known"
+    );
+
+    slow.open();
+    match a.next() {
+        Reply::Queue(q) => assert_eq!((q.status, q.enqueued), (0, 8), "{q:?}"),
+        other => panic!("queue reply first: {other:?}"),
+    }
+    match a.next() {
+        Reply::Status(s) => assert_eq!(s.pending_archive, 8, "status after the queue"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 8, "one lookup per file");
+
+    // Shared by uid: 2 of each owner in a reply of 4 (arrival order would give 4 of uid 100).
+    let got = match m.call(&recv(4)) {
+        Reply::Recv(r) => r.hal.expect("a list").list,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        got.len(),
+        4,
+        "{:?}",
+        got.iter().map(|h| h.fid.oid).collect::<Vec<_>>()
+    );
+    assert_eq!(got.iter().filter(|h| h.fid.oid <= 4).count(), 2, "{got:?}");
+
+    // The same files again: owners from the cache, no lookup, answered at once.
+    match a.call(&queue(items)) {
+        Reply::Queue(q) => assert_eq!((q.enqueued, q.skipped), (0, 8), "{q:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 8, "cache hits");
+
+    // Stop: lock-and-quit once nothing runs.
+    for h in &got {
+        assert!(matches!(m.call(&done(h)), Reply::Done(r) if r.status == 0));
+    }
+    assert!(matches!(
+        a.call(&WireRequest::Lock(LockRequest { locked: 2 })),
+        Reply::Lock(r) if r.status == 0
+    ));
+    thread.join().expect("loop thread").expect("clean stop");
+}
+
+/// Drives the loop by hand: one client event per turn, so which turn a change belongs to is
+/// known exactly.
+struct Driver {
+    server: Server,
+    rx: mpsc::Receiver<Event>,
+    listener: TcpListener,
+}
+
+impl Driver {
+    async fn new(store: Box<dyn Store>) -> Driver {
+        let cfg = ServerConfig::defaults("/mnt");
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let parts = Parts {
+            engine: Engine::new(cfg.engine_config()).expect("engine"),
+            store,
+            reporter: None,
+            fsname: "lustre".into(),
+            ct: None,
+            clock: Clock::default(),
+            listener: None,
+            resyncable: false,
+            owners: None,
+            report_ms: 0,
+            signals: false,
+        };
+        let mut server = Server::new(parts, None, tx);
+        server.settle().await.expect("start-up commit");
+        Driver {
+            server,
+            rx,
+            listener: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        }
+    }
+
+    async fn connect(&mut self, name: &str) -> tokio::net::TcpStream {
+        let addr = self.listener.local_addr().unwrap();
+        let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), self.listener.accept());
+        let (s, peer) = s.expect("accept");
+        self.server.accept(s, peer, name);
+        c.expect("connect")
+    }
+
+    /// Sends `req` on `c` and runs the turn that handles it (its commit may still run).
+    async fn turn(&mut self, c: &mut tokio::net::TcpStream, req: &WireRequest) {
+        c.write_all(&encode(req)).await.expect("send");
+        let ev = tokio::time::timeout(DEADLINE, self.rx.recv())
+            .await
+            .expect("the request reaches the loop")
+            .expect("event");
+        self.server.handle_event(ev);
+        self.server.end_turn().await.expect("turn");
+    }
+
+    /// [`Driver::turn`], then its commit and replies.
+    async fn turn_committed(&mut self, c: &mut tokio::net::TcpStream, req: &WireRequest) {
+        self.turn(c, req).await;
+        while self.server.inflight.is_some() {
+            self.committed().await.expect("commit");
+        }
+    }
+
+    /// Waits for the commit in flight and releases what it held.
+    async fn committed(&mut self) -> Result<(), DaemonError> {
+        let i = self.server.inflight.as_mut().expect("a commit in flight");
+        let r = (&mut i.handle).await;
+        self.server.committed(r).await?;
+        self.server.end_turn().await
+    }
+}
+
+async fn reply(c: &mut tokio::net::TcpStream, dec: &mut Decoder) -> Option<Reply> {
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Some(f) = dec.next_frame().expect("framing") {
+            return Some(Reply::decode(f).expect("decode"));
+        }
+        match tokio::time::timeout(DEADLINE, c.read(&mut buf))
+            .await
+            .expect("a reply or the close")
+        {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => dec.feed(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn a_failed_commit_releases_nothing_and_commits_nothing_after_it() {
+    let dir = TempDir::new("failed-commit");
+    let db = dir.0.join(DB_FILE_NAME);
+    let (store, ctl) = FailingStore::new(EmbeddedStore::open(&dir.0).expect("open"), db.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut d = Driver::new(Box::new(store)).await;
+        let mut a = d.connect("a:1").await;
+        let mut m = d.connect("m:1").await;
+        let (mut da, mut dm) = (Decoder::new(), Decoder::new());
+
+        // Acknowledged: items 1 and 2 queued, item 1 assigned to mover m.
+        d.turn_committed(&mut a, &queue(vec![hai(1), hai(2)])).await;
+        assert!(matches!(reply(&mut a, &mut da).await, Some(Reply::Queue(q)) if q.enqueued == 2));
+        d.turn_committed(
+            &mut m,
+            &WireRequest::Ehlo(EhloRequest::new(Some("m".into()))),
+        )
+        .await;
+        assert!(matches!(reply(&mut m, &mut dm).await, Some(Reply::Ehlo(r)) if r.status == 0));
+        d.turn_committed(&mut m, &recv(1)).await;
+        match reply(&mut m, &mut dm).await {
+            Some(Reply::Recv(r)) => assert_eq!(r.hal.unwrap().list[0].fid.oid, 1),
+            other => panic!("{other:?}"),
+        }
+
+        // The turn whose commit fails: item 3 queued. Its commit waits in the store while
+        // the next turn gathers: m's done of item 1, item 4 queued by b, a status.
+        ctl.fail_next(true);
+        d.turn(&mut a, &queue(vec![hai(3)])).await;
+        ctl.wait_failing();
+        d.turn(&mut m, &done(&hai(1))).await;
+        let mut b = d.connect("b:1").await;
+        d.turn(&mut b, &queue(vec![hai(4)])).await;
+        d.turn(&mut b, &status()).await;
+        assert!(
+            !d.server.batch.is_empty(),
+            "the later turn has changes waiting for their commit"
+        );
+        ctl.release();
+        let err = d.committed().await.expect_err("the commit failed");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&db.display().to_string()) && msg.contains("injected commit failure"),
+            "the error names the store: {msg}"
+        );
+        // What the daemon does once `run` returns the error.
+        d.server.finish().await;
+        assert_eq!(ctl.attempts().1, 0, "no commit after the failed one");
+
+        // Nobody was told anything after the failure; the connections are closed.
+        let mut db_ = Decoder::new();
+        assert!(
+            reply(&mut a, &mut da).await.is_none(),
+            "queue of item 3 not acknowledged"
+        );
+        assert!(
+            reply(&mut m, &mut dm).await.is_none(),
+            "done of item 1 not acknowledged"
+        );
+        assert!(
+            reply(&mut b, &mut db_).await.is_none(),
+            "nothing released to b"
+        );
+    });
+    drop(rt);
+
+    // A restart on the real store: everything acknowledged is there, as it was.
+    let mut store = EmbeddedStore::open(&dir.0).expect("reopen");
+    let mut got: Vec<(u32, Option<String>)> = store
+        .load()
+        .expect("load")
+        .requests
+        .into_iter()
+        .map(|r| (r.request.fid.oid, r.assigned))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(1, Some("m".to_owned())), (2, None)]);
+}
+
+#[test]
+fn a_failed_commit_stops_the_server_with_the_store_named_and_a_restart_keeps_the_queue() {
+    let dir = TempDir::new("failed-commit-stop");
+    let db = dir.0.join(DB_FILE_NAME);
+    let (store, ctl) = FailingStore::new(EmbeddedStore::open(&dir.0).expect("open"), db.clone());
+    let (addr, thread) = spawn_loop(ServerConfig::defaults("/mnt"), Box::new(store), None);
+    let mut a = Client::connect(addr);
+    assert!(matches!(a.call(&queue(vec![hai(1), hai(2)])), Reply::Queue(q) if q.enqueued == 2));
+    ctl.fail_next(false);
+    a.send(&queue(vec![hai(3)]));
+    let err = thread
+        .join()
+        .expect("loop thread")
+        .expect_err("the server stops");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, DaemonError::Store(_)) && msg.contains(&db.display().to_string()),
+        "{msg}"
+    );
+    // The queue of item 3 was never answered: the connection just closed.
+    let mut rest = Vec::new();
+    a.s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = a.s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert_eq!(ctl.attempts().1, 0);
+
+    // Restart on the real embedded store: the acknowledged items are queued again.
+    let store = EmbeddedStore::open(&dir.0).expect("reopen");
+    let (addr, thread) = spawn_loop(ServerConfig::defaults("/mnt"), Box::new(store), None);
+    let mut c = Client::connect(addr);
+    match c.call(&status()) {
+        Reply::Status(s) => assert_eq!(s.pending_archive, 2, "{s:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.call(&WireRequest::Lock(LockRequest { locked: 2 })),
+        Reply::Lock(r) if r.status == 0
+    ));
+    thread.join().expect("loop thread").expect("clean stop");
+}
+
+#[test]
+fn requests_recovered_without_owner_get_their_owner_before_the_server_listens() {
+    // Redis keeps upstream's records, without owners; the embedded store given such records
+    // loads them the same way.
+    let dir = TempDir::new("recover-owners");
+    let mut store = EmbeddedStore::open(&dir.0).expect("open");
+    let mut batch = Batch::new();
+    for n in 1..=8u32 {
+        let r = crate::store::testutil::request(u64::from(n), HsmAction::Archive, b"");
+        assert!(r.owner.is_none());
+        batch.push(PersistOp::New(r));
+    }
+    store.commit(&batch).expect("commit");
+    let slow = SlowLookup::new();
+    slow.open();
+    let owners = owner::Owners::with_lookup(slow.lookup());
+    let (addr, thread) = spawn_loop(uid_config(), Box::new(store), Some(owners));
+    let mut m = Client::connect(addr);
+    assert!(matches!(
+        m.call(&WireRequest::Ehlo(EhloRequest::new(Some("m".into())))),
+        Reply::Ehlo(r) if r.status == 0
+    ));
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 8, "looked up at start");
+    let got = match m.call(&recv(4)) {
+        Reply::Recv(r) => r.hal.expect("a list").list,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got.len(), 4);
+    assert_eq!(
+        got.iter().filter(|h| h.fid.oid <= 4).count(),
+        2,
+        "shared by uid: {got:?}"
+    );
+    for h in &got {
+        assert!(matches!(m.call(&done(h)), Reply::Done(r) if r.status == 0));
+    }
+    assert!(matches!(
+        m.call(&WireRequest::Lock(LockRequest { locked: 2 })),
+        Reply::Lock(r) if r.status == 0
+    ));
+    thread.join().expect("loop thread").expect("clean stop");
+}
