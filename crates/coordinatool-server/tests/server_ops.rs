@@ -1,6 +1,6 @@
 //! Operational behaviour of the server binary against the simulated Lustre: report files,
-//! sd_notify, the upstream binary name, a client that does not read its replies, the shape of
-//! every error reply, the names of anonymous clients, the engine timer's rate limit.
+//! sd_notify, the upstream binary name, a client that does not read its replies, a client
+//! reset while its replies are written (SIGPIPE), the shape of every error reply, the names of anonymous clients, the engine timer's rate limit.
 
 mod server_common;
 
@@ -160,6 +160,71 @@ fn a_client_that_does_not_read_is_disconnected_and_others_go_on() {
     assert!(
         total < 40 * dump_len,
         "not every reply was sent ({total} bytes)"
+    );
+}
+
+/// Whether `pid` ignores SIGPIPE (`SigIgn` of `/proc/<pid>/status`).
+fn ignores_sigpipe(pid: u32) -> bool {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let mask = st
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .expect("SigIgn line");
+    let mask = u64::from_str_radix(mask.trim(), 16).expect("hex mask");
+    mask & (1 << (libc::SIGPIPE - 1)) != 0
+}
+
+#[test]
+fn a_client_reset_while_replies_are_written_does_not_hurt_the_server() {
+    let sim = Sim::start("sigpipe");
+    let mut srv = Server::start(&sim, &config(&sim, ""));
+    assert!(
+        ignores_sigpipe(srv.child.id()),
+        "a write to a reset connection must be an EPIPE error, not a fatal signal"
+    );
+    let mut q = srv.connect();
+    let items: Vec<WireHai> = (1..=2_000).map(|n| item(n, b"")).collect();
+    assert_eq!(
+        q.call_text(&queue(items)),
+        r#"{"command":"queue","enqueued":2000}"#
+    );
+    // Big replies asked for, then the connection reset (RST) before they are read, a few
+    // times: writes to it fail (ECONNRESET, then EPIPE).
+    for _ in 0..5 {
+        let mut gone = srv.connect();
+        let mut req = Vec::new();
+        Request::Status(StatusRequest { verbose: 6 }).encode(&mut req);
+        gone.send_raw(&req.repeat(20));
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket fd and a `linger` of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&gone.stream),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(gone);
+    }
+    // The server lives on and serves the others.
+    wait_until("the reset connections are gone", || {
+        match q.call(&Request::Status(StatusRequest { verbose: 4 })) {
+            Reply::Status(s) => {
+                assert_eq!(s.pending_archive, 2_000);
+                s.clients_connected == 1
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+    assert!(
+        srv.child.try_wait().expect("try_wait").is_none(),
+        "still running"
     );
 }
 

@@ -549,3 +549,41 @@ fn requests_recovered_without_owner_get_their_owner_before_the_server_listens() 
     ));
     thread.join().expect("loop thread").expect("clean stop");
 }
+
+/// `getsockopt` of an int option.
+fn sockopt(fd: std::os::fd::RawFd, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for the call; the fd is an open socket.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) };
+    assert_eq!(rc, 0, "getsockopt: {}", std::io::Error::last_os_error());
+    v
+}
+
+#[test]
+fn accepted_connections_find_a_dead_peer_in_minutes_not_hours() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut d = Driver::new(Box::new(NoStore)).await;
+        let addr = d.listener.local_addr().unwrap();
+        let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), d.listener.accept());
+        let (s, peer) = s.expect("accept");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        d.server.accept(s, peer, "k:1");
+        // The connection owns the socket now: its options are the server's.
+        assert_eq!(sockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        let idle = sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE);
+        let intvl = sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL);
+        let cnt = sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT);
+        let detect = idle + intvl * cnt;
+        assert!(
+            (1..=300).contains(&detect),
+            "a dead peer found after {detect} s (idle {idle}, interval {intvl}, count {cnt})"
+        );
+        assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY), 1);
+        drop(c);
+    });
+}
