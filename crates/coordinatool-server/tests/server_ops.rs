@@ -72,6 +72,41 @@ fn report_files_get_new_sent_and_done_lines() {
 }
 
 #[test]
+fn a_remove_gets_its_report_lines_like_an_archive() {
+    let sim = Sim::start("report-rm");
+    let conf = config(
+        &sim,
+        "reporting_dir .reporting\nreporting_hint cr\nreporting_schedule_interval_ms 0\n",
+    );
+    let srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    let mut rm = item(7, b"cr=rm1");
+    rm.action = HsmAction::Remove;
+    assert_eq!(
+        q.call_text(&queue(vec![rm])),
+        r#"{"command":"queue","enqueued":1}"#
+    );
+    let mut m = srv.connect();
+    m.call(&Request::Ehlo(EhloRequest::new(Some("m2".into()))));
+    let got = match m.call(&Request::Recv(RecvRequest::default())) {
+        Reply::Recv(r) => r.hal.expect("a list").list,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((got.len(), got[0].action), (1, HsmAction::Remove));
+    m.call(&Request::Done(DoneRequest {
+        cookie: got[0].cookie,
+        dfid: got[0].dfid,
+        status: 2,
+    }));
+    let file = sim.mount.join(".reporting").join("rm1");
+    let want =
+        "new [0x200000401:0x7:0x0]\nsent [0x200000401:0x7:0x0] m2\ndone [0x200000401:0x7:0x0] 2\n";
+    wait_until("the remove's report file has its three lines", || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t == want)
+    });
+}
+
+#[test]
 fn sd_notify_ready_then_stopping() {
     let sim = Sim::start("notify");
     let sock_path = sim.root.join("notify.sock");
