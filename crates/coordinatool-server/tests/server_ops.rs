@@ -128,6 +128,34 @@ fn sd_notify_ready_then_stopping() {
 }
 
 #[test]
+fn sd_notify_watchdog_pings_while_the_unit_asks_for_them() {
+    let sim = Sim::start("watchdog");
+    let sock_path = sim.root.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut cmd = server_command(&sim, &config(&sim, ""));
+    // WatchdogSec=0.2 as systemd passes it (no WATCHDOG_PID: meant for this process).
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID");
+    let mut srv = Server::spawn(cmd);
+    let mut buf = [0u8; 512];
+    let mut pings = 0;
+    let mut ready = false;
+    while pings < 3 {
+        let n = sock.recv(&mut buf).expect("a notification");
+        match &buf[..n] {
+            b"WATCHDOG=1\n" => pings += 1,
+            m if m.starts_with(b"READY=1\n") => ready = true,
+            m if m.starts_with(b"STATUS=") => {}
+            m => panic!("unexpected {:?}", String::from_utf8_lossy(m)),
+        }
+    }
+    assert!(ready, "READY before the pings");
+    assert!(srv.signal(libc::SIGTERM).success());
+}
+
+#[test]
 fn the_upstream_binary_name_runs_the_same_server() {
     let sim = Sim::start("alias");
     let conf = config(&sim, "");
