@@ -422,6 +422,143 @@ fn kill_9_and_restart_loses_no_request() {
     );
 }
 
+/// What the load threads of [`kill_9_under_load_at_varying_moments_loses_nothing_acknowledged`]
+/// were told, by cookie.
+#[derive(Default)]
+struct Told {
+    /// `queue` answered: the request is durable.
+    queued: std::collections::BTreeSet<u64>,
+    /// Delivered by a `recv` reply to this mover, no `done` sent yet.
+    delivered: BTreeMap<u64, String>,
+    /// `done` sent.
+    done_sent: std::collections::BTreeSet<u64>,
+    /// `done` answered: the request is finished for good.
+    done_acked: std::collections::BTreeSet<u64>,
+}
+
+/// Sends `req`, then the next reply; `None` once the server is gone.
+fn try_call(c: &mut Client, req: &Request) -> Option<Reply> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    req.encode(&mut out);
+    c.stream.write_all(&out).ok()?;
+    let raw = c.next_raw_within(server_common::DEADLINE)?;
+    Some(Reply::decode(&raw).expect("decode reply"))
+}
+
+#[test]
+fn kill_9_under_load_at_varying_moments_loses_nothing_acknowledged() {
+    use std::sync::{Arc, Mutex};
+    let sim = Sim::start("kill9load");
+    // Movers of earlier rounds keep what they ran for the whole test.
+    let conf = config(&sim, "client_grace_ms 600000\n");
+    let told = Arc::new(Mutex::new(Told::default()));
+    let mut next = 1u32;
+    // The kill comes once the round has this many answered `queue` calls (5 items each) and
+    // `done` calls, while both keep going: a different moment of the pipeline each round.
+    for (round, (kill_after, dones)) in [(2usize, 0usize), (9, 3), (4, 8), (15, 1), (1, 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut srv = Server::start(&sim, &conf);
+        let (base, base_done) = {
+            let t = told.lock().unwrap();
+            (t.queued.len(), t.done_acked.len())
+        };
+        let first = next;
+        next += 5 * 200;
+        let (mut q, mut m) = (srv.connect(), srv.connect());
+        let t = Arc::clone(&told);
+        let driver = std::thread::spawn(move || {
+            for b in 0..200u32 {
+                let items: Vec<WireHai> = (0..5).map(|i| item(first + b * 5 + i)).collect();
+                let cookies: Vec<u64> = items.iter().map(|h| h.cookie).collect();
+                match try_call(&mut q, &queue(items)) {
+                    Some(Reply::Queue(r)) => {
+                        assert_eq!((r.status, r.enqueued), (0, 5), "{r:?}");
+                        t.lock().unwrap().queued.extend(cookies);
+                    }
+                    None => return,
+                    Some(other) => panic!("{other:?}"),
+                }
+            }
+        });
+        let t = Arc::clone(&told);
+        let id = format!("m{round}");
+        let mover = std::thread::spawn(move || {
+            if try_call(&mut m, &ehlo(&id)).is_none() {
+                return;
+            }
+            loop {
+                let list = match try_call(&mut m, &recv_max_archive(4)) {
+                    Some(r) => hal_of(r).list,
+                    None => return,
+                };
+                {
+                    let mut t = t.lock().unwrap();
+                    for h in &list {
+                        t.delivered.insert(h.cookie, id.clone());
+                    }
+                }
+                for h in &list {
+                    {
+                        let mut t = t.lock().unwrap();
+                        t.delivered.remove(&h.cookie);
+                        t.done_sent.insert(h.cookie);
+                    }
+                    match try_call(&mut m, &done(h.cookie, h.dfid)) {
+                        Some(Reply::Done(r)) if r.status == 0 => {
+                            t.lock().unwrap().done_acked.insert(h.cookie);
+                        }
+                        None => return,
+                        Some(other) => panic!("{other:?}"),
+                    }
+                }
+            }
+        });
+        wait_until("the round's queue and done calls are answered", || {
+            let t = told.lock().unwrap();
+            t.queued.len() >= base + 5 * kill_after && t.done_acked.len() >= base_done + dones
+        });
+        srv.signal(libc::SIGKILL);
+        driver.join().expect("driver");
+        mover.join().expect("mover");
+
+        let store = stored(&sim);
+        let by_cookie: BTreeMap<u64, Option<String>> =
+            store.into_iter().map(|((c, _), a)| (c, a)).collect();
+        let t = told.lock().unwrap();
+        for c in &t.queued {
+            if t.done_acked.contains(c) {
+                assert!(
+                    !by_cookie.contains_key(c),
+                    "round {round}: {c:#x} done and acknowledged, yet in the store (done twice)"
+                );
+            } else if !t.done_sent.contains(c) {
+                assert!(
+                    by_cookie.contains_key(c),
+                    "round {round}: {c:#x} acknowledged by `queue`, lost"
+                );
+            }
+        }
+        for (c, mover) in &t.delivered {
+            assert_eq!(
+                by_cookie.get(c),
+                Some(&Some(mover.clone())),
+                "round {round}: {c:#x} delivered to {mover}: still assigned to it"
+            );
+        }
+    }
+    // And the last restart serves exactly what the store holds.
+    let mut srv = Server::start(&sim, &conf);
+    let st = status(&mut srv.connect(), 4);
+    assert!(srv.signal(libc::SIGTERM).success());
+    assert_eq!(
+        (st.pending_archive + st.running_archive) as usize,
+        stored(&sim).len()
+    );
+}
+
 #[test]
 fn sigterm_stops_cleanly_and_keeps_assignments() {
     let sim = Sim::start("sigterm");

@@ -348,7 +348,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
     })?;
     info!(archive_ids = ?cfg.archive_ids, "registered as copytool");
 
-    serve(
+    let result = serve(
         &rt,
         Parts {
             engine,
@@ -363,7 +363,11 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             report_ms: cfg.reporting_interval_ms,
             signals: true,
         },
-    )
+    );
+    // Dropping the runtime would wait for every blocking task, forever: an owner lookup stuck
+    // on a hung MDS must not keep a stopped server from exiting.
+    rt.shutdown_timeout(FINAL_FLUSH);
+    result
 }
 
 /// Gives the stored queue to the engine; when fair share needs owners that the store does
