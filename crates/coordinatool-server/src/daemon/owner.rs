@@ -336,8 +336,10 @@ impl Owners {
                 let results = chunk
                     .into_iter()
                     .map(|fid| {
+                        let start = Instant::now();
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&fid)))
                             .unwrap_or_else(|_| Err("the owner lookup panicked".to_owned()));
+                        slow_lookup(&fid, start.elapsed());
                         (fid, r)
                     })
                     .collect();
@@ -347,6 +349,37 @@ impl Owners {
         }
     }
 }
+
+/// A lookup taking this long is logged: the MDS is slow, and new requests wait for it.
+const SLOW_LOOKUP: Duration = Duration::from_secs(1);
+
+/// Warns about a lookup that took `took` (at most one warning every [`SLOW_WARN_EVERY`] for
+/// the whole server, so a hung MDS does not flood the log).
+fn slow_lookup(fid: &LuFid, took: Duration) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    if took < SLOW_LOOKUP {
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + SLOW_WARN_EVERY.as_secs()
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        warn!(
+            %fid,
+            took_ms = took.as_millis() as u64,
+            "slow file owner lookup (fair share): new requests wait for their owner"
+        );
+    }
+}
+
+/// Least time between two slow-lookup warnings.
+const SLOW_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Owners by fid: two generations of at most [`CACHE_SIZE`]` / 2` entries each.
 #[derive(Default)]
