@@ -804,7 +804,7 @@ pub fn cat(files: &[String], io: &mut Io<'_>) -> i32 {
 }
 
 const USAGE: &str = "usage:
-  coordinatool-sim serve <mountdir> [--mdts N] [--fsname NAME] [--disabled] [--read-only]
+  coordinatool-sim serve <mountdir> [--mdts N] [--fsname NAME] [--disabled] [--read-only] [--pipelined]
   coordinatool-sim lfs hsm_{archive,restore,release,remove,cancel,state,action,set,clear} ...
   coordinatool-sim lfs changelog [--follow] MDTNAME [STARTREC [ENDREC]] | changelog_clear MDTNAME clN ENDREC
   coordinatool-sim lctl [--mount DIR] {get_param [-n] PATTERN... | set_param NAME=VALUE...}
@@ -878,6 +878,7 @@ pub fn main_with_args(argv: &[String], io: &mut Io<'_>) -> i32 {
                     },
                     "--disabled" => opts.enabled = false,
                     "--read-only" => opts.read_only = true,
+                    "--pipelined" => opts.pipelined = true,
                     m if mount.is_none() && !m.starts_with('-') => mount = Some(PathBuf::from(m)),
                     other => {
                         let _ = writeln!(io.err, "serve: unexpected argument '{other}'\n{USAGE}");

@@ -118,10 +118,35 @@ struct Entry {
 }
 
 fn stamp(md: &fs::Metadata) -> (i128, u64) {
+    stamp_of(md.mtime(), md.mtime_nsec(), md.size())
+}
+
+fn stamp_of(mtime: i64, mtime_nsec: i64, size: u64) -> (i128, u64) {
     (
-        i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
-        md.size(),
+        i128::from(mtime) * 1_000_000_000 + i128::from(mtime_nsec),
+        size,
     )
+}
+
+fn fingerprint((mtime_ns, size): (i128, u64)) -> u64 {
+    // splitmix64's finaliser over the three words: any change of one gives an unrelated value.
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let t = mtime_ns as u128;
+    let h = mix(t as u64 ^ 0x9e37_79b9_7f4a_7c15);
+    let h = mix(h ^ (t >> 64) as u64);
+    mix(h ^ size)
+}
+
+/// The data stamp of the pipelined mode (`coordinatool_sim::rpc`, "Pipelined mode"): a
+/// 64-bit fingerprint of a file's `(mtime ns, size)` — the stamp whose change bumps the data
+/// version — from the fields of its `stat` (`st_mtime`, `st_mtime_nsec`, `st_size`). The
+/// stand-in computes it with `fstat` on the copy's source fd, the daemon from its own `stat`.
+pub fn data_stamp(mtime: i64, mtime_nsec: i64, size: u64) -> u64 {
+    fingerprint(stamp_of(mtime, mtime_nsec, size))
 }
 
 fn escape(p: &Path) -> String {
@@ -613,6 +638,11 @@ impl SimFs {
             return Ok(attrs.data_version + 1);
         }
         Ok(attrs.data_version)
+    }
+
+    /// The [`data_stamp`] of the file at its last [`SimFs::refresh`].
+    pub fn data_stamp(&self, fid: LuFid) -> Option<u64> {
+        self.entries.get(&fid).map(|e| fingerprint(e.stamp))
     }
 
     /// Apparent size of the file (kept while released).

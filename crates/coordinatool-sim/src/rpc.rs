@@ -3,8 +3,31 @@
 //!
 //! # Transport
 //! A Unix stream socket at `<mount>/.lustre_sim/sock` ([`socket_path`]). Every message is a
-//! frame: a little-endian `u32` length, then that many bytes of JSON ([`Request`] from the
-//! client, [`Reply`] from the daemon). One request, one reply, in order, on any connection.
+//! frame: a little-endian `u32` length, then that many bytes of body ([`Request`] from the
+//! client, [`Response`] from the daemon). One request, one reply, in order, on any
+//! connection — except a [`Request::CopyStart`] with `one_way` set, which gets no reply (see
+//! "Pipelined mode" below).
+//!
+//! # Bodies
+//! The messages of every action (copy start, progress and completion, their replies, and the
+//! HSM request of `lfs hsm_*`) use a compact binary body: a tag byte, then fixed-width
+//! little-endian fields ([`Message`] documents the layout). Every other message is JSON.
+//! The first byte tells them apart: binary tags are below `0x20` or above `0x7f` (and not
+//! JSON white space), a JSON body starts with `{` or `"`. A malformed body is an error
+//! naming the message and field ([`RpcError::Malformed`], [`RpcError::Json`]), never a panic.
+//!
+//! # Pipelined mode
+//! A daemon started with `--pipelined` ([`crate::server::ServeOptions::pipelined`]) says so
+//! in its [`Reply::Hello`]. The stand-in library then sends an action's COPY_START one way
+//! (`one_way` set, no reply awaited) on a connection the action keeps until its end, so
+//! `llapi_hsm_action_begin` costs no round trip. The divergences from Lustre that follow:
+//! a failed start (request canceled: `ECANCELED`, unknown cookie: `ENOENT`, ...) is not
+//! returned by `llapi_hsm_action_begin` but by the action's next progress or end call
+//! (the end then completes the request with that error), and an ARCHIVE's data version is
+//! the copytool's own reading of the file's stat ([`crate::fs::data_stamp`] of its open
+//! source fd) rather than the MDT's counter: the end sends it as `start_stamp` and the
+//! daemon compares it with the file's stat at the end (a change gives `EBUSY`, as in the
+//! default mode).
 //!
 //! # Copytool streams
 //! A connection whose request is [`Request::Register`] (and whose reply is `Ok`) stops being a
@@ -16,7 +39,7 @@
 //! [`Request::Unregister`] (on any connection) unregisters the whole client mount from every
 //! MDT, like `MDS_HSM_CT_UNREGISTER`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -126,6 +149,10 @@ pub enum Request {
         offset: u64,
         /// True for an ARCHIVE (read the data version).
         archive: bool,
+        /// Pipelined mode: no reply is sent; a failure is kept by the daemon and returned by
+        /// the next progress or completion of this cookie (see the module docs).
+        #[serde(default)]
+        one_way: bool,
     },
     /// `LL_IOC_HSM_PROGRESS` (and COPY_END with `completed`). For a successful ARCHIVE end the
     /// daemon compares the data version with `start_data_version` (mismatch: `EBUSY`); for a
@@ -145,6 +172,10 @@ pub enum Request {
         errval: u16,
         /// Data version read at COPY_START (archive end only).
         start_data_version: Option<u64>,
+        /// Pipelined mode: the [`crate::fs::data_stamp`] of the file when the copy started
+        /// (archive end only); the daemon compares it with the file's stamp now (`EBUSY`).
+        #[serde(default)]
+        start_stamp: Option<u64>,
     },
     /// `LL_IOC_HSM_REQUEST` (`llapi_hsm_request`).
     HsmRequest {
@@ -330,6 +361,9 @@ pub enum Reply {
         fsname: String,
         /// Number of MDTs.
         mdts: u32,
+        /// The daemon runs in pipelined mode (see the module docs).
+        #[serde(default)]
+        pipelined: bool,
     },
     /// A data version.
     DataVersion {
@@ -430,6 +464,9 @@ pub enum RpcError {
     /// Undecodable JSON.
     #[error("bad message: {0}")]
     Json(#[from] serde_json::Error),
+    /// Undecodable binary body: what was wrong, naming the message and field.
+    #[error("bad message: {0}")]
+    Malformed(String),
     /// The peer closed the connection.
     #[error("connection closed by the simulator")]
     Closed,
@@ -453,21 +490,365 @@ impl RpcError {
     }
 }
 
-/// Writes one frame.
-pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), RpcError> {
-    let body = serde_json::to_vec(msg)?;
-    if body.len() > MAX_FRAME {
-        return Err(RpcError::TooLarge(body.len()));
+/// A message with a wire form (see "Bodies" in the module docs).
+pub trait Message: Sized {
+    /// Appends the body (without the length prefix) to `out`.
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), RpcError>;
+    /// Decodes a whole body.
+    fn decode(body: &[u8]) -> Result<Self, RpcError>;
+}
+
+/// Binary tags. Requests: `CopyStart` = fid (16: seq u64, oid u32, ver u32), cookie u64,
+/// offset u64, bits u8 (1 archive, 2 one way). `Progress` = fid, cookie, offset, length u64,
+/// flags u32, errval u16, start data version and start stamp each as a presence byte (0/1)
+/// then a u64 when present. `HsmRequest` = action u32, archive id u32, flags u64, uid u32,
+/// gid u32, item count u32, items (fid, offset, length), data length u32, data.
+/// Responses: `Ok(Unit)` (nothing), `Ok(DataVersion)` (version u64), `Err` (errno i32).
+mod tag {
+    pub(super) const COPY_START: u8 = 0x01;
+    pub(super) const PROGRESS: u8 = 0x02;
+    pub(super) const HSM_REQUEST: u8 = 0x03;
+    pub(super) const OK_UNIT: u8 = 0x81;
+    pub(super) const OK_DATA_VERSION: u8 = 0x82;
+    pub(super) const ERR: u8 = 0x83;
+}
+
+/// True for a body in the binary form (its first byte is a binary tag).
+fn is_binary(body: &[u8]) -> bool {
+    matches!(body.first(), Some(&b) if b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r') || b >= 0x80)
+}
+
+fn put_fid(out: &mut Vec<u8>, f: LuFid) {
+    out.extend_from_slice(&f.seq.to_le_bytes());
+    out.extend_from_slice(&f.oid.to_le_bytes());
+    out.extend_from_slice(&f.ver.to_le_bytes());
+}
+
+fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        None => out.push(0),
     }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&body);
+}
+
+/// A cursor over a binary body; errors name the message and the field.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    msg: &'static str,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8], RpcError> {
+        if self.buf.len() < n {
+            return Err(RpcError::Malformed(format!(
+                "{}: truncated at field {field} (needs {n} bytes, {} left)",
+                self.msg,
+                self.buf.len()
+            )));
+        }
+        let (h, t) = self.buf.split_at(n);
+        self.buf = t;
+        Ok(h)
+    }
+    fn u8(&mut self, field: &str) -> Result<u8, RpcError> {
+        Ok(self.take(1, field)?[0])
+    }
+    fn u16(&mut self, field: &str) -> Result<u16, RpcError> {
+        let b = self.take(2, field)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, field: &str) -> Result<u32, RpcError> {
+        let b = self.take(4, field)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self, field: &str) -> Result<u64, RpcError> {
+        let b = self.take(8, field)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn fid(&mut self, field: &str) -> Result<Fid, RpcError> {
+        Ok(Fid(LuFid::new(
+            self.u64(field)?,
+            self.u32(field)?,
+            self.u32(field)?,
+        )))
+    }
+    fn opt(&mut self, field: &str) -> Result<Option<u64>, RpcError> {
+        match self.u8(field)? {
+            0 => Ok(None),
+            1 => Ok(Some(self.u64(field)?)),
+            b => Err(RpcError::Malformed(format!(
+                "{}: field {field}: presence byte {b} (0 or 1)",
+                self.msg
+            ))),
+        }
+    }
+    fn end(self) -> Result<(), RpcError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(RpcError::Malformed(format!(
+                "{}: {} unexpected bytes after the last field",
+                self.msg,
+                self.buf.len()
+            )))
+        }
+    }
+}
+
+fn too_many(msg: &str, field: &str, n: usize) -> RpcError {
+    RpcError::Malformed(format!("{msg}: {field} of {n} does not fit a frame"))
+}
+
+impl Message for Request {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), RpcError> {
+        match self {
+            Request::CopyStart {
+                fid,
+                cookie,
+                offset,
+                archive,
+                one_way,
+            } => {
+                out.push(tag::COPY_START);
+                put_fid(out, fid.0);
+                out.extend_from_slice(&cookie.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.push(u8::from(*archive) | (u8::from(*one_way) << 1));
+            }
+            Request::Progress {
+                fid,
+                cookie,
+                offset,
+                length,
+                flags,
+                errval,
+                start_data_version,
+                start_stamp,
+            } => {
+                out.push(tag::PROGRESS);
+                put_fid(out, fid.0);
+                out.extend_from_slice(&cookie.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&length.to_le_bytes());
+                out.extend_from_slice(&flags.to_le_bytes());
+                out.extend_from_slice(&errval.to_le_bytes());
+                put_opt(out, *start_data_version);
+                put_opt(out, *start_stamp);
+            }
+            Request::HsmRequest {
+                action,
+                archive_id,
+                flags,
+                items,
+                data,
+                uid,
+                gid,
+            } => {
+                let n = u32::try_from(items.len())
+                    .map_err(|_| too_many("hsm_request", "items", items.len()))?;
+                let dl = u32::try_from(data.len())
+                    .map_err(|_| too_many("hsm_request", "data", data.len()))?;
+                out.reserve(33 + 32 * items.len() + data.len());
+                out.push(tag::HSM_REQUEST);
+                out.extend_from_slice(&action.to_le_bytes());
+                out.extend_from_slice(&archive_id.to_le_bytes());
+                out.extend_from_slice(&flags.to_le_bytes());
+                out.extend_from_slice(&uid.to_le_bytes());
+                out.extend_from_slice(&gid.to_le_bytes());
+                out.extend_from_slice(&n.to_le_bytes());
+                for (f, o, l) in items {
+                    put_fid(out, f.0);
+                    out.extend_from_slice(&o.to_le_bytes());
+                    out.extend_from_slice(&l.to_le_bytes());
+                }
+                out.extend_from_slice(&dl.to_le_bytes());
+                out.extend_from_slice(data);
+            }
+            other => serde_json::to_writer(out, other)?,
+        }
+        Ok(())
+    }
+
+    fn decode(body: &[u8]) -> Result<Self, RpcError> {
+        if !is_binary(body) {
+            return Ok(serde_json::from_slice(body)?);
+        }
+        let (t, rest) = (body[0], &body[1..]);
+        let msg = match t {
+            tag::COPY_START => "copy_start",
+            tag::PROGRESS => "progress",
+            tag::HSM_REQUEST => "hsm_request",
+            _ => {
+                return Err(RpcError::Malformed(format!("unknown request tag {t:#04x}")));
+            }
+        };
+        let mut c = Cursor { buf: rest, msg };
+        let req = match t {
+            tag::COPY_START => {
+                let fid = c.fid("fid")?;
+                let cookie = c.u64("cookie")?;
+                let offset = c.u64("offset")?;
+                let bits = c.u8("bits")?;
+                if bits & !3 != 0 {
+                    return Err(RpcError::Malformed(format!(
+                        "copy_start: field bits: unknown bits {bits:#04x}"
+                    )));
+                }
+                Request::CopyStart {
+                    fid,
+                    cookie,
+                    offset,
+                    archive: bits & 1 != 0,
+                    one_way: bits & 2 != 0,
+                }
+            }
+            tag::PROGRESS => Request::Progress {
+                fid: c.fid("fid")?,
+                cookie: c.u64("cookie")?,
+                offset: c.u64("offset")?,
+                length: c.u64("length")?,
+                flags: c.u32("flags")?,
+                errval: c.u16("errval")?,
+                start_data_version: c.opt("start_data_version")?,
+                start_stamp: c.opt("start_stamp")?,
+            },
+            _ => {
+                let action = c.u32("action")?;
+                let archive_id = c.u32("archive_id")?;
+                let flags = c.u64("flags")?;
+                let uid = c.u32("uid")?;
+                let gid = c.u32("gid")?;
+                let n = c.u32("items")? as usize;
+                // Each item takes 32 bytes: a count the body cannot hold is rejected before
+                // anything is allocated for it.
+                if n > c.buf.len() / 32 {
+                    return Err(RpcError::Malformed(format!(
+                        "hsm_request: {n} items announced, the body holds at most {}",
+                        c.buf.len() / 32
+                    )));
+                }
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push((
+                        c.fid("items.fid")?,
+                        c.u64("items.offset")?,
+                        c.u64("items.length")?,
+                    ));
+                }
+                let dl = c.u32("data length")? as usize;
+                let data = c.take(dl, "data")?.to_vec();
+                Request::HsmRequest {
+                    action,
+                    archive_id,
+                    flags,
+                    items,
+                    data,
+                    uid,
+                    gid,
+                }
+            }
+        };
+        c.end()?;
+        Ok(req)
+    }
+}
+
+impl Request {
+    /// False for a one-way message (no reply follows).
+    pub fn expects_reply(&self) -> bool {
+        !matches!(self, Request::CopyStart { one_way: true, .. })
+    }
+}
+
+impl Message for Response {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), RpcError> {
+        match self {
+            Response::Ok(Reply::Unit) => out.push(tag::OK_UNIT),
+            Response::Ok(Reply::DataVersion { version }) => {
+                out.push(tag::OK_DATA_VERSION);
+                out.extend_from_slice(&version.to_le_bytes());
+            }
+            Response::Err(e) => {
+                out.push(tag::ERR);
+                out.extend_from_slice(&e.to_le_bytes());
+            }
+            other => serde_json::to_writer(out, other)?,
+        }
+        Ok(())
+    }
+
+    fn decode(body: &[u8]) -> Result<Self, RpcError> {
+        if !is_binary(body) {
+            return Ok(serde_json::from_slice(body)?);
+        }
+        let (t, rest) = (body[0], &body[1..]);
+        let mut c = Cursor {
+            buf: rest,
+            msg: "response",
+        };
+        let r = match t {
+            tag::OK_UNIT => Response::Ok(Reply::Unit),
+            tag::OK_DATA_VERSION => Response::Ok(Reply::DataVersion {
+                version: c.u64("version")?,
+            }),
+            tag::ERR => Response::Err(c.u32("errno")? as i32),
+            _ => {
+                return Err(RpcError::Malformed(format!(
+                    "unknown response tag {t:#04x}"
+                )));
+            }
+        };
+        c.end()?;
+        Ok(r)
+    }
+}
+
+/// Appends one frame (length prefix and body) to `out`.
+pub fn encode_frame<T: Message>(out: &mut Vec<u8>, msg: &T) -> Result<(), RpcError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Err(e) = msg.encode(out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(RpcError::TooLarge(len));
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Writes one frame.
+pub fn write_frame<T: Message>(w: &mut impl Write, msg: &T) -> Result<(), RpcError> {
+    let mut buf = Vec::with_capacity(64);
+    encode_frame(&mut buf, msg)?;
     w.write_all(&buf)?;
     Ok(())
 }
 
+/// Decodes the first frame of `buf` if it is complete: `Ok(Some((message, frame length)))`,
+/// `Ok(None)` when more bytes are needed.
+pub fn decode_frame<T: Message>(buf: &[u8]) -> Result<Option<(T, usize)>, RpcError> {
+    let Some(len) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME {
+        return Err(RpcError::TooLarge(len));
+    }
+    match buf.get(4..4 + len) {
+        Some(body) => Ok(Some((T::decode(body)?, 4 + len))),
+        None => Ok(None),
+    }
+}
+
 /// Reads one frame; `Ok(None)` on a clean end of stream before any byte.
-pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<Option<T>, RpcError> {
+pub fn read_frame<T: Message>(r: &mut impl Read) -> Result<Option<T>, RpcError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -491,7 +872,36 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<Opt
             e.into()
         }
     })?;
-    Ok(Some(serde_json::from_slice(&body)?))
+    Ok(Some(T::decode(&body)?))
+}
+
+/// Reads one frame from a buffered reader, decoding it in place when the whole frame is
+/// already buffered (no allocation, and the frames a client queued are taken one by one
+/// from one `read`); `Ok(None)` on a clean end of stream before any byte.
+pub fn read_frame_buffered<T: Message>(r: &mut impl BufRead) -> Result<Option<T>, RpcError> {
+    let buf = loop {
+        match r.fill_buf() {
+            Ok(b) => break b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    match decode_frame::<T>(buf) {
+        Ok(Some((msg, n))) => {
+            r.consume(n);
+            Ok(Some(msg))
+        }
+        Ok(None) => read_frame(r),
+        Err(e) => {
+            // The bad frame is dropped; the caller closes the connection anyway.
+            let n = buf.len();
+            r.consume(n);
+            Err(e)
+        }
+    }
 }
 
 /// A blocking client connection.
@@ -509,8 +919,12 @@ impl Client {
     }
 
     /// Sends a request and waits for its reply; a daemon errno becomes [`RpcError::Errno`].
+    /// A one-way request ([`Request::expects_reply`] false) returns `Unit` once sent.
     pub fn call(&mut self, req: &Request) -> Result<Reply, RpcError> {
         write_frame(&mut self.stream, req)?;
+        if !req.expects_reply() {
+            return Ok(Reply::Unit);
+        }
         match read_frame::<Response>(&mut self.stream)? {
             None => Err(RpcError::Closed),
             Some(Response::Ok(r)) => Ok(r),
@@ -552,7 +966,14 @@ mod tests {
         write_frame(&mut buf, &req).unwrap();
         let back: Request = read_frame(&mut &buf[..]).unwrap().unwrap();
         assert_eq!(back, req);
-        assert!(String::from_utf8_lossy(&buf).contains("[0x200000400:0x1:0x0]"));
+        // Messages off the action path stay JSON, FIDs as text.
+        let mut json = Vec::new();
+        let fid = Request::Fid2Path {
+            fid: Fid(LuFid::new(0x200000400, 1, 0)),
+        };
+        write_frame(&mut json, &fid).unwrap();
+        assert!(String::from_utf8_lossy(&json).contains("[0x200000400:0x1:0x0]"));
+        assert_eq!(read_frame::<Request>(&mut &json[..]).unwrap(), Some(fid));
         // Truncated frame, empty stream, oversized length, bad JSON.
         assert!(matches!(
             read_frame::<Request>(&mut &buf[..buf.len() - 1]),
@@ -569,6 +990,227 @@ mod tests {
         assert!(matches!(
             read_frame::<Request>(&mut &bad[..]),
             Err(RpcError::Json(_))
+        ));
+    }
+
+    fn hot_requests() -> Vec<Request> {
+        let fid = Fid(LuFid::new(0x2_0000_0401, 7, 3));
+        vec![
+            Request::CopyStart {
+                fid,
+                cookie: u64::MAX,
+                offset: 4096,
+                archive: true,
+                one_way: false,
+            },
+            Request::CopyStart {
+                fid,
+                cookie: 1,
+                offset: 0,
+                archive: false,
+                one_way: true,
+            },
+            Request::Progress {
+                fid,
+                cookie: 9,
+                offset: 1,
+                length: u64::MAX,
+                flags: 1,
+                errval: 125,
+                start_data_version: Some(0),
+                start_stamp: Some(u64::MAX),
+            },
+            Request::Progress {
+                fid,
+                cookie: 9,
+                offset: 0,
+                length: 0,
+                flags: 0,
+                errval: 0,
+                start_data_version: None,
+                start_stamp: None,
+            },
+            Request::HsmRequest {
+                action: 10,
+                archive_id: 3,
+                flags: 1 << 40,
+                items: vec![(fid, 0, u64::MAX), (Fid(LuFid::new(1, 2, 3)), 5, 6)],
+                data: b"tag=x\0".to_vec(),
+                uid: 1000,
+                gid: 1001,
+            },
+            Request::HsmRequest {
+                action: 1,
+                archive_id: 0,
+                flags: 0,
+                items: Vec::new(),
+                data: Vec::new(),
+                uid: 0,
+                gid: 0,
+            },
+        ]
+    }
+
+    fn hot_responses() -> Vec<Response> {
+        vec![
+            Response::Ok(Reply::Unit),
+            Response::Ok(Reply::DataVersion { version: 42 }),
+            Response::Err(libc::ECANCELED),
+            Response::Err(-1),
+        ]
+    }
+
+    #[test]
+    fn action_messages_are_binary_and_round_trip() {
+        for req in hot_requests() {
+            let mut body = Vec::new();
+            req.encode(&mut body).unwrap();
+            assert!(is_binary(&body), "{req:?} not binary");
+            assert_eq!(Request::decode(&body).unwrap(), req);
+        }
+        for resp in hot_responses() {
+            let mut body = Vec::new();
+            resp.encode(&mut body).unwrap();
+            assert!(is_binary(&body), "{resp:?} not binary");
+            assert_eq!(Response::decode(&body).unwrap(), resp);
+        }
+        // Other messages are JSON and still decode; an old-style JSON progress without the
+        // new fields gets their defaults.
+        let hello = Response::Ok(Reply::Hello {
+            fsname: "lustre".into(),
+            mdts: 2,
+            pipelined: true,
+        });
+        let mut body = Vec::new();
+        hello.encode(&mut body).unwrap();
+        assert_eq!(body[0], b'{');
+        assert_eq!(Response::decode(&body).unwrap(), hello);
+        let old = br#"{"op":"progress","fid":"[0x200000400:0x1:0x0]","cookie":5,"offset":0,"length":0,"flags":1,"errval":0,"start_data_version":null}"#;
+        assert!(matches!(
+            Request::decode(old).unwrap(),
+            Request::Progress {
+                cookie: 5,
+                start_stamp: None,
+                ..
+            }
+        ));
+        let old = br#"{"op":"copy_start","fid":"[0x200000400:0x1:0x0]","cookie":5,"offset":0,"archive":true}"#;
+        assert!(matches!(
+            Request::decode(old).unwrap(),
+            Request::CopyStart {
+                archive: true,
+                one_way: false,
+                ..
+            }
+        ));
+        // One-way starts only.
+        let one_way: Vec<bool> = hot_requests().iter().map(Request::expects_reply).collect();
+        assert_eq!(one_way, [true, false, true, true, true, true]);
+    }
+
+    #[test]
+    fn malformed_binary_bodies_are_errors_naming_the_field() {
+        let malformed = |r: Result<Request, RpcError>| match r {
+            Err(RpcError::Malformed(m)) => m,
+            other => panic!("expected a malformed-body error, got {other:?}"),
+        };
+        for req in hot_requests() {
+            let mut body = Vec::new();
+            req.encode(&mut body).unwrap();
+            // Every truncation is an error (never a panic), naming a field.
+            for cut in 1..body.len() {
+                let m = malformed(Request::decode(&body[..cut]));
+                assert!(
+                    m.contains("truncated at field") || m.contains("items announced"),
+                    "{m}"
+                );
+            }
+            // Trailing garbage.
+            body.push(0);
+            let m = malformed(Request::decode(&body));
+            assert!(m.contains("1 unexpected bytes"), "{m}");
+        }
+        let m = malformed(Request::decode(&[0x7f_u8 + 1, 0]));
+        assert!(m.contains("unknown request tag 0x80"), "{m}");
+        // Bad presence byte of start_stamp, unknown CopyStart bits.
+        let mut body = Vec::new();
+        hot_requests()[3].encode(&mut body).unwrap();
+        *body.last_mut().unwrap() = 2;
+        let m = malformed(Request::decode(&body));
+        assert!(
+            m.contains("progress: field start_stamp: presence byte 2"),
+            "{m}"
+        );
+        let mut body = Vec::new();
+        hot_requests()[0].encode(&mut body).unwrap();
+        *body.last_mut().unwrap() = 4;
+        let m = malformed(Request::decode(&body));
+        assert!(m.contains("copy_start: field bits"), "{m}");
+        // An item count the body cannot hold is refused before allocating.
+        let mut body = vec![tag::HSM_REQUEST];
+        body.extend_from_slice(&[0; 24]);
+        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        let m = malformed(Request::decode(&body));
+        assert!(m.contains("4294967295 items announced"), "{m}");
+        // Responses.
+        assert!(matches!(
+            Response::decode(&[tag::OK_DATA_VERSION, 1, 2]),
+            Err(RpcError::Malformed(m)) if m.contains("response: truncated at field version")
+        ));
+        assert!(matches!(
+            Response::decode(&[0x90]),
+            Err(RpcError::Malformed(m)) if m.contains("unknown response tag 0x90")
+        ));
+        assert!(matches!(
+            Response::decode(&[tag::OK_UNIT, 0]),
+            Err(RpcError::Malformed(_))
+        ));
+        // JSON white space is not a binary tag.
+        assert!(matches!(
+            Request::decode(b" {\"op\":\"hello\"}"),
+            Ok(Request::Hello)
+        ));
+    }
+
+    #[test]
+    fn buffered_reads_take_queued_frames_one_by_one() {
+        let reqs = hot_requests();
+        let mut buf = Vec::new();
+        for r in &reqs {
+            encode_frame(&mut buf, r).unwrap();
+        }
+        encode_frame(&mut buf, &Request::Hello).unwrap();
+        let mut reader = io::BufReader::with_capacity(64, &buf[..]);
+        for r in &reqs {
+            assert_eq!(
+                read_frame_buffered::<Request>(&mut reader)
+                    .unwrap()
+                    .as_ref(),
+                Some(r)
+            );
+        }
+        assert_eq!(
+            read_frame_buffered::<Request>(&mut reader).unwrap(),
+            Some(Request::Hello)
+        );
+        assert!(
+            read_frame_buffered::<Request>(&mut reader)
+                .unwrap()
+                .is_none()
+        );
+        // decode_frame: incomplete frames ask for more bytes; a bad one is an error.
+        let mut one = Vec::new();
+        encode_frame(&mut one, &reqs[0]).unwrap();
+        for cut in 0..one.len() {
+            assert!(decode_frame::<Request>(&one[..cut]).unwrap().is_none());
+        }
+        let (r, n) = decode_frame::<Request>(&one).unwrap().unwrap();
+        assert_eq!((r, n), (reqs[0].clone(), one.len()));
+        let mut bad = 2u32.to_le_bytes().to_vec();
+        bad.extend_from_slice(&[tag::COPY_START, 0]);
+        assert!(matches!(
+            read_frame_buffered::<Request>(&mut io::BufReader::new(&bad[..])),
+            Err(RpcError::Malformed(_))
         ));
     }
 

@@ -17,7 +17,7 @@
 //! dropped, and a copytool stream that closes is removed from its mount's broadcast group.
 
 use std::collections::HashMap;
-use std::io::{self, Write as _};
+use std::io::{self, BufRead as _, Write as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -60,6 +60,10 @@ pub struct ServeOptions {
     /// The simulated client mount is read-only (`mount -o ro`): HSM requests other than
     /// RESTORE and releases get `EROFS`.
     pub read_only: bool,
+    /// Pipelined mode (`serve --pipelined`), announced in the Hello reply: the stand-in sends
+    /// copy starts one way and a failed start is reported by the action's next progress or
+    /// end (see `crate::rpc`, "Pipelined mode"). Off by default (exact Lustre behaviour).
+    pub pipelined: bool,
 }
 
 impl Default for ServeOptions {
@@ -69,6 +73,7 @@ impl Default for ServeOptions {
             mdts: 2,
             enabled: true,
             read_only: false,
+            pipelined: false,
         }
     }
 }
@@ -105,7 +110,16 @@ struct Core {
     next_stream: u64,
     /// The FID index differs from the saved one.
     dirty: bool,
+    /// Pipelined mode (announced by Hello).
+    pipelined: bool,
+    /// Errors of one-way copy starts by `(MDT, cookie)`, returned by the action's next
+    /// progress or completion (pipelined mode).
+    failed_starts: HashMap<(u32, u64), i32>,
 }
+
+/// Beyond this many kept start failures, those of requests no longer active are dropped (a
+/// copytool that never ends its action must not grow the map forever).
+const FAILED_STARTS_TRIM: usize = 4096;
 
 struct Shared {
     core: Mutex<Core>,
@@ -194,6 +208,8 @@ impl Daemon {
                 streams: HashMap::new(),
                 next_stream: 0,
                 dirty: true,
+                pipelined: opts.pipelined,
+                failed_starts: HashMap::new(),
             }),
             kick: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -461,11 +477,12 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
         return;
     };
     let mut reader = io::BufReader::with_capacity(8192, read_half);
+    let mut out = Vec::with_capacity(256);
     loop {
-        let req: Request = match rpc::read_frame(&mut reader) {
+        let req: Request = match rpc::read_frame_buffered(&mut reader) {
             Ok(Some(r)) => r,
             Ok(None) => return,
-            Err(RpcError::Json(e)) => {
+            Err(e @ (RpcError::Json(_) | RpcError::Malformed(_))) => {
                 debug!(error = %e, "bad request");
                 let _ = rpc::write_frame(&mut stream, &Response::Err(libc::EPROTO));
                 return;
@@ -531,27 +548,62 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
             }
             continue;
         }
-        let effect = Effect::of(&req);
-        let (resp, wake) = {
+        // This call and every complete one queued behind it are served under one lock
+        // acquisition, their replies sent with one write.
+        out.clear();
+        let mut wake = false;
+        {
             let mut core = shared.lock();
-            let r = handle(&mut core, &shared.mount, shared.read_only, req);
-            let model_changed = match effect {
-                Effect::Attrs | Effect::Control => true,
-                Effect::AttrsOnError => matches!(r, Response::Err(_)),
-                Effect::Query => false,
-            };
-            if core.fs.take_changed() || model_changed {
-                core.dirty = true;
+            let mut req = req;
+            loop {
+                wake |= serve_call(shared, &mut core, req, &mut out);
+                match rpc::decode_frame::<Request>(reader.buffer()) {
+                    Ok(Some((next, n))) if !is_special(&next) => {
+                        reader.consume(n);
+                        req = next;
+                    }
+                    // Incomplete, special or bad: the next turn of the outer loop reads it.
+                    _ => break,
+                }
             }
-            (r, effect == Effect::Control || core.cluster.wants_scan())
-        };
+        }
         if wake {
             shared.kick.notify_all();
         }
-        if rpc::write_frame(&mut stream, &resp).is_err() {
+        if !out.is_empty() && stream.write_all(&out).is_err() {
             return;
         }
     }
+}
+
+/// Calls the connection loop serves itself (registration, waiting purge), not [`serve_call`].
+fn is_special(req: &Request) -> bool {
+    match req {
+        Request::Register { .. } => true,
+        Request::SetParam { value, .. } => value.starts_with("purge"),
+        _ => false,
+    }
+}
+
+/// Serves one ordinary call under the lock, appending its reply frame (if it has one) to
+/// `out`; returns true when the coordinator thread should be woken.
+fn serve_call(shared: &Shared, core: &mut Core, req: Request, out: &mut Vec<u8>) -> bool {
+    let effect = Effect::of(&req);
+    let reply = req.expects_reply();
+    let r = handle(core, &shared.mount, shared.read_only, req);
+    let model_changed = match effect {
+        Effect::Attrs | Effect::Control => true,
+        Effect::AttrsOnError => matches!(r, Response::Err(_)),
+        Effect::Query => false,
+    };
+    if core.fs.take_changed() || model_changed {
+        core.dirty = true;
+    }
+    if reply && let Err(e) = rpc::encode_frame(out, &r) {
+        warn!(error = %e, "reply not sent");
+        let _ = rpc::encode_frame(out, &Response::Err(libc::EOVERFLOW));
+    }
+    effect == Effect::Control || core.cluster.wants_scan()
 }
 
 /// What a call may change besides the file side (which [`SimFs::take_changed`] reports).
@@ -736,11 +788,18 @@ fn handle_inner(
     req: Request,
 ) -> Result<Reply, i32> {
     let now = now_secs();
-    let Core { cluster, fs, .. } = core;
+    let Core {
+        cluster,
+        fs,
+        pipelined,
+        failed_starts,
+        ..
+    } = core;
     match req {
         Request::Hello => Ok(Reply::Hello {
             fsname: cluster.fsname().to_owned(),
             mdts: cluster.mdts().len() as u32,
+            pipelined: *pipelined,
         }),
         Request::Register { .. } => Err(libc::EPROTO),
         Request::Unregister { uuid } => {
@@ -752,7 +811,32 @@ fn handle_inner(
             cookie,
             offset,
             archive,
+            one_way,
         } => {
+            if one_way {
+                // No data version to return: the copytool read its own stamp, compared at the
+                // end. A failure waits for the action's next call.
+                let p = Progress {
+                    fid,
+                    cookie,
+                    extent: HsmExtent::new(offset, 0),
+                    flags: HsmProgressFlags::default(),
+                    errval: 0,
+                    data_version: None,
+                };
+                if let Err(e) = cluster.progress(now, &p) {
+                    if failed_starts.len() >= FAILED_STARTS_TRIM {
+                        failed_starts.retain(|&(m, c), _| {
+                            cluster
+                                .mdt(m)
+                                .is_some_and(|m| m.active_request(c).is_some())
+                        });
+                    }
+                    failed_starts.insert((cluster.mdt_of(fid), cookie), e.code());
+                    return Err(e.code());
+                }
+                return Ok(Reply::Unit);
+            }
             let mut version = 0;
             if archive {
                 match fs.refresh(fid, cluster) {
@@ -790,12 +874,28 @@ fn handle_inner(
             offset,
             length,
             flags,
-            errval,
+            mut errval,
             start_data_version,
+            start_stamp,
         } => {
             let flags = HsmProgressFlags(flags);
             let completed = flags.contains(HsmProgressFlags::COMPLETED);
             let mdt = cluster.mdt_of(fid);
+            // A one-way start that failed: its error is this call's, and an end completes
+            // the request with it (what the copytool would have done after a failed begin).
+            let failed_start = if completed {
+                failed_starts.remove(&(mdt, cookie))
+            } else {
+                failed_starts.get(&(mdt, cookie)).copied()
+            };
+            if let Some(e) = failed_start {
+                if !completed {
+                    return Err(e);
+                }
+                if errval == 0 {
+                    errval = u16::try_from(e).unwrap_or(libc::EIO as u16);
+                }
+            }
             let active = cluster.mdt(mdt).and_then(|m| m.active_request(cookie));
             let mut p = Progress {
                 fid,
@@ -812,7 +912,9 @@ fn handle_inner(
                 && a.item.action == HsmAction::Archive
             {
                 let v = fs.refresh(a.item.fid, cluster).map_err(fs_err)?;
-                if start_data_version.is_some_and(|s| s != v) {
+                let stamp_changed =
+                    start_stamp.is_some_and(|s| fs.data_stamp(a.item.fid) != Some(s));
+                if stamp_changed || start_data_version.is_some_and(|s| s != v) {
                     // File changed while being archived: EBUSY without RETRY.
                     p.errval = libc::EBUSY as u16;
                     p.flags = HsmProgressFlags::COMPLETED;
@@ -834,6 +936,9 @@ fn handle_inner(
             if completed && is_restore && file != Some(fid) {
                 // Failed restores leave their volatile behind; a committed one is gone already.
                 fs.discard_volatile(fid);
+            }
+            if let Some(e) = failed_start {
+                return Err(e);
             }
             r.map_err(Errno::code)?;
             if busy {

@@ -122,6 +122,7 @@ fn archive_release_restore_through_the_daemon() {
             cookie: hai.cookie,
             offset: 0,
             archive: true,
+            one_way: false,
         },
     )
     .unwrap() else {
@@ -137,6 +138,7 @@ fn archive_release_restore_through_the_daemon() {
             flags: 0,
             errval: 0,
             start_data_version: None,
+            start_stamp: None,
         },
     )
     .unwrap();
@@ -152,6 +154,7 @@ fn archive_release_restore_through_the_daemon() {
             flags: 1,
             errval: 0,
             start_data_version: Some(version),
+            start_stamp: None,
         },
     )
     .unwrap();
@@ -170,6 +173,7 @@ fn archive_release_restore_through_the_daemon() {
             flags: 1,
             errval: 0,
             start_data_version: None,
+            start_stamp: None,
         },
     );
     assert_eq!(again.unwrap_err().errno(), libc::ENOENT);
@@ -201,6 +205,7 @@ fn archive_release_restore_through_the_daemon() {
             cookie: hai.cookie,
             offset: 0,
             archive: false,
+            one_way: false,
         },
     )
     .unwrap();
@@ -215,6 +220,7 @@ fn archive_release_restore_through_the_daemon() {
             flags: 1,
             errval: 0,
             start_data_version: None,
+            start_stamp: None,
         },
     )
     .unwrap();
@@ -402,6 +408,7 @@ fn reading_a_released_file_restores_it_first() {
             flags: 1,
             errval: 0,
             start_data_version: None,
+            start_stamp: None,
         },
     )
     .unwrap();
@@ -455,6 +462,7 @@ fn archive_with(mount: &Path, ct: &mut UnixStream, file: &Path) -> coordinatool_
             cookie: hai.cookie,
             offset: 0,
             archive: true,
+            one_way: false,
         },
     )
     .unwrap() else {
@@ -470,6 +478,7 @@ fn archive_with(mount: &Path, ct: &mut UnixStream, file: &Path) -> coordinatool_
             flags: 1,
             errval: 0,
             start_data_version: Some(version),
+            start_stamp: None,
         },
     )
     .unwrap();
@@ -831,6 +840,7 @@ fn user_state_reports_the_action_in_progress() {
             flags: 0,
             errval: 0,
             start_data_version: None,
+            start_stamp: None,
         },
     )
     .unwrap();
@@ -924,5 +934,153 @@ fn max_requests_beyond_the_ram_cap_is_enomem_and_remove_fans_out() {
         ),
         "{out}"
     );
+    d.stop();
+}
+
+fn progress(fid: Fid, cookie: u64, flags: u32, start_stamp: Option<u64>) -> Request {
+    Request::Progress {
+        fid,
+        cookie,
+        offset: 0,
+        length: if flags & 1 != 0 { u64::MAX } else { 1 },
+        flags,
+        errval: 0,
+        start_data_version: None,
+        start_stamp,
+    }
+}
+
+fn one_way_start(fid: Fid, cookie: u64, archive: bool) -> Request {
+    Request::CopyStart {
+        fid,
+        cookie,
+        offset: 0,
+        archive,
+        one_way: true,
+    }
+}
+
+fn stamp_of(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(path).unwrap();
+    coordinatool_sim::fs::data_stamp(md.mtime(), md.mtime_nsec(), md.size())
+}
+
+#[test]
+fn pipelined_one_way_starts_report_failures_at_the_next_call() {
+    let t = TempDir::new();
+    for (n, c) in [("a", "one"), ("b", "two"), ("c", "three")] {
+        fs::write(t.0.join(n), c).unwrap();
+    }
+    let opts = ServeOptions {
+        pipelined: true,
+        ..one_mdt()
+    };
+    let d = Daemon::start(&t.0, &opts).unwrap();
+    let mount = d.mount().to_owned();
+    assert!(matches!(
+        call(&mount, Request::Hello),
+        Ok(Reply::Hello {
+            pipelined: true,
+            ..
+        })
+    ));
+    let mut ct = Client::connect(&mount)
+        .unwrap()
+        .register("uuid-pipe", &[])
+        .unwrap();
+    let recv = |ct: &mut UnixStream| {
+        let (_, _, body) = read_kuc(ct);
+        HsmActionList::parse(&body).unwrap().items[0].clone()
+    };
+    let mut c = Client::connect(&mount).unwrap();
+
+    // Canceled before its start: the one-way start gets no reply; the next progress and the
+    // end report ECANCELED, and the end completes the request.
+    let a = mount.join("a");
+    assert_eq!(run(cli::lfs, &["hsm_archive", a.to_str().unwrap()]).0, 0);
+    let hai = recv(&mut ct);
+    assert_eq!(run(cli::lfs, &["hsm_cancel", a.to_str().unwrap()]).0, 0);
+    assert_eq!(recv(&mut ct).action, HsmAction::Cancel);
+    let fid = Fid(hai.fid);
+    assert!(matches!(
+        c.call(&one_way_start(fid, hai.cookie, true)),
+        Ok(Reply::Unit)
+    ));
+    let e = |r: Result<Reply, RpcError>| match r {
+        Err(RpcError::Errno(e)) => e,
+        other => panic!("expected an errno, got {other:?}"),
+    };
+    assert_eq!(
+        e(c.call(&progress(fid, hai.cookie, 0, None))),
+        libc::ECANCELED
+    );
+    let stamp = stamp_of(&a);
+    assert_eq!(
+        e(c.call(&progress(fid, hai.cookie, 1, Some(stamp)))),
+        libc::ECANCELED
+    );
+    assert_eq!(
+        e(c.call(&progress(fid, hai.cookie, 1, Some(stamp)))),
+        libc::ENOENT,
+        "the end completed the request"
+    );
+    assert!(!state(&a).contains("archived"), "{}", state(&a));
+
+    // Modified while being archived: the stamp read at the start differs at the end: EBUSY.
+    let b = mount.join("b");
+    assert_eq!(run(cli::lfs, &["hsm_archive", b.to_str().unwrap()]).0, 0);
+    let hai = recv(&mut ct);
+    let stamp = stamp_of(&b);
+    c.call(&one_way_start(Fid(hai.fid), hai.cookie, true))
+        .unwrap();
+    fs::write(&b, "two, longer").unwrap();
+    assert_eq!(
+        e(c.call(&progress(Fid(hai.fid), hai.cookie, 1, Some(stamp)))),
+        libc::EBUSY
+    );
+    assert!(!state(&b).contains("archived"), "{}", state(&b));
+
+    // Unchanged: archived. The start and the end queued in one write are both served (one
+    // reply, for the end).
+    let cf = mount.join("c");
+    assert_eq!(run(cli::lfs, &["hsm_archive", cf.to_str().unwrap()]).0, 0);
+    let hai = recv(&mut ct);
+    let mut frames = Vec::new();
+    rpc::encode_frame(&mut frames, &one_way_start(Fid(hai.fid), hai.cookie, true)).unwrap();
+    rpc::encode_frame(
+        &mut frames,
+        &progress(Fid(hai.fid), hai.cookie, 1, Some(stamp_of(&cf))),
+    )
+    .unwrap();
+    let mut s = UnixStream::connect(rpc::socket_path(&mount)).unwrap();
+    s.write_all(&frames).unwrap();
+    let r: rpc::Response = rpc::read_frame(&mut s).unwrap().unwrap();
+    assert_eq!(r, rpc::Response::Ok(Reply::Unit));
+    assert_eq!(
+        state(&cf),
+        format!(
+            "{}: (0x00000009) exists archived, archive_id:1\n",
+            cf.display()
+        )
+    );
+
+    // Unknown cookie: the one-way start fails silently, the next call says ENOENT.
+    c.call(&one_way_start(Fid(hai.fid), 999_999, false))
+        .unwrap();
+    assert_eq!(
+        e(c.call(&progress(Fid(hai.fid), 999_999, 0, None))),
+        libc::ENOENT
+    );
+    // The daemon survives a truncated binary frame (EPROTO, connection closed).
+    let mut s = UnixStream::connect(rpc::socket_path(&mount)).unwrap();
+    s.write_all(&2u32.to_le_bytes()).unwrap();
+    s.write_all(&[0x02, 0]).unwrap();
+    let r: rpc::Response = rpc::read_frame(&mut s).unwrap().unwrap();
+    assert_eq!(r, rpc::Response::Err(libc::EPROTO));
+    assert!(matches!(
+        call(&mount, Request::Hello),
+        Ok(Reply::Hello { .. })
+    ));
     d.stop();
 }

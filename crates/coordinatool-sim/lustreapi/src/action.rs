@@ -1,6 +1,13 @@
 //! Actions (`llapi_hsm_action_*`). Calls go over the calling thread's own daemon connection
 //! (see `util::call`), never over the registration's stream, so actions work from any thread
 //! and from forked children.
+//!
+//! Against a daemon in pipelined mode (`coordinatool-sim serve --pipelined`, see
+//! `coordinatool_sim::rpc`) `llapi_hsm_action_begin` sends COPY_START one way on a connection
+//! the action keeps until its end (its progress and end calls follow the start in order,
+//! from whatever thread), a failed start is returned by the next progress or end call, and
+//! an ARCHIVE's `hc_data_version` is the data stamp of its open source fd
+//! (`coordinatool_sim::fs::data_stamp`), which the end sends for the daemon's check.
 
 use std::os::raw::{c_char, c_int};
 use std::path::{Path, PathBuf};
@@ -27,6 +34,28 @@ pub(crate) struct CpPriv {
     is_error: bool,
     /// The restore volatile, once created.
     volatile: Option<LuFid>,
+    /// Pipelined mode: the connection that carried the one-way start, for the later calls.
+    conn: Option<util::Conn>,
+    /// Pipelined mode, ARCHIVE: the source's data stamp when the copy started.
+    start_stamp: Option<u64>,
+}
+
+impl CpPriv {
+    /// A call of this action: on its own connection in pipelined mode (kept for the next
+    /// call), else on the thread's.
+    fn call(&mut self, req: &Request) -> Result<Reply, i32> {
+        let conn = self.conn.take().or_else(|| util::take_conn(&self.mount));
+        let (r, conn) = util::call_on_conn(conn, &self.mount, req);
+        self.conn = conn;
+        r
+    }
+
+    /// Gives the action's connection back to the calling thread.
+    fn release_conn(&mut self) {
+        if let Some(c) = self.conn.take() {
+            util::put_conn(c);
+        }
+    }
 }
 
 /// HAI fixed part size.
@@ -82,18 +111,48 @@ fn open_by_fid(ct: &hsm_copytool_private_layout, mount: &Path, fid: LuFid, flags
     unsafe { libc::open(p.as_ptr(), flags) }
 }
 
-fn copy_start(mount: &Path, hai: &hsm_action_item_fixed, archive: bool) -> Result<u64, i32> {
+/// COPY_START; returns the data version for an ARCHIVE. In pipelined mode it is sent one
+/// way and the version is the source fd's data stamp.
+fn copy_start(hcp: &mut CpPriv, archive: bool) -> Result<u64, i32> {
+    let hai = hcp.layout.copy.hc_hai;
+    let one_way = util::pipelined(&hcp.mount);
     let req = Request::CopyStart {
         fid: Fid(to_fid(hai.hai_fid)),
         cookie: hai.hai_cookie,
         offset: hai.hai_extent.offset,
         archive,
+        one_way,
     };
-    match util::call(mount, &req)? {
+    if one_way {
+        let stamp = if archive {
+            Some(fd_stamp(hcp.layout.source_fd)?)
+        } else {
+            None
+        };
+        hcp.call(&req)?;
+        hcp.start_stamp = stamp;
+        return Ok(stamp.unwrap_or(0));
+    }
+    match util::call(&hcp.mount, &req)? {
         Reply::DataVersion { version } => Ok(version),
         Reply::Unit => Ok(0),
         _ => Err(libc::EPROTO),
     }
+}
+
+/// The data stamp of an open file.
+fn fd_stamp(fd: c_int) -> Result<u64, i32> {
+    // SAFETY: a zeroed stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: an fd this library owns and a writable stat.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(errno());
+    }
+    Ok(coordinatool_sim::fs::data_stamp(
+        st.st_mtime,
+        st.st_mtime_nsec,
+        u64::try_from(st.st_size).unwrap_or(0),
+    ))
 }
 
 /// Creates and opens the restore volatile; returns `(fid, fd)`.
@@ -176,11 +235,14 @@ pub(crate) unsafe fn begin(
         mount,
         is_error,
         volatile: None,
+        conn: None,
+        start_stamp: None,
     });
     if !is_error {
         if let Err(e) = start(&mut hcp, &ctl, restore_mdt_index, restore_open_flags) {
             close(hcp.layout.source_fd);
             close(hcp.layout.data_fd);
+            hcp.release_conn();
             if let Some(v) = hcp.volatile {
                 let _ = util::call(&hcp.mount, &Request::DiscardVolatile { fid: Fid(v) });
             }
@@ -214,7 +276,7 @@ fn start(
                 return Err(errno());
             }
             hcp.layout.source_fd = fd;
-            hcp.layout.copy.hc_data_version = copy_start(&hcp.mount, &hai, true)?;
+            hcp.layout.copy.hc_data_version = copy_start(hcp, true)?;
         }
         HSMA_RESTORE => {
             let (vfid, fd) =
@@ -222,7 +284,7 @@ fn start(
             hcp.volatile = Some(vfid);
             hcp.layout.data_fd = fd;
             hcp.layout.copy.hc_hai.hai_dfid = from_fid(vfid);
-            copy_start(&hcp.mount, &hai, false)?;
+            copy_start(hcp, false)?;
         }
         HSMA_REMOVE => {
             // Guards against a concurrent use of the file; a file already gone is fine
@@ -239,7 +301,7 @@ fn start(
             hcp.layout.source_fd = fd;
         }
         _ => {
-            copy_start(&hcp.mount, &hai, false)?;
+            copy_start(hcp, false)?;
         }
     }
     Ok(())
@@ -276,8 +338,9 @@ pub(crate) unsafe fn progress(
         flags: hp_flags as u32,
         errval: 0,
         start_data_version: None,
+        start_stamp: None,
     };
-    let rc = util::call(&hcp.mount, &req);
+    let rc = hcp.call(&req);
     events::action(
         &hcp.mount,
         &hai,
@@ -333,14 +396,18 @@ pub(crate) unsafe fn end(
         length: he.length,
         flags: hp_flags as u32 | HP_FLAG_COMPLETED,
         errval: errval.min(i32::from(u16::MAX)) as u16,
-        start_data_version: (hai.hai_action == HSMA_ARCHIVE && !hcp.is_error)
-            .then_some(hcp.layout.copy.hc_data_version),
+        start_data_version: (hai.hai_action == HSMA_ARCHIVE
+            && !hcp.is_error
+            && hcp.start_stamp.is_none())
+        .then_some(hcp.layout.copy.hc_data_version),
+        start_stamp: hcp.start_stamp,
     };
     let rc = if extent_ok(&he) {
-        util::call(&hcp.mount, &req).map(drop)
+        hcp.call(&req).map(drop)
     } else {
         Err(libc::EINVAL)
     };
+    hcp.release_conn();
     if let (Err(_), Some(v)) = (rc, hcp.volatile) {
         // Not committed: nobody else will remove the volatile.
         let _ = util::call(&hcp.mount, &Request::DiscardVolatile { fid: Fid(v) });

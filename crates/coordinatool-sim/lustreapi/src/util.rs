@@ -90,49 +90,122 @@ pub(crate) fn path_cstring(p: &Path) -> CString {
 /// from any thread and from forked children. A kept connection found broken (daemon
 /// restarted) is replaced once when the request could not have reached the daemon.
 pub(crate) fn call(mount: &Path, req: &Request) -> Result<Reply, i32> {
+    let (r, conn) = call_on_conn(take_conn(mount), mount, req);
+    if let Some(c) = conn {
+        put_conn(c);
+    }
+    r
+}
+
+/// [`call`] on `conn` (a connection an action keeps, or none): returns the outcome and the
+/// connection to keep (none after a transport error).
+pub(crate) fn call_on_conn(
+    conn: Option<Conn>,
+    mount: &Path,
+    req: &Request,
+) -> (Result<Reply, i32>, Option<Conn>) {
     let pid = std::process::id();
-    let kept = CONN.with(|c| c.borrow_mut().take());
-    if let Some(k) = kept
+    if let Some(k) = conn
         && k.pid == pid
         && k.mount == mount
     {
         // Err(Unsent): nothing reached the daemon, safe to send again on a new connection.
         if let Ok(r) = exchange(&k.stream, req) {
-            if !matches!(r, Err(e) if is_transport_errno(e)) {
-                keep(k);
-            }
-            return r;
+            let keep = !matches!(r, Err(e) if is_transport_errno(e));
+            return (r, keep.then_some(k));
         }
     }
-    let stream = connect(mount)?;
+    let stream = match connect(mount) {
+        Ok(s) => s,
+        Err(e) => return (Err(e), None),
+    };
     match exchange(&stream, req) {
         Ok(r) => {
-            if !matches!(r, Err(e) if is_transport_errno(e)) {
-                keep(Kept {
-                    pid,
-                    mount: mount.to_owned(),
-                    stream,
-                });
-            }
-            r
+            let keep = !matches!(r, Err(e) if is_transport_errno(e));
+            let conn = keep.then(|| Conn {
+                pid,
+                mount: mount.to_owned(),
+                stream,
+                pipelined: None,
+            });
+            (r, conn)
         }
-        Err(Unsent) => Err(libc::ENOTCONN),
+        Err(Unsent) => (Err(libc::ENOTCONN), None),
     }
 }
 
-/// A connection kept by a thread for its next calls.
-struct Kept {
+/// True if the daemon of `mount` runs in pipelined mode (asked once per connection).
+pub(crate) fn pipelined(mount: &Path) -> bool {
+    let conn = take_conn(mount);
+    if let Some(c) = conn {
+        if let Some(p) = c.pipelined {
+            put_conn(c);
+            return p;
+        }
+        return ask_mode(Some(c), mount);
+    }
+    ask_mode(None, mount)
+}
+
+fn ask_mode(conn: Option<Conn>, mount: &Path) -> bool {
+    let (r, conn) = call_on_conn(conn, mount, &Request::Hello);
+    let p = matches!(
+        r,
+        Ok(Reply::Hello {
+            pipelined: true,
+            ..
+        })
+    );
+    if let Some(mut c) = conn {
+        c.pipelined = Some(p);
+        put_conn(c);
+    }
+    p
+}
+
+/// A daemon connection kept for the next calls: by a thread, or by an action between its
+/// begin and end in pipelined mode (so its calls reach the daemon in order).
+#[derive(Debug)]
+pub(crate) struct Conn {
     pid: u32,
     mount: PathBuf,
     stream: UnixStream,
+    /// The daemon's mode, once asked.
+    pipelined: Option<bool>,
 }
 
 thread_local! {
-    static CONN: std::cell::RefCell<Option<Kept>> = const { std::cell::RefCell::new(None) };
+    static CONN: std::cell::RefCell<Option<Conn>> = const { std::cell::RefCell::new(None) };
 }
 
-fn keep(k: Kept) {
-    CONN.with(|c| *c.borrow_mut() = Some(k));
+/// Takes the calling thread's connection to `mount`, if it has one.
+pub(crate) fn take_conn(mount: &Path) -> Option<Conn> {
+    CONN.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref()
+            .is_some_and(|k| k.mount == mount && k.pid == std::process::id())
+        {
+            c.take()
+        } else {
+            None
+        }
+    })
+}
+
+/// Gives a connection back to the calling thread (replacing one to another mount; closed if
+/// the thread already has one to this mount).
+pub(crate) fn put_conn(k: Conn) {
+    CONN.with(|c| {
+        let mut c = c.borrow_mut();
+        let pid = std::process::id();
+        if k.pid == pid
+            && !c
+                .as_ref()
+                .is_some_and(|o| o.mount == k.mount && o.pid == pid)
+        {
+            *c = Some(k);
+        }
+    });
 }
 
 /// The request could not be written: nothing reached the daemon.
@@ -145,14 +218,18 @@ fn is_transport_errno(e: i32) -> bool {
     )
 }
 
-/// Sends `req` and reads the response; `Err(Unsent)` if the send failed.
+/// Sends `req` and reads the response (a one-way request has none: `Unit` once sent);
+/// `Err(Unsent)` if the send failed.
 fn exchange(stream: &UnixStream, req: &Request) -> Result<Result<Reply, i32>, Unsent> {
-    let mut frame = Vec::new();
-    if let Err(e) = rpc::write_frame(&mut frame, req) {
+    let mut frame = Vec::with_capacity(64);
+    if let Err(e) = rpc::encode_frame(&mut frame, req) {
         return Ok(Err(e.errno()));
     }
     if send_all(stream, &frame).is_err() {
         return Err(Unsent);
+    }
+    if !req.expects_reply() {
+        return Ok(Ok(Reply::Unit));
     }
     // The registration's reply is followed by the copytool's KUC stream on the same socket:
     // no byte past the reply may be taken from it.
@@ -177,13 +254,13 @@ pub(crate) fn call_on(stream: &UnixStream, req: &Request) -> Result<Reply, i32> 
 }
 
 /// Reads the reply to the one call in flight. Unless `exact`, length and body come in one
-/// `read` (nothing follows a reply, so a buffer dropped afterwards loses nothing).
+/// `read` into a stack buffer (nothing follows a reply, so nothing read is lost).
 fn read_response(stream: &UnixStream, exact: bool) -> Result<Reply, i32> {
-    let mut r = stream;
     let frame = if exact {
+        let mut r = stream;
         rpc::read_frame::<Response>(&mut r)
     } else {
-        rpc::read_frame::<Response>(&mut std::io::BufReader::with_capacity(4096, r))
+        read_reply_frame(stream)
     };
     match frame {
         Ok(Some(Response::Ok(reply))) => Ok(reply),
@@ -193,6 +270,43 @@ fn read_response(stream: &UnixStream, exact: bool) -> Result<Reply, i32> {
             RpcError::Closed => libc::ENOTCONN,
             other => other.errno(),
         }),
+    }
+}
+
+/// One reply frame: read into a stack buffer, spilling to the heap for a large reply.
+fn read_reply_frame(stream: &UnixStream) -> Result<Option<Response>, RpcError> {
+    let mut small = [0u8; 512];
+    let mut big: Vec<u8> = Vec::new();
+    let mut got = 0usize;
+    loop {
+        let buf: &mut [u8] = if big.is_empty() {
+            &mut small[got..]
+        } else {
+            &mut big[got..]
+        };
+        let n = match std::io::Read::read(&mut &*stream, buf) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(RpcError::Closed),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        got += n;
+        let have: &[u8] = if big.is_empty() {
+            &small[..got]
+        } else {
+            &big[..got]
+        };
+        if let Some((resp, _)) = rpc::decode_frame::<Response>(have)? {
+            return Ok(Some(resp));
+        }
+        if got >= 4 {
+            let len = 4 + u32::from_le_bytes(have[..4].try_into().expect("4 bytes")) as usize;
+            if big.is_empty() && len > small.len() {
+                big = vec![0; len];
+                big[..got].copy_from_slice(&small[..got]);
+            }
+        }
     }
 }
 
