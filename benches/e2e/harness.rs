@@ -64,6 +64,9 @@ pub struct Options {
     pub max_requests: u32,
     /// The server's `verbose` (a site's default is `normal`; `info` logs every request).
     pub verbose: String,
+    /// Run the simulator in pipelined mode (`coordinatool-sim serve --pipelined`: copy
+    /// starts sent one way by the stand-in, see `coordinatool_sim::rpc`).
+    pub pipelined: bool,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             per_call: 50,
             max_requests: 1000,
             verbose: "normal".to_owned(),
+            pipelined: false,
         }
     }
 }
@@ -279,7 +283,7 @@ struct BenchSim {
 impl BenchSim {
     /// Creates `files` empty files, then starts the daemon (its start-up scan gives them
     /// their FIDs, so no call per file is needed) and sets the coordinator's tunables.
-    fn start(name: &str, files: usize, max_requests: u32) -> BenchSim {
+    fn start(name: &str, files: usize, max_requests: u32, pipelined: bool) -> BenchSim {
         static N: AtomicUsize = AtomicUsize::new(0);
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "e2e-{}-{}-{name}",
@@ -299,7 +303,11 @@ impl BenchSim {
             paths.push(p);
         }
         std::fs::create_dir_all(&mount).expect("create mount");
-        let daemon = Daemon::start(&mount, &ServeOptions::default()).expect("start the simulator");
+        let opts = ServeOptions {
+            pipelined,
+            ..ServeOptions::default()
+        };
+        let daemon = Daemon::start(&mount, &opts).expect("start the simulator");
         let mount = daemon.mount().to_path_buf();
         let fids = daemon.with_state(|cluster, fs| {
             let now = now_secs();
@@ -635,7 +643,7 @@ pub fn run(opts: &Options) -> Report {
         "per_call: 1 to 52 files (llite's request size limit)"
     );
     let k = opts.files;
-    let sim = BenchSim::start(opts.store.name(), k, opts.max_requests);
+    let sim = BenchSim::start(opts.store.name(), k, opts.max_requests, opts.pipelined);
     let server = ServerProc::start(&sim, opts.store, &opts.verbose);
     let mut movers: Vec<Proc> = (0..opts.movers)
         .map(|i| spawn_mover(&sim, &server, i, opts.threads))
@@ -650,14 +658,15 @@ pub fn run(opts: &Options) -> Report {
 
     let mut report = Report {
         opts_line: format!(
-            "e2e store={} files={} movers={} threads={} per_call={} max_requests={} verbose={}",
+            "e2e store={} files={} movers={} threads={} per_call={} max_requests={} verbose={}{}",
             opts.store.name(),
             k,
             opts.movers,
             opts.threads,
             opts.per_call,
             opts.max_requests,
-            opts.verbose
+            opts.verbose,
+            if opts.pipelined { " sim=pipelined" } else { "" }
         ),
         requests: k,
         loadavg: std::fs::read_to_string("/proc/loadavg").unwrap_or_default(),
@@ -852,7 +861,7 @@ pub fn run(opts: &Options) -> Report {
 }
 
 /// Parses `[FILES [MOVERS [THREADS]]]` and `--store embedded|none|both`, `--per-call N`,
-/// `--max-requests N`; returns the runs to do.
+/// `--max-requests N`, `--pipelined`; returns the runs to do.
 pub fn parse_args(args: &[String]) -> Result<Vec<Options>, String> {
     let mut base = Options::default();
     let mut stores = vec![Store::Embedded, Store::None];
@@ -886,6 +895,7 @@ pub fn parse_args(args: &[String]) -> Result<Vec<Options>, String> {
                 base.max_requests = u32::try_from(num(a, it.next())?)
                     .map_err(|_| "--max-requests: too large".to_owned())?;
             }
+            "--pipelined" => base.pipelined = true,
             // What cargo bench passes to every bench binary.
             "--bench" => {}
             s if s.starts_with('-') => return Err(format!("unknown option {s:?}")),

@@ -3,7 +3,7 @@
 //! preload library (see `harness.rs`).
 //!
 //! `cargo bench -p coordinatool-benches --bench e2e -- [FILES [MOVERS [THREADS]]]
-//! [--store embedded|none|both] [--per-call N] [--max-requests N]`
+//! [--store embedded|none|both] [--per-call N] [--max-requests N] [--pipelined]`
 //!
 //! Defaults: 20,000 files, 2 movers, 4 threads each, both stores, 50 files per
 //! `hsm_archive` call, `max_requests=1000` per MDT (2 MDTs).
@@ -24,7 +24,7 @@ fn main() {
         Err(e) => {
             eprintln!("e2e bench: {e}");
             eprintln!(
-                "usage: e2e [FILES [MOVERS [THREADS]]] [--store embedded|none|both] [--per-call N] [--max-requests N]"
+                "usage: e2e [FILES [MOVERS [THREADS]]] [--store embedded|none|both] [--per-call N] [--max-requests N] [--pipelined]"
             );
             std::process::exit(2);
         }
