@@ -142,16 +142,37 @@ fn listen_address_keys_env_and_options() {
     srv.connect();
 }
 
-/// Starts a server with `cmd`, makes one `status` call, then waits for the INFO line of
-/// a Lustre request, which comes after it; returns whether the `status` call was logged.
+/// Starts a server with `cmd`, makes one `status` call and archives a file through Lustre,
+/// then waits for the WARN line of a malformed message, which comes after both; returns
+/// whether the `status` call was logged. The intake's `enqueued` line is upstream's
+/// LOG_INFO: it shows exactly when the per-message lines do (`verbose info` and up).
 fn logs_protocol_messages(sim: &Sim, cmd: std::process::Command, n: &str) -> bool {
     let mut srv = Server::spawn(cmd);
     let mut c = srv.connect();
     status(&mut c, 4);
     let (path, fid) = sim.file(n);
     sim.archive(&path);
-    srv.wait_line(&["enqueued (0)", &fid.to_string()]);
-    srv.lines().iter().any(|l| l.contains("Got something from"))
+    // (Requests of the earlier servers on this mount come back too: look for this one.)
+    wait_until("the archive request is queued", || {
+        status(&mut c, 6)
+            .waiting_archive
+            .is_some_and(|w| w.iter().any(|e| e.fid == fid))
+    });
+    let mut bad = srv.connect();
+    bad.send_raw(br#"{"command":"nope"}"#);
+    srv.wait_line(&["malformed message"]);
+    let lines = srv.lines();
+    let protocol = lines.iter().any(|l| l.contains("Got something from"));
+    let intake = lines
+        .iter()
+        .any(|l| l.contains("enqueued (") && l.contains(&fid.to_string()));
+    assert_eq!(
+        protocol,
+        intake,
+        "the intake line comes at the level of the protocol lines:\n{}",
+        lines.join("\n")
+    );
+    protocol
 }
 
 #[test]

@@ -907,7 +907,9 @@ impl Server {
         let mut batch: Vec<Request> = Vec::new();
         for (i, w) in wire.list.into_iter().enumerate() {
             let r = request_from_wire(w);
-            info!(
+            // Upstream's LOG_INFO, shown from `verbose info` on (tracing DEBUG), not at the
+            // default `normal`: a line per request costs more than the rest of the intake.
+            debug!(
                 "enqueued ({i}): {} on {} (cookie {:#x}, #{}, data {})",
                 r.action,
                 r.dfid,
