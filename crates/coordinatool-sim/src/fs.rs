@@ -623,16 +623,35 @@ impl SimFs {
     /// `HS_EXISTS` file makes it dirty). Returns the current data version.
     pub fn refresh(&mut self, fid: LuFid, cluster: &mut Cluster) -> Result<u64, FsError> {
         let link = self.fid_link(fid);
-        let e = self.entries.get_mut(&fid).ok_or(FsError::UnknownFid(fid))?;
+        let e = self.entries.get(&fid).ok_or(FsError::UnknownFid(fid))?;
         if e.dir {
             return Err(FsError::NotRegular(e.path.clone()));
         }
         let md = fs::metadata(&link).map_err(io_err("stat", &link))?;
+        self.refresh_from(fid, md.mtime(), md.mtime_nsec(), md.size(), cluster)
+    }
+
+    /// [`SimFs::refresh`] from a `stat` of the file taken by the caller (`st_mtime`,
+    /// `st_mtime_nsec`, `st_size`): the pipelined mode's copytool sends the `fstat` of its
+    /// open source fd, the same inode as `.lustre/fid/<fid>`, which spares the daemon a path
+    /// lookup.
+    pub fn refresh_from(
+        &mut self,
+        fid: LuFid,
+        mtime: i64,
+        mtime_nsec: i64,
+        size: u64,
+        cluster: &mut Cluster,
+    ) -> Result<u64, FsError> {
+        let e = self.entries.get_mut(&fid).ok_or(FsError::UnknownFid(fid))?;
+        if e.dir {
+            return Err(FsError::NotRegular(e.path.clone()));
+        }
         let attrs = *cluster.file(fid).ok_or(FsError::UnknownFid(fid))?;
-        let st = stamp(&md);
+        let st = stamp_of(mtime, mtime_nsec, size);
         if st != e.stamp {
             e.stamp = st;
-            e.size = md.size();
+            e.size = size;
             self.changed = true;
             cluster.file_modified(fid, attrs.data_version + 1)?;
             return Ok(attrs.data_version + 1);

@@ -18,12 +18,15 @@
 //!
 //! # Pipelined mode
 //! A daemon started with `--pipelined` ([`crate::server::ServeOptions::pipelined`]) says so
-//! in its [`Reply::Hello`]. The stand-in library then sends an action's COPY_START one way
-//! (`one_way` set, no reply awaited) on a connection the action keeps until its end, so
-//! `llapi_hsm_action_begin` costs no round trip. The divergences from Lustre that follow:
-//! a failed start (request canceled: `ECANCELED`, unknown cookie: `ENOENT`, ...) is not
-//! returned by `llapi_hsm_action_begin` but by the action's next progress or end call
-//! (the end then completes the request with that error), and an ARCHIVE's data version is
+//! in its [`Reply::Hello`]. The stand-in library then makes an action's COPY_START one way
+//! (`one_way` set, no reply awaited) and sends it ahead of the action's next call (progress
+//! or end) in the same write, on a connection the action keeps until its end: an action
+//! costs one round trip instead of two, and the daemon serves both frames with one wake-up.
+//! The divergences from Lustre that follow: the MDT sees the start only with that next call
+//! (until then the request's last-progress time is its dispatch time); a failed start
+//! (request canceled: `ECANCELED`, unknown cookie: `ENOENT`, ...) is not returned by
+//! `llapi_hsm_action_begin` but by the action's next progress or end call (the end then
+//! completes the request with that error); and an ARCHIVE's data version is
 //! the copytool's own reading of the file's stat ([`crate::fs::data_stamp`] of its open
 //! source fd) rather than the MDT's counter: the end sends it as `start_stamp` and the
 //! daemon compares it with the file's stat at the end (a change gives `EBUSY`, as in the
@@ -153,6 +156,11 @@ pub enum Request {
         /// the next progress or completion of this cookie (see the module docs).
         #[serde(default)]
         one_way: bool,
+        /// ARCHIVE: the file's `stat`, taken by the copytool on the source fd it just opened
+        /// (the same inode as `.lustre/fid/<fid>`); the daemon reads the data version from
+        /// it instead of its own `stat` by path. `None`: the daemon stats the file.
+        #[serde(default)]
+        stat_now: Option<FileStat>,
     },
     /// `LL_IOC_HSM_PROGRESS` (and COPY_END with `completed`). For a successful ARCHIVE end the
     /// daemon compares the data version with `start_data_version` (mismatch: `EBUSY`); for a
@@ -176,6 +184,10 @@ pub enum Request {
         /// (archive end only); the daemon compares it with the file's stamp now (`EBUSY`).
         #[serde(default)]
         start_stamp: Option<u64>,
+        /// Pipelined mode: the file's `stat` now, taken by the copytool on its open source fd
+        /// (archive end only); the daemon uses it instead of its own `stat`.
+        #[serde(default)]
+        stat_now: Option<FileStat>,
     },
     /// `LL_IOC_HSM_REQUEST` (`llapi_hsm_request`).
     HsmRequest {
@@ -332,6 +344,17 @@ pub enum Request {
         /// User name, `cl<N>`.
         user: String,
     },
+}
+
+/// The fields of a file's `stat` that make its data stamp ([`crate::fs::data_stamp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    /// `st_mtime`.
+    pub mtime: i64,
+    /// `st_mtime_nsec`.
+    pub mtime_nsec: i64,
+    /// `st_size`.
+    pub size: u64,
 }
 
 /// One changelog record on the wire.
@@ -499,9 +522,10 @@ pub trait Message: Sized {
 }
 
 /// Binary tags. Requests: `CopyStart` = fid (16: seq u64, oid u32, ver u32), cookie u64,
-/// offset u64, bits u8 (1 archive, 2 one way). `Progress` = fid, cookie, offset, length u64,
+/// offset u64, bits u8 (1 archive, 2 one way), the stat now (see `Progress`). `Progress` = fid, cookie, offset, length u64,
 /// flags u32, errval u16, start data version and start stamp each as a presence byte (0/1)
-/// then a u64 when present. `HsmRequest` = action u32, archive id u32, flags u64, uid u32,
+/// then a u64 when present, the stat now as a presence byte then mtime i64, mtime_nsec i64,
+/// size u64. `HsmRequest` = action u32, archive id u32, flags u64, uid u32,
 /// gid u32, item count u32, items (fid, offset, length), data length u32, data.
 /// Responses: `Ok(Unit)` (nothing), `Ok(DataVersion)` (version u64), `Err` (errno i32).
 mod tag {
@@ -529,6 +553,18 @@ fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
         Some(v) => {
             out.push(1);
             out.extend_from_slice(&v.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
+fn put_stat(out: &mut Vec<u8>, st: Option<FileStat>) {
+    match st {
+        Some(st) => {
+            out.push(1);
+            out.extend_from_slice(&st.mtime.to_le_bytes());
+            out.extend_from_slice(&st.mtime_nsec.to_le_bytes());
+            out.extend_from_slice(&st.size.to_le_bytes());
         }
         None => out.push(0),
     }
@@ -576,9 +612,26 @@ impl<'a> Cursor<'a> {
         )))
     }
     fn opt(&mut self, field: &str) -> Result<Option<u64>, RpcError> {
+        if self.presence(field)? {
+            Ok(Some(self.u64(field)?))
+        } else {
+            Ok(None)
+        }
+    }
+    fn stat(&mut self, field: &str) -> Result<Option<FileStat>, RpcError> {
+        if !self.presence(field)? {
+            return Ok(None);
+        }
+        Ok(Some(FileStat {
+            mtime: self.u64(field)? as i64,
+            mtime_nsec: self.u64(field)? as i64,
+            size: self.u64(field)?,
+        }))
+    }
+    fn presence(&mut self, field: &str) -> Result<bool, RpcError> {
         match self.u8(field)? {
-            0 => Ok(None),
-            1 => Ok(Some(self.u64(field)?)),
+            0 => Ok(false),
+            1 => Ok(true),
             b => Err(RpcError::Malformed(format!(
                 "{}: field {field}: presence byte {b} (0 or 1)",
                 self.msg
@@ -611,12 +664,14 @@ impl Message for Request {
                 offset,
                 archive,
                 one_way,
+                stat_now,
             } => {
                 out.push(tag::COPY_START);
                 put_fid(out, fid.0);
                 out.extend_from_slice(&cookie.to_le_bytes());
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.push(u8::from(*archive) | (u8::from(*one_way) << 1));
+                put_stat(out, *stat_now);
             }
             Request::Progress {
                 fid,
@@ -627,6 +682,7 @@ impl Message for Request {
                 errval,
                 start_data_version,
                 start_stamp,
+                stat_now,
             } => {
                 out.push(tag::PROGRESS);
                 put_fid(out, fid.0);
@@ -637,6 +693,7 @@ impl Message for Request {
                 out.extend_from_slice(&errval.to_le_bytes());
                 put_opt(out, *start_data_version);
                 put_opt(out, *start_stamp);
+                put_stat(out, *stat_now);
             }
             Request::HsmRequest {
                 action,
@@ -703,6 +760,7 @@ impl Message for Request {
                     offset,
                     archive: bits & 1 != 0,
                     one_way: bits & 2 != 0,
+                    stat_now: c.stat("stat_now")?,
                 }
             }
             tag::PROGRESS => Request::Progress {
@@ -714,6 +772,7 @@ impl Message for Request {
                 errval: c.u16("errval")?,
                 start_data_version: c.opt("start_data_version")?,
                 start_stamp: c.opt("start_stamp")?,
+                stat_now: c.stat("stat_now")?,
             },
             _ => {
                 let action = c.u32("action")?;
@@ -1002,6 +1061,11 @@ mod tests {
                 offset: 4096,
                 archive: true,
                 one_way: false,
+                stat_now: Some(FileStat {
+                    mtime: 1_700_000_000,
+                    mtime_nsec: 5,
+                    size: u64::MAX,
+                }),
             },
             Request::CopyStart {
                 fid,
@@ -1009,6 +1073,7 @@ mod tests {
                 offset: 0,
                 archive: false,
                 one_way: true,
+                stat_now: None,
             },
             Request::Progress {
                 fid,
@@ -1019,6 +1084,11 @@ mod tests {
                 errval: 125,
                 start_data_version: Some(0),
                 start_stamp: Some(u64::MAX),
+                stat_now: Some(FileStat {
+                    mtime: -1,
+                    mtime_nsec: 999_999_999,
+                    size: 7,
+                }),
             },
             Request::Progress {
                 fid,
@@ -1029,6 +1099,7 @@ mod tests {
                 errval: 0,
                 start_data_version: None,
                 start_stamp: None,
+                stat_now: None,
             },
             Request::HsmRequest {
                 action: 10,
@@ -1132,18 +1203,19 @@ mod tests {
         }
         let m = malformed(Request::decode(&[0x7f_u8 + 1, 0]));
         assert!(m.contains("unknown request tag 0x80"), "{m}");
-        // Bad presence byte of start_stamp, unknown CopyStart bits.
+        // Bad presence byte of stat_now, unknown CopyStart bits.
         let mut body = Vec::new();
         hot_requests()[3].encode(&mut body).unwrap();
         *body.last_mut().unwrap() = 2;
         let m = malformed(Request::decode(&body));
         assert!(
-            m.contains("progress: field start_stamp: presence byte 2"),
+            m.contains("progress: field stat_now: presence byte 2"),
             "{m}"
         );
         let mut body = Vec::new();
-        hot_requests()[0].encode(&mut body).unwrap();
-        *body.last_mut().unwrap() = 4;
+        hot_requests()[1].encode(&mut body).unwrap();
+        let bits = body.len() - 2;
+        body[bits] = 4;
         let m = malformed(Request::decode(&body));
         assert!(m.contains("copy_start: field bits"), "{m}");
         // An item count the body cannot hold is refused before allocating.

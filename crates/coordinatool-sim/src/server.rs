@@ -15,6 +15,12 @@
 //!
 //! A client that crashes mid-call only loses its own connection: its half-read request is
 //! dropped, and a copytool stream that closes is removed from its mount's broadcast group.
+//!
+//! A connection thread serves every complete call already buffered (a client that queued a
+//! one-way copy start and its end) under one acquisition of the lock, and sends their replies
+//! with one write. In pipelined mode ([`ServeOptions::pipelined`]) a one-way copy start's
+//! failure is kept by `(MDT, cookie)` and returned by the action's next progress or end,
+//! which then completes the request with it (see [`crate::rpc`], "Pipelined mode").
 
 use std::collections::HashMap;
 use std::io::{self, BufRead as _, Write as _};
@@ -812,6 +818,7 @@ fn handle_inner(
             offset,
             archive,
             one_way,
+            stat_now,
         } => {
             if one_way {
                 // No data version to return: the copytool read its own stamp, compared at the
@@ -839,7 +846,11 @@ fn handle_inner(
             }
             let mut version = 0;
             if archive {
-                match fs.refresh(fid, cluster) {
+                let refreshed = match stat_now {
+                    Some(st) => fs.refresh_from(fid, st.mtime, st.mtime_nsec, st.size, cluster),
+                    None => fs.refresh(fid, cluster),
+                };
+                match refreshed {
                     Ok(v) => version = v,
                     Err(e) => {
                         // The kernel reports the failure as a completed, retryable error.
@@ -877,6 +888,7 @@ fn handle_inner(
             mut errval,
             start_data_version,
             start_stamp,
+            stat_now,
         } => {
             let flags = HsmProgressFlags(flags);
             let completed = flags.contains(HsmProgressFlags::COMPLETED);
@@ -911,7 +923,13 @@ fn handle_inner(
                 && let Some(a) = &active
                 && a.item.action == HsmAction::Archive
             {
-                let v = fs.refresh(a.item.fid, cluster).map_err(fs_err)?;
+                let v = match stat_now {
+                    Some(st) => {
+                        fs.refresh_from(a.item.fid, st.mtime, st.mtime_nsec, st.size, cluster)
+                    }
+                    None => fs.refresh(a.item.fid, cluster),
+                }
+                .map_err(fs_err)?;
                 let stamp_changed =
                     start_stamp.is_some_and(|s| fs.data_stamp(a.item.fid) != Some(s));
                 if stamp_changed || start_data_version.is_some_and(|s| s != v) {

@@ -123,6 +123,7 @@ fn archive_release_restore_through_the_daemon() {
             offset: 0,
             archive: true,
             one_way: false,
+            stat_now: None,
         },
     )
     .unwrap() else {
@@ -139,6 +140,7 @@ fn archive_release_restore_through_the_daemon() {
             errval: 0,
             start_data_version: None,
             start_stamp: None,
+            stat_now: None,
         },
     )
     .unwrap();
@@ -155,6 +157,7 @@ fn archive_release_restore_through_the_daemon() {
             errval: 0,
             start_data_version: Some(version),
             start_stamp: None,
+            stat_now: None,
         },
     )
     .unwrap();
@@ -174,6 +177,7 @@ fn archive_release_restore_through_the_daemon() {
             errval: 0,
             start_data_version: None,
             start_stamp: None,
+            stat_now: None,
         },
     );
     assert_eq!(again.unwrap_err().errno(), libc::ENOENT);
@@ -206,6 +210,7 @@ fn archive_release_restore_through_the_daemon() {
             offset: 0,
             archive: false,
             one_way: false,
+            stat_now: None,
         },
     )
     .unwrap();
@@ -221,6 +226,7 @@ fn archive_release_restore_through_the_daemon() {
             errval: 0,
             start_data_version: None,
             start_stamp: None,
+            stat_now: None,
         },
     )
     .unwrap();
@@ -409,6 +415,7 @@ fn reading_a_released_file_restores_it_first() {
             errval: 0,
             start_data_version: None,
             start_stamp: None,
+            stat_now: None,
         },
     )
     .unwrap();
@@ -463,6 +470,7 @@ fn archive_with(mount: &Path, ct: &mut UnixStream, file: &Path) -> coordinatool_
             offset: 0,
             archive: true,
             one_way: false,
+            stat_now: None,
         },
     )
     .unwrap() else {
@@ -479,6 +487,7 @@ fn archive_with(mount: &Path, ct: &mut UnixStream, file: &Path) -> coordinatool_
             errval: 0,
             start_data_version: Some(version),
             start_stamp: None,
+            stat_now: None,
         },
     )
     .unwrap();
@@ -841,6 +850,7 @@ fn user_state_reports_the_action_in_progress() {
             errval: 0,
             start_data_version: None,
             start_stamp: None,
+            stat_now: None,
         },
     )
     .unwrap();
@@ -947,6 +957,7 @@ fn progress(fid: Fid, cookie: u64, flags: u32, start_stamp: Option<u64>) -> Requ
         errval: 0,
         start_data_version: None,
         start_stamp,
+        stat_now: None,
     }
 }
 
@@ -957,6 +968,7 @@ fn one_way_start(fid: Fid, cookie: u64, archive: bool) -> Request {
         offset: 0,
         archive,
         one_way: true,
+        stat_now: None,
     }
 }
 

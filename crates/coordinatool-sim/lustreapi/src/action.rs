@@ -3,11 +3,12 @@
 //! and from forked children.
 //!
 //! Against a daemon in pipelined mode (`coordinatool-sim serve --pipelined`, see
-//! `coordinatool_sim::rpc`) `llapi_hsm_action_begin` sends COPY_START one way on a connection
-//! the action keeps until its end (its progress and end calls follow the start in order,
-//! from whatever thread), a failed start is returned by the next progress or end call, and
-//! an ARCHIVE's `hc_data_version` is the data stamp of its open source fd
-//! (`coordinatool_sim::fs::data_stamp`), which the end sends for the daemon's check.
+//! `coordinatool_sim::rpc`) `llapi_hsm_action_begin` queues COPY_START as a one-way frame in
+//! the handle, sent ahead of the action's next call (progress or end, from whatever thread)
+//! in the same write, on a connection the action keeps until its end; a failed start is
+//! returned by that call, and an ARCHIVE's `hc_data_version` is the data stamp of its open
+//! source fd (`coordinatool_sim::fs::data_stamp`), which the end sends for the daemon's
+//! check.
 
 use std::os::raw::{c_char, c_int};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use coordinatool_lustre::ffi::bindings::{
     hsm_action_item_fixed, hsm_copy, hsm_copyaction_private, hsm_copyaction_private_layout,
     hsm_copytool_private, hsm_copytool_private_layout, hsm_extent, lu_fid,
 };
-use coordinatool_sim::rpc::{Fid, Reply, Request};
+use coordinatool_sim::rpc::{Fid, FileStat, Reply, Request};
 
 use crate::events;
 use crate::util::{self, errno};
@@ -38,6 +39,8 @@ pub(crate) struct CpPriv {
     conn: Option<util::Conn>,
     /// Pipelined mode, ARCHIVE: the source's data stamp when the copy started.
     start_stamp: Option<u64>,
+    /// Pipelined mode: the one-way start's frame, sent ahead of the action's next call.
+    queued: Vec<u8>,
 }
 
 impl CpPriv {
@@ -45,7 +48,8 @@ impl CpPriv {
     /// call), else on the thread's.
     fn call(&mut self, req: &Request) -> Result<Reply, i32> {
         let conn = self.conn.take().or_else(|| util::take_conn(&self.mount));
-        let (r, conn) = util::call_on_conn(conn, &self.mount, req);
+        let (r, conn) = util::call_after(conn, &self.mount, &self.queued, req);
+        self.queued.clear();
         self.conn = conn;
         r
     }
@@ -111,25 +115,33 @@ fn open_by_fid(ct: &hsm_copytool_private_layout, mount: &Path, fid: LuFid, flags
     unsafe { libc::open(p.as_ptr(), flags) }
 }
 
-/// COPY_START; returns the data version for an ARCHIVE. In pipelined mode it is sent one
-/// way and the version is the source fd's data stamp.
+/// COPY_START; returns the data version for an ARCHIVE. In pipelined mode it is queued (one
+/// way, sent with the action's next call) and the version is the source fd's data stamp.
 fn copy_start(hcp: &mut CpPriv, archive: bool) -> Result<u64, i32> {
     let hai = hcp.layout.copy.hc_hai;
     let one_way = util::pipelined(&hcp.mount);
+    // The source fd was opened through .lustre/fid: its fstat is the file's stat, which spares
+    // the daemon a stat by path.
+    let stat_now = if archive {
+        Some(fd_stat(hcp.layout.source_fd)?)
+    } else {
+        None
+    };
     let req = Request::CopyStart {
         fid: Fid(to_fid(hai.hai_fid)),
         cookie: hai.hai_cookie,
         offset: hai.hai_extent.offset,
         archive,
         one_way,
+        // Pipelined mode: the daemon does not read the data version at the start.
+        stat_now: stat_now.filter(|_| !one_way),
     };
     if one_way {
-        let stamp = if archive {
-            Some(fd_stamp(hcp.layout.source_fd)?)
-        } else {
-            None
-        };
-        hcp.call(&req)?;
+        let stamp =
+            stat_now.map(|st| coordinatool_sim::fs::data_stamp(st.mtime, st.mtime_nsec, st.size));
+        // Sent with the action's next call, in the same write: the daemon serves both with
+        // one wake-up and one lock acquisition.
+        coordinatool_sim::rpc::encode_frame(&mut hcp.queued, &req).map_err(|e| e.errno())?;
         hcp.start_stamp = stamp;
         return Ok(stamp.unwrap_or(0));
     }
@@ -140,19 +152,19 @@ fn copy_start(hcp: &mut CpPriv, archive: bool) -> Result<u64, i32> {
     }
 }
 
-/// The data stamp of an open file.
-fn fd_stamp(fd: c_int) -> Result<u64, i32> {
+/// The stat fields of an open file that make its data stamp.
+fn fd_stat(fd: c_int) -> Result<FileStat, i32> {
     // SAFETY: a zeroed stat is a valid out-buffer.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: an fd this library owns and a writable stat.
     if unsafe { libc::fstat(fd, &mut st) } < 0 {
         return Err(errno());
     }
-    Ok(coordinatool_sim::fs::data_stamp(
-        st.st_mtime,
-        st.st_mtime_nsec,
-        u64::try_from(st.st_size).unwrap_or(0),
-    ))
+    Ok(FileStat {
+        mtime: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec,
+        size: u64::try_from(st.st_size).unwrap_or(0),
+    })
 }
 
 /// Creates and opens the restore volatile; returns `(fid, fd)`.
@@ -237,6 +249,7 @@ pub(crate) unsafe fn begin(
         volatile: None,
         conn: None,
         start_stamp: None,
+        queued: Vec::new(),
     });
     if !is_error {
         if let Err(e) = start(&mut hcp, &ctl, restore_mdt_index, restore_open_flags) {
@@ -339,6 +352,7 @@ pub(crate) unsafe fn progress(
         errval: 0,
         start_data_version: None,
         start_stamp: None,
+        stat_now: None,
     };
     let rc = hcp.call(&req);
     events::action(
@@ -401,6 +415,12 @@ pub(crate) unsafe fn end(
             && hcp.start_stamp.is_none())
         .then_some(hcp.layout.copy.hc_data_version),
         start_stamp: hcp.start_stamp,
+        // The daemon's check reads the source's stat from here rather than by path.
+        stat_now: if hai.hai_action == HSMA_ARCHIVE && !hcp.is_error && errval == 0 {
+            fd_stat(hcp.layout.source_fd).ok()
+        } else {
+            None
+        },
     };
     let rc = if extent_ok(&he) {
         hcp.call(&req).map(drop)

@@ -26,7 +26,12 @@
 //! send `KUC_MSG_SHUTDOWN`); `restore_mdt_index` -1 puts the restore volatile on the file's
 //! own MDT; no `CAP_SYS_ADMIN` check (the daemon decides who may do what); `fid2path`
 //! leaves `recno` unchanged (no changelog); `llapi_parse_size` returns `-EINVAL`/`-ERANGE`
-//! where Lustre's returns -1; `llapi_hsm_import` ignores striping (no OSTs).
+//! where Lustre's returns -1; `llapi_hsm_import` ignores striping (no OSTs). Against a daemon
+//! in its opt-in pipelined mode (`coordinatool-sim serve --pipelined`), `action_begin` does not
+//! wait for COPY_START (sent one way ahead of the action's next call): a failed start is
+//! returned by the action's next progress or end, and an ARCHIVE's data version is the data
+//! stamp of the source fd
+//! (`coordinatool_sim::rpc`, "Pipelined mode").
 //!
 //! Besides the HSM functions it exports the other `llapi_*` calls of `lhsmtool_posix`
 //! (`llapi_fid2path_at`, `llapi_fid_parse`, `llapi_parse_size`, `llapi_hsm_import`, the event

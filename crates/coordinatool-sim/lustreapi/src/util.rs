@@ -104,13 +104,23 @@ pub(crate) fn call_on_conn(
     mount: &Path,
     req: &Request,
 ) -> (Result<Reply, i32>, Option<Conn>) {
+    call_after(conn, mount, &[], req)
+}
+
+/// [`call_on_conn`] sending the frames `queued` (one-way requests) first, in the same write.
+pub(crate) fn call_after(
+    conn: Option<Conn>,
+    mount: &Path,
+    queued: &[u8],
+    req: &Request,
+) -> (Result<Reply, i32>, Option<Conn>) {
     let pid = std::process::id();
     if let Some(k) = conn
         && k.pid == pid
         && k.mount == mount
     {
         // Err(Unsent): nothing reached the daemon, safe to send again on a new connection.
-        if let Ok(r) = exchange(&k.stream, req) {
+        if let Ok(r) = exchange(&k.stream, queued, req) {
             let keep = !matches!(r, Err(e) if is_transport_errno(e));
             return (r, keep.then_some(k));
         }
@@ -119,7 +129,7 @@ pub(crate) fn call_on_conn(
         Ok(s) => s,
         Err(e) => return (Err(e), None),
     };
-    match exchange(&stream, req) {
+    match exchange(&stream, queued, req) {
         Ok(r) => {
             let keep = !matches!(r, Err(e) if is_transport_errno(e));
             let conn = keep.then(|| Conn {
@@ -220,8 +230,13 @@ fn is_transport_errno(e: i32) -> bool {
 
 /// Sends `req` and reads the response (a one-way request has none: `Unit` once sent);
 /// `Err(Unsent)` if the send failed.
-fn exchange(stream: &UnixStream, req: &Request) -> Result<Result<Reply, i32>, Unsent> {
-    let mut frame = Vec::with_capacity(64);
+fn exchange(
+    stream: &UnixStream,
+    queued: &[u8],
+    req: &Request,
+) -> Result<Result<Reply, i32>, Unsent> {
+    let mut frame = Vec::with_capacity(queued.len() + 64);
+    frame.extend_from_slice(queued);
     if let Err(e) = rpc::encode_frame(&mut frame, req) {
         return Ok(Err(e.errno()));
     }
@@ -250,7 +265,7 @@ pub(crate) fn connect(mount: &Path) -> Result<UnixStream, i32> {
 
 /// Sends `req` on `stream` and reads the response.
 pub(crate) fn call_on(stream: &UnixStream, req: &Request) -> Result<Reply, i32> {
-    exchange(stream, req).unwrap_or(Err(libc::ENOTCONN))
+    exchange(stream, &[], req).unwrap_or(Err(libc::ENOTCONN))
 }
 
 /// Reads the reply to the one call in flight. Unless `exact`, length and body come in one

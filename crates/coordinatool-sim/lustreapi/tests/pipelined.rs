@@ -176,3 +176,29 @@ fn pipelined_archive_detects_a_file_modified_during_the_copy() {
         .unwrap();
     assert!(archived(&c));
 }
+
+#[test]
+fn pipelined_action_ended_on_another_thread_after_a_write_before_its_start() {
+    let sim = Sim::start(true, &["d"]);
+    let ct = Copytool::register(api(), &sim.mount, &[], false).unwrap();
+    let d = sim.mount.join("d");
+    let fid = api().path2fid(&d).unwrap();
+    sim.request(HsmUserAction::Archive, &d);
+    let hai = recv_one(&ct, fid, HsmAction::Archive);
+    // Written after the request, before the copy starts: the copy reads the new data, so the
+    // archive succeeds (the daemon learns the new stamp from the end).
+    std::fs::write(&d, "d, rewritten before the start").unwrap();
+    let h = ct.action_begin(&hai, -1, 0, false).unwrap();
+    // The queued start travels with the end, whichever thread calls it.
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            h.end(HsmExtent::WHOLE_FILE, HsmProgressFlags::default(), 0)
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+    });
+    let st = api().hsm_state_get(&d).unwrap().states;
+    assert!(st.contains(HsmStates::ARCHIVED), "{st:?}");
+    assert!(!st.contains(HsmStates::DIRTY), "{st:?}");
+}
