@@ -42,9 +42,7 @@ use crate::store::{self, Batch, CommitStatus, Store, StoreError, request_from_wi
 use conn::{Conn, Event, SendError};
 pub use conn::{OUTBOX_LIMIT, WRITE_STALL};
 use coordinatool_lustre::{Copytool, HsmAction, LoadError, LuFid, LustreError, Lustreapi};
-use coordinatool_proto::{
-    Command, QueueReply, Reply, Request as WireRequest, StatusReply, WireHal,
-};
+use coordinatool_proto::{Command, QueueReply, Reply, Request as WireRequest, StatusReply};
 use coordinatool_sched::{
     Action, ClientId, Ehlo, Engine, EngineError, LockState, PersistOp, Placed, RecvLimits, Request,
     RequestKey, Time,
@@ -903,10 +901,10 @@ impl Server {
         if hal.fsname != self.fsname {
             warn!(got = %hal.fsname, ours = %self.fsname, "hsm_action_list for another fsname (accepted)");
         }
-        let wire = WireHal::from_list(&hal, i64::try_from(now.0).unwrap_or(i64::MAX));
-        let mut batch: Vec<Request> = Vec::new();
-        for (i, w) in wire.list.into_iter().enumerate() {
-            let r = request_from_wire(w);
+        let (archive_id, flags) = (hal.archive_id, hal.flags);
+        let mut batch: Vec<Request> = Vec::with_capacity(hal.items.len());
+        for (i, item) in hal.items.into_iter().enumerate() {
+            let r = store::request_from_item(item, archive_id, flags, now);
             // Upstream's LOG_INFO, shown from `verbose info` on (tracing DEBUG), not at the
             // default `normal`: a line per request costs more than the rest of the intake.
             debug!(
@@ -1104,12 +1102,13 @@ impl Server {
                 }
             }
             WireRequest::Done(d) => {
-                let reply = if d.cookie == 0 || d.dfid == LuFid::default() {
-                    Reply::error(
+                if d.cookie == 0 || d.dfid == LuFid::default() {
+                    let reply = Reply::error(
                         Command::Done,
                         libc::EINVAL,
                         "cookie or fid not set -- old client?",
-                    )
+                    );
+                    self.reply(id, &reply);
                 } else {
                     let key = RequestKey {
                         cookie: d.cookie,
@@ -1117,9 +1116,8 @@ impl Server {
                     };
                     let out = self.engine.done(id, key, d.status, now);
                     debug!(cookie = format_args!("{:#x}", d.cookie), dfid = %d.dfid, status = d.status, ?out, "done");
-                    Reply::ok(Command::Done)
-                };
-                self.reply(id, &reply);
+                    self.outbox.buf(id).extend_from_slice(reply::DONE_OK);
+                }
             }
             WireRequest::Queue(q) => {
                 let reply = if q.fsname.as_deref().is_some_and(|f| f != self.fsname) {
@@ -1231,8 +1229,7 @@ impl Server {
         while let Some(a) = self.engine.poll_action() {
             match a {
                 Action::Deliver(d) => {
-                    let r = Reply::Recv(reply::recv_reply(&d, &self.fsname));
-                    coordinatool_proto::encode(&r, self.outbox.buf(d.client));
+                    reply::encode_recv(&d, &self.fsname, self.outbox.buf(d.client));
                 }
                 Action::ReportCancelled { cancel } => self.report_cancelled(&cancel),
                 Action::Persist(op) => self.batch.push(op),

@@ -3,11 +3,15 @@
 use crate::store::{StoreHealth, request_to_wire};
 use coordinatool_proto::{
     BatchStatus as WireBatch, ClientState as WireState, ClientStatus as WireClient, Command,
-    DumpEntry as WireDump, RecvReply, StatusReply, StoreStatus, WireHal,
+    DumpEntry as WireDump, StatusReply, StoreStatus,
 };
+#[cfg(test)]
+use coordinatool_proto::{RecvReply, WireHal};
 use coordinatool_sched::{ClientState, Delivery, DumpEntry, Status, Time};
 
-/// The `recv` reply carrying a delivery.
+/// The `recv` reply carrying a delivery, as wire objects: the reference [`encode_recv`] is
+/// tested against.
+#[cfg(test)]
 pub(crate) fn recv_reply(d: &Delivery, fsname: &str) -> RecvReply {
     RecvReply {
         hal: Some(WireHal {
@@ -19,6 +23,102 @@ pub(crate) fn recv_reply(d: &Delivery, fsname: &str) -> RecvReply {
         status: 0,
         error: None,
     }
+}
+
+/// Appends the `recv` reply carrying `d`, byte for byte what [`coordinatool_proto::encode`]
+/// writes for [`recv_reply`]`(d, fsname)`, without building the wire objects (a copy of every
+/// item and its data) and with the keys as literals: the reply every request goes out in.
+/// Items whose data is not UTF-8 (written with a base64 key) go through the proto encoder.
+pub(crate) fn encode_recv(d: &Delivery, fsname: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(br#"{"command":"recv","hsm_action_list":{"hal_version":"#);
+    push_u64(out, u64::from(coordinatool_proto::HAL_VERSION));
+    if d.archive_id != 0 {
+        out.extend_from_slice(br#","hal_archive_id":"#);
+        push_u64(out, u64::from(d.archive_id));
+    }
+    if d.hal_flags != 0 {
+        out.extend_from_slice(br#","hal_flags":"#);
+        push_i64(out, d.hal_flags as i64);
+    }
+    if !fsname.is_empty() {
+        out.extend_from_slice(br#","hal_fsname":"#);
+        push_str(out, fsname);
+    }
+    out.extend_from_slice(br#","list":["#);
+    for (i, r) in d.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let Ok(data) = std::str::from_utf8(&r.data) else {
+            serde_json::to_writer(&mut *out, &request_to_wire(r))
+                .expect("serializing a hai into a Vec cannot fail");
+            continue;
+        };
+        out.extend_from_slice(br#"{"hai_action":"#);
+        push_u64(out, u64::from(r.action.code()));
+        out.extend_from_slice(br#","hai_fid":"#);
+        push_fid(out, &r.fid);
+        out.extend_from_slice(br#","hai_dfid":"#);
+        push_fid(out, &r.dfid);
+        // i64 images of the u64 fields, as the proto encoder writes them.
+        out.extend_from_slice(br#","hai_extent_offset":"#);
+        push_i64(out, r.extent_offset as i64);
+        out.extend_from_slice(br#","hai_extent_length":"#);
+        push_i64(out, r.extent_length as i64);
+        out.extend_from_slice(br#","hai_cookie":"#);
+        push_i64(out, r.cookie as i64);
+        out.extend_from_slice(br#","hai_gid":"#);
+        push_i64(out, r.gid as i64);
+        out.extend_from_slice(br#","hal_archive_id":"#);
+        push_u64(out, u64::from(r.archive_id));
+        out.extend_from_slice(br#","hal_flags":"#);
+        push_i64(out, r.hal_flags as i64);
+        out.extend_from_slice(br#","hai_data":"#);
+        push_str(out, data);
+        out.extend_from_slice(br#","timestamp":"#);
+        push_i64(out, i64::try_from(r.timestamp.0).unwrap_or(i64::MAX));
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}}");
+}
+
+/// The successful `done` reply, as the proto encoder writes `Reply::ok(Command::Done)`.
+pub(crate) const DONE_OK: &[u8] = br#"{"command":"done"}"#;
+
+fn push_fid(out: &mut Vec<u8>, f: &coordinatool_lustre::LuFid) {
+    out.extend_from_slice(br#"{"f_seq":"#);
+    push_i64(out, f.seq as i64);
+    out.extend_from_slice(br#","f_oid":"#);
+    push_u64(out, u64::from(f.oid));
+    out.extend_from_slice(br#","f_ver":"#);
+    push_u64(out, u64::from(f.ver));
+    out.push(b'}');
+}
+
+/// A JSON string, escaped exactly as the proto encoder (serde_json) escapes it.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("serializing a str into a Vec cannot fail");
+}
+
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn push_i64(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, v.unsigned_abs());
 }
 
 fn dump(v: &[DumpEntry]) -> Vec<WireDump> {
@@ -144,6 +244,82 @@ pub(crate) fn store_status(h: &StoreHealth) -> StoreStatus {
 mod tests {
     use super::*;
     use coordinatool_proto::Reply;
+
+    fn delivery(items: Vec<coordinatool_sched::Request>, archive_id: u32, flags: u64) -> Delivery {
+        let mut e =
+            coordinatool_sched::Engine::new(coordinatool_sched::Config::default()).expect("engine");
+        Delivery {
+            client: e.connect("m:1", Time(1)),
+            archive_id,
+            hal_flags: flags,
+            items,
+        }
+    }
+
+    fn item(n: u64, data: &[u8]) -> coordinatool_sched::Request {
+        use coordinatool_lustre::{HsmAction, LuFid};
+        let mut w = coordinatool_proto::WireHai::new(
+            HsmAction::Archive,
+            LuFid::new(0x2_0000_0401 + n, n as u32, 0),
+            n,
+        );
+        w.data = data.to_vec();
+        crate::store::request_from_wire(w)
+    }
+
+    #[test]
+    fn the_recv_writer_matches_the_proto_encoder_byte_for_byte() {
+        use coordinatool_lustre::{HsmAction, LuFid};
+        let mut odd = item(3, b"q\"u\\o\te\n\0\x01 \xc3\xa9 </\xe2\x80\xa8 \x7f");
+        odd.action = HsmAction::Restore;
+        odd.dfid = LuFid::new(u64::MAX, u32::MAX, 7);
+        odd.fid = LuFid::new(0, 0, u32::MAX);
+        odd.extent_offset = 1 << 40;
+        odd.extent_length = u64::MAX;
+        odd.cookie = u64::MAX - 5;
+        odd.gid = i64::MAX as u64 + 1;
+        odd.archive_id = u32::MAX;
+        odd.hal_flags = u64::MAX;
+        odd.timestamp = Time(u64::MAX);
+        let mut mid = item(4, b"");
+        mid.timestamp = Time(1_700_000_000_123_456_789);
+        let cases = [
+            (delivery(vec![item(1, b"")], 1, 0), "fs0"),
+            (delivery(vec![item(1, b"tag=1"), item(2, b"x,y")], 0, 0), ""),
+            (
+                delivery(
+                    vec![odd.clone(), mid.clone()],
+                    u32::MAX,
+                    0x8000_0000_0000_0001,
+                ),
+                "a\"b",
+            ),
+            // Not UTF-8: the base64 form, through the proto encoder.
+            (
+                delivery(vec![mid, item(5, &[0xff, 0, b'z']), odd], 7, 4),
+                "lustre",
+            ),
+        ];
+        for (d, fsname) in &cases {
+            let mut fast = b"prefix".to_vec();
+            encode_recv(d, fsname, &mut fast);
+            let mut want = b"prefix".to_vec();
+            coordinatool_proto::encode(&Reply::Recv(recv_reply(d, fsname)), &mut want);
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&want)
+            );
+            assert_eq!(fast, want);
+        }
+    }
+
+    #[test]
+    fn the_done_reply_constant_is_the_proto_encoding() {
+        assert_eq!(
+            DONE_OK,
+            coordinatool_proto::to_vec(&Reply::ok(Command::Done)).as_slice()
+        );
+    }
 
     #[test]
     fn error_replies_carry_command_status_and_error_only() {

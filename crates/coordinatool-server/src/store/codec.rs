@@ -87,6 +87,33 @@ pub fn request_from_wire(w: WireHai) -> Request {
     }
 }
 
+/// A request from an item of a list Lustre sent, received at `timestamp`: the same request
+/// as [`request_from_wire`] of its [`WireHai::from_item`] image, without that copy (the
+/// intake's path, once per request). A timestamp past `i64::MAX` ns is clamped to it, as the
+/// wire image does.
+pub(crate) fn request_from_item(
+    item: coordinatool_lustre::HsmActionItem,
+    archive_id: u32,
+    hal_flags: u64,
+    timestamp: Time,
+) -> Request {
+    Request {
+        action: item.action,
+        cookie: item.cookie,
+        dfid: item.dfid,
+        fid: item.fid,
+        extent_offset: item.extent.offset,
+        extent_length: item.extent.length,
+        gid: item.gid,
+        archive_id,
+        hal_flags,
+        data: item.data.into_boxed_slice(),
+        timestamp: Time(timestamp.0.min(i64::MAX as u64)),
+        mdt_index: None,
+        owner: None,
+    }
+}
+
 /// Why a stored record could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -239,6 +266,26 @@ mod tests {
         let hex: String = key_bytes(&k).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, f);
         assert_eq!(key_from_bytes(&key_bytes(&k)), k);
+    }
+
+    #[test]
+    fn a_lustre_item_converts_as_its_wire_image_does() {
+        use coordinatool_lustre::{HsmActionItem, HsmExtent};
+        let mut item = HsmActionItem::new(HsmAction::Archive, LuFid::new(0x200000401, 7, 1), 99);
+        item.dfid = LuFid::new(0x200000402, 8, 0);
+        item.extent = HsmExtent {
+            offset: 4096,
+            length: 8192,
+        };
+        item.gid = 5;
+        item.data = vec![0, 0xff, b'x'];
+        for ts in [Time(0), Time(1_700_000_000_000_000_000), Time(u64::MAX)] {
+            let wire = WireHai::from_item(&item, 3, 0x4, i64::try_from(ts.0).unwrap_or(i64::MAX));
+            assert_eq!(
+                request_from_item(item.clone(), 3, 0x4, ts),
+                request_from_wire(wire)
+            );
+        }
     }
 
     #[test]

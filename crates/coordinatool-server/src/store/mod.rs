@@ -25,6 +25,7 @@ mod codec;
 mod embedded;
 mod redis;
 
+pub(crate) use codec::request_from_item;
 pub use codec::{
     DecodeRecordError, KEY_LEN, decode_record, encode_record, field_from_key, key_bytes,
     key_from_bytes, key_from_field, request_from_wire, request_to_wire,
