@@ -57,11 +57,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-/// Lookup tasks running at once on the blocking pool.
-pub(crate) const MAX_LOOKUPS: usize = 8;
+/// Lookup tasks running at once on the blocking pool. Parallel lookups hide a slow MDS's
+/// latency; more threads than this cost CPU (wake-ups, contention) on a small server when the
+/// MDS is fast (measured with the simulated Lustre: bench-serverrobust.md).
+pub(crate) const MAX_LOOKUPS: usize = 4;
 
 /// Most fids one lookup task takes (fewer when there are free task slots to spread them over).
 const CHUNK: usize = 64;
+
+/// Fewest fids one lookup task takes when there are more: a task costs the loop a hand-off
+/// to the blocking pool and a wake-up for its results, more than a fast lookup.
+const MIN_CHUNK: usize = 16;
 
 /// How long a looked-up owner is trusted.
 pub(crate) const CACHE_TTL: Duration = Duration::from_secs(60);
@@ -326,8 +332,13 @@ impl Owners {
     fn start_lookups(&mut self) {
         while self.running < MAX_LOOKUPS && !self.todo.is_empty() {
             let free = MAX_LOOKUPS - self.running;
-            let n = self.todo.len().div_ceil(free).clamp(1, CHUNK);
-            let chunk: Vec<LuFid> = self.todo.drain(..n.min(self.todo.len())).collect();
+            let n = self
+                .todo
+                .len()
+                .div_ceil(free)
+                .clamp(MIN_CHUNK, CHUNK)
+                .min(self.todo.len());
+            let chunk: Vec<LuFid> = self.todo.drain(..n).collect();
             self.running += 1;
             self.lookups += chunk.len() as u64;
             let f = Arc::clone(&self.lookup);
