@@ -130,6 +130,9 @@ const FAILED_STARTS_TRIM: usize = 4096;
 struct Shared {
     core: Mutex<Core>,
     kick: Condvar,
+    /// A call woke the ticker and it has not started its scan yet: later calls need not wake
+    /// it again (one futex wake per scan instead of one per call).
+    kicked: AtomicBool,
     stop: AtomicBool,
     mount: PathBuf,
     read_only: bool,
@@ -153,6 +156,15 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Core> {
         // A panicking handler must not take the whole daemon down with a poisoned lock.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the ticker for a scan, unless a wake-up is already pending (the ticker clears
+    /// `kicked` under the lock before it reads the model, so a change made after that is
+    /// followed by a new wake-up).
+    fn kick_ticker(&self) {
+        if !self.kicked.swap(true, Ordering::AcqRel) {
+            self.kick.notify_all();
+        }
     }
 
     fn conns(&self) -> MutexGuard<'_, Conns> {
@@ -218,6 +230,7 @@ impl Daemon {
                 failed_starts: HashMap::new(),
             }),
             kick: Condvar::new(),
+            kicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             mount: mount.clone(),
             read_only: opts.read_only,
@@ -386,6 +399,8 @@ fn ticker_loop(shared: &Arc<Shared>) {
             thread::sleep(SCAN_COALESCE - since);
             core = shared.lock();
         }
+        // Under the lock, before reading the model: calls from now on wake the ticker again.
+        shared.kicked.store(false, Ordering::Release);
         last_scan = std::time::Instant::now();
         let now = now_secs();
         let paused = shared.paused.load(Ordering::SeqCst);
@@ -420,6 +435,9 @@ fn ticker_loop(shared: &Arc<Shared>) {
             // Set while the lock was released (coalescing, saving): its wake-up is gone.
             break;
         }
+        // A call's wake-up sent while the lock was released for the save found nobody
+        // waiting: the next one must be sent.
+        shared.kicked.store(false, Ordering::Release);
         core = shared
             .kick
             .wait_timeout(core, Duration::from_millis(1000))
@@ -574,7 +592,7 @@ fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
             }
         }
         if wake {
-            shared.kick.notify_all();
+            shared.kick_ticker();
         }
         if !out.is_empty() && stream.write_all(&out).is_err() {
             return;
