@@ -15,6 +15,7 @@ use std::ffi::{c_int, c_void};
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
@@ -96,12 +97,36 @@ extern "C" fn after_fork() {
     FORK_GUARD.with(|c| drop(c.borrow_mut().take()));
 }
 
+extern "C" fn after_fork_child() {
+    // SAFETY: getpid is async-signal-safe and cannot fail.
+    PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+    after_fork();
+}
+
+/// This process's id, kept up to date by the fork handlers: `getpid` is a system call, and
+/// every completion asks which process it runs in. 0 until the handlers are installed.
+static PID: AtomicI32 = AtomicI32::new(0);
+
+/// This process's id (cached once the fork handlers are installed).
+pub fn current_pid() -> libc::pid_t {
+    match PID.load(Ordering::Relaxed) {
+        // SAFETY: getpid cannot fail.
+        0 => unsafe { libc::getpid() },
+        p => p,
+    }
+}
+
 /// Registers the fork handlers (once per process).
 pub fn install_fork_handlers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: the handlers are plain extern "C" functions that live as long as the process.
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        unsafe {
+            libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork_child))
+        };
+        // From here on every fork() updates it in the child.
+        // SAFETY: getpid cannot fail.
+        PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
     });
 }
 
@@ -169,8 +194,7 @@ pub fn put_back(hcp: *mut c_void, key: Key, shared: Arc<Shared>) {
 
 /// Delivers a completion to the server through the right path for this process.
 pub fn report(shared: &Arc<Shared>, key: Key, status: i32, only_if_running: bool) {
-    // SAFETY: getpid cannot fail.
-    if unsafe { libc::getpid() } == shared.owner_pid {
+    if current_pid() == shared.owner_pid {
         shared.push_done(key, status, only_if_running);
         return;
     }
@@ -297,6 +321,29 @@ pub fn direct_done(config: &Config, rec: DoneRecord) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_pid_follows_fork() {
+        install_fork_handlers();
+        // SAFETY: getpid cannot fail.
+        assert_eq!(current_pid(), unsafe { libc::getpid() });
+        // SAFETY: the child only makes async-signal-safe calls (an atomic load, getpid)
+        // before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = current_pid() == unsafe { libc::getpid() };
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        }
+        assert_eq!(current_pid(), unsafe { libc::getpid() }, "parent unchanged");
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child saw its parent's pid ({status:#x})"
+        );
+    }
 
     #[test]
     fn record_round_trip() {

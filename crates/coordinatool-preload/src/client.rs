@@ -40,6 +40,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server may take to answer `ehlo`.
 const EHLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a done may wait to be sent with others while completions keep coming (see
+/// [`Shared::push_done`]): one write and one server turn per batch instead of per done.
+const DONE_LINGER: Duration = Duration::from_millis(1);
 
 /// The request key: cookie and data fid.
 pub type Key = (u64, LuFid);
@@ -120,6 +123,11 @@ pub struct Shared {
     /// `(st_dev, st_ino)` of the children's pipe, to recognise the fd in a child.
     pub child_pipe_id: (u64, u64),
     shutdown: AtomicBool,
+    /// A wake-up is in the eventfd and not yet consumed: further ones need no syscall.
+    wake_pending: AtomicBool,
+    /// The IO thread will look at the done queue within [`DONE_LINGER`] on its own (it is
+    /// batching a stream of completions): a new done needs no wake-up.
+    linger_armed: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -192,15 +200,28 @@ fn drain_eventfd(fd: RawFd) {
 fn poll_fds(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<usize, i32> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => d
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as c_int,
+        // ppoll, not poll: the done linger is shorter than poll's millisecond, and a
+        // timeout rounded down to 0 would spin.
+        let ts = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            libc::timespec {
+                tv_sec: left.as_secs().min(i32::MAX as u64) as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            }
+        });
+        let ts_ptr = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: fds is a valid array of pollfd for its length; ts_ptr is NULL or points to
+        // a local timespec; no signal mask change.
+        let rc = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                ts_ptr,
+                std::ptr::null(),
+            )
         };
-        // SAFETY: fds is a valid array of pollfd for its length.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if rc >= 0 {
             return Ok(rc as usize);
         }
@@ -321,6 +342,8 @@ impl Shared {
             child_wr,
             child_pipe_id,
             shutdown: AtomicBool::new(false),
+            wake_pending: AtomicBool::new(false),
+            linger_armed: AtomicBool::new(false),
         });
         Ok((shared, ready_wr))
     }
@@ -335,19 +358,47 @@ impl Shared {
         lock(&self.state).stats
     }
 
+    /// Wakes the IO thread; one eventfd write until it has consumed it.
     fn wake(&self) {
-        signal_eventfd(self.wake.as_raw_fd());
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
+            signal_eventfd(self.wake.as_raw_fd());
+        }
     }
 
-    /// Records a completion in this (the owner) process and wakes the IO thread. With
+    /// IO thread: consumes the wake-ups. Called before looking at the state, so a wake-up
+    /// that finds the flag still set is covered by that look.
+    fn take_wake(&self) {
+        drain_eventfd(self.wake.as_raw_fd());
+        self.wake_pending.store(false, Ordering::SeqCst);
+    }
+
+    /// Records a completion in this (the owner) process for the IO thread. With
     /// `only_if_running` nothing happens unless the key is one the server gave us.
+    ///
+    /// The IO thread is woken unless it is lingering (it wrote to the server less than
+    /// [`DONE_LINGER`] ago and will send this done with the others at the end of the period)
+    /// and the copytool still has actions in hand (else it may be waiting for the next list,
+    /// whose `recv` must go out at once). A done after a quiet period therefore goes out at
+    /// once; in a stream of completions they go out together, once per period.
     pub fn push_done(&self, key: Key, status: i32, only_if_running: bool) {
+        if let Some(idle) = self.enqueue_done(key, status, only_if_running)
+            && (idle || !self.linger_armed.load(Ordering::SeqCst))
+        {
+            self.wake();
+        }
+    }
+
+    /// Queues a done: `None` when nothing was queued (`only_if_running` and not running),
+    /// else whether the copytool has no action left in hand.
+    fn enqueue_done(&self, key: Key, status: i32, only_if_running: bool) -> Option<bool> {
+        let idle;
         {
             let mut st = lock(&self.state);
             let hai = st.running.remove(&key);
             if only_if_running && hai.is_none() {
-                return;
+                return None;
             }
+            idle = st.running.is_empty();
             if hai.is_none() {
                 ct_log!(
                     Debug,
@@ -366,7 +417,7 @@ impl Shared {
                 hai,
             });
         }
-        self.wake();
+        Some(idle)
     }
 
     /// `llapi_hsm_copytool_recv`: the next HAL, copied into the handle's buffer. Blocks
@@ -384,11 +435,19 @@ impl Shared {
                 // kernel, one without it (a copytool's SIGTERM) gets -EINTR to see its flag.
                 _ => return -errno(),
             }
-            let Some(bytes) = lock(&self.state).hals.pop_front() else {
-                continue;
+            let (bytes, idle) = {
+                let mut st = lock(&self.state);
+                let Some(bytes) = st.hals.pop_front() else {
+                    continue;
+                };
+                (bytes, st.running.is_empty())
             };
-            // The queue is empty now: the IO thread asks the server for the next list.
-            self.wake();
+            // The queue is empty now: the IO thread asks the server for the next list, at once
+            // or, when it is batching and the copytool has work in hand, at the end of its
+            // period.
+            if idle || !self.linger_armed.load(Ordering::SeqCst) {
+                self.wake();
+            }
             let mut buf = lock(&self.hal_buf);
             buf.clear();
             buf.resize(bytes.len().div_ceil(8), 0);
@@ -512,6 +571,72 @@ struct Io<'a> {
     flush_deadline: Option<Instant>,
 }
 
+/// When the IO thread writes to the server. After a quiet period, at once; then, while there
+/// is traffic, the dones and the next `recv` go out together once per period (one write, one
+/// server turn, one reply read per period instead of one per done, and larger lists). The
+/// copytool's threads do not wake the IO thread while it is armed (see
+/// [`Shared::push_done`]), except when the copytool has nothing left in hand: then the next
+/// `recv` goes out at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Linger {
+    /// `None`: everything goes out at once.
+    period: Option<Duration>,
+    /// Armed: the end of the current period.
+    deadline: Option<Instant>,
+}
+
+/// What [`Io::queue_output`] may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Everything waiting.
+    All,
+    /// Only a `recv` for a copytool with nothing in hand (and the dones with it).
+    IfIdle,
+}
+
+impl Linger {
+    fn new(period: Option<Duration>) -> Self {
+        Linger {
+            period,
+            deadline: None,
+        }
+    }
+
+    /// What may go out now: everything when not armed or when the period is over.
+    fn flush(&self, now: Instant) -> Flush {
+        if self.deadline.is_none_or(|d| now >= d) {
+            Flush::All
+        } else {
+            Flush::IfIdle
+        }
+    }
+
+    /// After a look at the queue with `flush` (as [`flush`](Self::flush) said at `now`),
+    /// where something was (`sent`) or was not sent: `Some(armed)` when the IO thread must
+    /// publish a new armed state.
+    fn update(&mut self, now: Instant, flush: Flush, sent: bool) -> Option<bool> {
+        let period = self.period?;
+        match (self.deadline.is_some(), flush, sent) {
+            // Traffic after a quiet period went out: batch what follows.
+            (false, _, true) => {
+                self.deadline = Some(now + period);
+                Some(true)
+            }
+            // The period is over and had traffic: another one.
+            (true, Flush::All, true) => {
+                self.deadline = Some(now + period);
+                None
+            }
+            // A period without traffic: back to sending at once.
+            (true, Flush::All, false) => {
+                self.deadline = None;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Why a connection ended.
 enum End {
     Lost,
@@ -528,6 +653,8 @@ impl Io<'_> {
                 Ok((sock, dec)) => {
                     self.backoff.reset();
                     let end = self.serve(&sock, dec);
+                    // Until the next connection, every done wakes this thread again.
+                    self.shared.linger_armed.store(false, Ordering::SeqCst);
                     {
                         let mut st = lock(&self.shared.state);
                         st.connected = false;
@@ -592,7 +719,7 @@ impl Io<'_> {
                 return;
             }
             if fds[0].revents != 0 {
-                drain_eventfd(self.shared.wake.as_raw_fd());
+                self.shared.take_wake();
                 if self.done_with_shutdown() {
                     return;
                 }
@@ -717,7 +844,10 @@ impl Io<'_> {
             // Records are written atomically (smaller than PIPE_BUF), so reads return whole records.
             for rec in buf[..n as usize].chunks_exact(crate::actions::RECORD_LEN) {
                 match crate::actions::DoneRecord::decode(rec) {
-                    Some(r) => self.shared.push_done(r.key, r.status, r.only_if_running),
+                    // This thread sends them: no wake-up needed.
+                    Some(r) => {
+                        self.shared.enqueue_done(r.key, r.status, r.only_if_running);
+                    }
                     None => ct_log!(
                         Error,
                         0,
@@ -733,6 +863,7 @@ impl Io<'_> {
         let fd = sock.as_raw_fd();
         let mut out: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; 256 * 1024];
+        let mut linger = Linger::new(self.linger_period());
         loop {
             // Replies already buffered (possibly received together with the ehlo reply).
             loop {
@@ -753,7 +884,21 @@ impl Io<'_> {
             if self.done_with_shutdown() {
                 return End::Shutdown;
             }
-            self.queue_output(&mut out);
+            let now = Instant::now();
+            let flush = linger.flush(now);
+            let sent = self.queue_output(&mut out, flush);
+            match linger.update(now, flush, sent) {
+                Some(true) => self.shared.linger_armed.store(true, Ordering::SeqCst),
+                Some(false) => {
+                    self.shared.linger_armed.store(false, Ordering::SeqCst);
+                    // What was queued just before the store saw the flag set and did not
+                    // wake this thread: look again, now that new work will.
+                    if self.unsent_output() {
+                        continue;
+                    }
+                }
+                None => {}
+            }
             if !out.is_empty() {
                 match send_nosignal(fd, &out) {
                     Ok(n) => {
@@ -773,15 +918,17 @@ impl Io<'_> {
                 pollfd(self.shared.wake.as_raw_fd(), libc::POLLIN),
                 pollfd(self.shared.child_rd.as_raw_fd(), libc::POLLIN),
             ];
-            let timeout = self
-                .flush_deadline
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = match (self.flush_deadline, linger.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|d| d.saturating_duration_since(Instant::now()));
             if let Err(e) = poll_fds(&mut fds, timeout) {
                 ct_log!(Error, e, "poll failed");
                 return End::Lost;
             }
             if fds[1].revents != 0 {
-                drain_eventfd(self.shared.wake.as_raw_fd());
+                self.shared.take_wake();
             }
             if fds[2].revents != 0 {
                 self.read_child_dones();
@@ -818,17 +965,38 @@ impl Io<'_> {
         }
     }
 
-    /// Appends the dones not yet sent on this connection and, when no list waits for the
-    /// copytool and none is asked for, a `recv`.
-    fn queue_output(&mut self, out: &mut Vec<u8>) {
+    /// Dones are batched for [`DONE_LINGER`] unless the copytool has limits: then a done
+    /// may be what lets the server send more work, and it goes out at once.
+    fn linger_period(&self) -> Option<Duration> {
+        let c = &self.shared.config;
+        let limited = [c.max_archive, c.max_restore, c.max_remove]
+            .into_iter()
+            .any(|v| Config::limit(v).is_some());
+        (!limited).then_some(DONE_LINGER)
+    }
+
+    /// Appends what `flush` allows: the dones not yet sent on this connection and, when no
+    /// list waits for the copytool and none is asked for, a `recv` (with [`Flush::IfIdle`],
+    /// only a `recv` for a copytool with nothing in hand, and the dones with it). Everything
+    /// goes at shutdown (no `recv` then). Returns true if something was appended.
+    fn queue_output(&mut self, out: &mut Vec<u8>, flush: Flush) -> bool {
         let shutdown = self.shared.is_shutdown();
         let mut st = lock(&self.shared.state);
-        while st.dones_sent < st.dones.len() {
-            let req = st.dones[st.dones_sent].req;
-            Request::Done(req).encode(out);
-            st.dones_sent += 1;
+        let mut recv = !shutdown && !st.recv_pending && st.hals.is_empty();
+        let all = flush == Flush::All || shutdown;
+        if !all {
+            recv &= st.running.is_empty();
         }
-        if !shutdown && !st.recv_pending && st.hals.is_empty() {
+        let mut sent = false;
+        if all || recv {
+            while st.dones_sent < st.dones.len() {
+                let req = st.dones[st.dones_sent].req;
+                Request::Done(req).encode(out);
+                st.dones_sent += 1;
+                sent = true;
+            }
+        }
+        if recv {
             let cfg = &self.shared.config;
             Request::Recv(RecvRequest {
                 max_archive: Config::limit(cfg.max_archive),
@@ -838,7 +1006,15 @@ impl Io<'_> {
             })
             .encode(out);
             st.recv_pending = true;
+            sent = true;
         }
+        sent
+    }
+
+    /// True when some queued done has not been sent on this connection, or a `recv` is due.
+    fn unsent_output(&self) -> bool {
+        let st = lock(&self.shared.state);
+        st.dones_sent < st.dones.len() || (!st.recv_pending && st.hals.is_empty())
     }
 
     fn handle_reply(&mut self, reply: Reply) -> Result<(), String> {
@@ -913,7 +1089,7 @@ impl Io<'_> {
                 );
                 for hai in hal.list.iter().filter(|h| h.action != HsmAction::Cancel) {
                     self.shared
-                        .push_done((hai.cookie, hai.dfid), libc::EINVAL, false);
+                        .enqueue_done((hai.cookie, hai.dfid), libc::EINVAL, false);
                 }
                 return Ok(());
             }
@@ -951,6 +1127,210 @@ impl Io<'_> {
 mod tests {
     use super::*;
     use coordinatool_lustre::HsmActionList;
+    use coordinatool_proto::AckReply;
+
+    fn shared() -> (Arc<Shared>, OwnedFd) {
+        Shared::new(Config::default(), "fs".into(), Vec::new(), false).unwrap()
+    }
+
+    /// Whether the IO thread's eventfd holds a wake-up (consumed like the IO thread does).
+    fn woken(sh: &Shared) -> bool {
+        let mut fds = [pollfd(sh.wake.as_raw_fd(), libc::POLLIN)];
+        let n = poll_fds(&mut fds, Some(Duration::ZERO)).unwrap();
+        sh.take_wake();
+        n == 1
+    }
+
+    fn key(cookie: u64) -> Key {
+        (cookie, LuFid::new(0x200000401, cookie as u32, 0))
+    }
+
+    /// Puts `cookies` in the running set, as a received list does.
+    fn running(sh: &Shared, cookies: &[u64]) {
+        let mut st = lock(&sh.state);
+        for &c in cookies {
+            let (cookie, fid) = key(c);
+            st.running
+                .insert((cookie, fid), WireHai::new(HsmAction::Archive, fid, cookie));
+        }
+    }
+
+    fn io(sh: &Arc<Shared>, ready_wr: OwnedFd) -> Io<'_> {
+        Io {
+            shared: sh,
+            ready_wr,
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 1),
+            flush_deadline: None,
+        }
+    }
+
+    fn decoded(out: &[u8]) -> Vec<Request> {
+        let mut dec = Decoder::new();
+        dec.feed(out);
+        dec.messages::<Request>().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn linger_sends_at_once_after_a_quiet_period_then_once_per_period() {
+        let p = Duration::from_millis(1);
+        let t0 = Instant::now();
+        let mut l = Linger::new(Some(p));
+        assert_eq!(l.flush(t0), Flush::All, "quiet: at once");
+        assert_eq!(
+            l.update(t0, Flush::All, false),
+            None,
+            "nothing sent: stays quiet"
+        );
+        assert_eq!(
+            l.update(t0, Flush::All, true),
+            Some(true),
+            "traffic arms it"
+        );
+        assert_eq!(l.flush(t0 + p / 2), Flush::IfIdle, "within the period");
+        assert_eq!(l.update(t0 + p / 2, Flush::IfIdle, true), None);
+        assert_eq!(
+            l.deadline,
+            Some(t0 + p),
+            "a piggybacked write keeps the period"
+        );
+        assert_eq!(l.flush(t0 + p), Flush::All, "period over");
+        assert_eq!(l.update(t0 + p, Flush::All, true), None, "still armed");
+        assert_eq!(l.deadline, Some(t0 + 2 * p));
+        assert_eq!(
+            l.update(t0 + 2 * p, Flush::All, false),
+            Some(false),
+            "a period without traffic disarms it"
+        );
+        assert_eq!(l.flush(t0 + 2 * p), Flush::All);
+
+        let mut off = Linger::new(None);
+        assert_eq!(
+            off.update(t0, Flush::All, true),
+            None,
+            "no period: never armed"
+        );
+        assert_eq!(off.flush(t0), Flush::All);
+    }
+
+    #[test]
+    fn dones_wake_the_io_thread_once_and_not_while_it_lingers() {
+        let (sh, _ready) = shared();
+        running(&sh, &[1, 2, 3, 4]);
+        sh.push_done(key(1), 0, false);
+        sh.push_done(key(2), 0, false);
+        assert!(woken(&sh), "not armed: woken");
+        assert!(
+            !sh.wake_pending.load(Ordering::SeqCst),
+            "consumed by take_wake"
+        );
+        sh.linger_armed.store(true, Ordering::SeqCst);
+        sh.push_done(key(3), 0, false);
+        assert!(
+            !woken(&sh),
+            "lingering: the IO thread sends it at the period's end"
+        );
+        sh.push_done(key(4), 0, false);
+        assert!(
+            woken(&sh),
+            "nothing left in hand: the next recv must go out now"
+        );
+        assert_eq!(lock(&sh.state).dones.len(), 4);
+        sh.linger_armed.store(false, Ordering::SeqCst);
+        sh.push_done(key(9), 0, true);
+        assert!(
+            !woken(&sh),
+            "only_if_running for an unknown key queues nothing"
+        );
+        assert_eq!(lock(&sh.state).dones.len(), 4);
+    }
+
+    #[test]
+    fn coalesced_dones_are_each_sent_once_and_each_acknowledged() {
+        let (sh, ready) = shared();
+        let mut io = io(&sh, ready);
+        let cookies: Vec<u64> = (1..=50).collect();
+        running(&sh, &cookies);
+        lock(&sh.state).recv_pending = true;
+        for &c in &cookies {
+            sh.push_done(key(c), (c % 3) as i32, false);
+        }
+        let mut out = Vec::new();
+        assert!(
+            !io.queue_output(&mut out, Flush::IfIdle),
+            "lingering while the copytool has no free hand: nothing yet"
+        );
+        assert!(out.is_empty());
+        assert!(io.queue_output(&mut out, Flush::All));
+        let sent: Vec<u64> = decoded(&out)
+            .into_iter()
+            .map(|r| match r {
+                Request::Done(d) => {
+                    assert_eq!(d.status, (d.cookie % 3) as i32);
+                    d.cookie
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(sent, cookies, "one write, every done once, in order");
+        out.clear();
+        assert!(!io.queue_output(&mut out, Flush::All), "nothing sent twice");
+        for _ in &cookies {
+            io.handle_reply(Reply::Done(AckReply::default())).unwrap();
+        }
+        let st = lock(&sh.state);
+        assert!(st.dones.is_empty());
+        assert_eq!((st.dones_sent, st.stats.dones_acked), (0, 50));
+    }
+
+    #[test]
+    fn recv_waits_for_the_period_unless_the_copytool_is_idle() {
+        let (sh, ready) = shared();
+        let mut io = io(&sh, ready);
+        running(&sh, &[1, 2]);
+        sh.push_done(key(1), 0, false);
+        let mut out = Vec::new();
+        assert!(
+            !io.queue_output(&mut out, Flush::IfIdle),
+            "one action in hand"
+        );
+        sh.push_done(key(2), 0, false);
+        assert!(io.queue_output(&mut out, Flush::IfIdle), "idle copytool");
+        let reqs = decoded(&out);
+        assert_eq!(reqs.len(), 3, "{reqs:?}");
+        assert!(matches!(reqs[2], Request::Recv(_)), "{reqs:?}");
+        assert!(lock(&sh.state).recv_pending);
+    }
+
+    #[test]
+    fn dones_queued_while_disconnected_go_out_on_the_next_connection() {
+        let (sh, ready) = shared();
+        let mut io = io(&sh, ready);
+        running(&sh, &[1, 2]);
+        sh.push_done(key(1), 0, false);
+        let mut out = Vec::new();
+        io.queue_output(&mut out, Flush::All);
+        // The connection drops before the answer; 2 ends meanwhile.
+        {
+            let mut st = lock(&sh.state);
+            st.dones_sent = 0;
+            st.recv_pending = false;
+        }
+        sh.push_done(key(2), 0, false);
+        out.clear();
+        io.queue_output(&mut out, Flush::All);
+        let cookies: Vec<u64> = decoded(&out)
+            .into_iter()
+            .filter_map(|r| match r {
+                Request::Done(d) => Some(d.cookie),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            cookies,
+            vec![1, 2],
+            "the unanswered one again, then the new one"
+        );
+    }
 
     #[test]
     fn writing_to_a_closed_peer_fails_without_sigpipe() {

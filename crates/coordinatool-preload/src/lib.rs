@@ -89,8 +89,7 @@ unsafe fn handle<'a>(ct: *const c_void) -> Option<&'a CtHandle> {
 }
 
 fn my_pid() -> libc::pid_t {
-    // SAFETY: getpid cannot fail.
-    unsafe { libc::getpid() }
+    actions::current_pid()
 }
 
 /// `llapi_hsm_copytool_register`: loads the client config, opens the mount and its
