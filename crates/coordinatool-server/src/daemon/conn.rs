@@ -6,7 +6,8 @@
 //! the turn) and writes it itself when the socket takes it at once, so the writer task only
 //! wakes for what the socket did not accept.
 
-use coordinatool_proto::{DecodeError, Decoder, Request};
+use coordinatool_lustre::LuFid;
+use coordinatool_proto::{DecodeError, Decoder, DoneRequest, Request};
 use coordinatool_sched::ClientId;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -211,7 +212,7 @@ async fn read_loop(mut rd: OwnedReadHalf, id: ClientId, events: mpsc::Sender<Eve
         dec.feed(&buf[..n]);
         let mut batch = Vec::new();
         loop {
-            match dec.next_message::<Request>() {
+            match next_request(&mut dec) {
                 Ok(Some(req)) => {
                     batch.push(req);
                     if batch.len() >= REQUESTS_PER_EVENT {
@@ -243,6 +244,123 @@ async fn read_loop(mut rd: OwnedReadHalf, id: ClientId, events: mpsc::Sender<Eve
             graceful,
         })
         .await;
+}
+
+/// The next complete request of `dec`: [`Decoder::next_message`], with a `done` in the
+/// exact compact form the proto encoder writes (what movers send once per request) parsed
+/// without serde.
+fn next_request(dec: &mut Decoder) -> Result<Option<Request>, DecodeError> {
+    let frame = match dec.next_frame() {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    match fast_done(frame) {
+        Some(d) => Ok(Some(Request::Done(d))),
+        None => Request::decode(frame).map(Some),
+    }
+}
+
+/// `{"command":"done","hai_cookie":C,"hai_dfid":{"f_seq":S,"f_oid":O,"f_ver":V}}`, with
+/// `,"status":N` before the last brace or not, nothing else (no spaces, no other key, plain
+/// integers that fit): the [`DoneRequest`] the general decoder would give, with the same
+/// integer readings (i64 images of u64, i32 images of u32, errno magnitude). `None` for
+/// anything else, which the general decoder then handles, errors included.
+fn fast_done(frame: &[u8]) -> Option<DoneRequest> {
+    let mut c = Cursor { b: frame, i: 0 };
+    c.lit(br#"{"command":"done","hai_cookie":"#)?;
+    let cookie = u64_image(c.int()?);
+    c.lit(br#","hai_dfid":{"f_seq":"#)?;
+    let seq = u64_image(c.int()?);
+    c.lit(br#","f_oid":"#)?;
+    let oid = u32_image(c.int()?)?;
+    c.lit(br#","f_ver":"#)?;
+    let ver = u32_image(c.int()?)?;
+    c.lit(b"}")?;
+    let status = if c.lit(br#","status":"#).is_some() {
+        errno(c.int()?)?
+    } else {
+        0
+    };
+    c.lit(b"}")?;
+    (c.i == frame.len()).then_some(DoneRequest {
+        cookie,
+        dfid: LuFid::new(seq, oid, ver),
+        status,
+    })
+}
+
+/// A JSON integer as serde_json reads it: non-negative as u64, negative as i64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Int {
+    Pos(u64),
+    Neg(i64),
+}
+
+fn u64_image(v: Int) -> u64 {
+    match v {
+        Int::Pos(v) => v,
+        Int::Neg(v) => v as u64,
+    }
+}
+
+fn u32_image(v: Int) -> Option<u32> {
+    match v {
+        Int::Pos(v) => u32::try_from(v).ok(),
+        Int::Neg(v) => i32::try_from(v).ok().map(|v| v as u32),
+    }
+}
+
+fn errno(v: Int) -> Option<i32> {
+    match v {
+        Int::Pos(v) => i32::try_from(v).ok(),
+        Int::Neg(v) => i32::try_from(v.unsigned_abs()).ok(),
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Cursor<'_> {
+    fn lit(&mut self, l: &[u8]) -> Option<()> {
+        if self.b[self.i..].starts_with(l) {
+            self.i += l.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// At most 19 digits (no overflow), no leading zero, no `-0`, not followed by a
+    /// fraction or exponent (the next literal would not match anyway).
+    fn int(&mut self) -> Option<Int> {
+        let neg = self.lit(b"-").is_some();
+        let start = self.i;
+        let mut v: u64 = 0;
+        while let Some(&d) = self.b.get(self.i) {
+            if !d.is_ascii_digit() {
+                break;
+            }
+            v = v * 10 + u64::from(d - b'0');
+            self.i += 1;
+            if self.i - start > 19 {
+                return None;
+            }
+        }
+        let digits = &self.b[start..self.i];
+        if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') {
+            return None;
+        }
+        if !neg {
+            return Some(Int::Pos(v));
+        }
+        if v == 0 || v > 1 << 63 {
+            return None;
+        }
+        Some(Int::Neg((v as i64).wrapping_neg()))
+    }
 }
 
 fn broken(id: ClientId, reason: String) -> Event {
@@ -303,4 +421,120 @@ async fn write_loop(
     }
     // The loop dropped the connection: everything queued is written. Dropping the last
     // handle on the write half shuts our side down.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the fast path takes, the general decoder reads the same way.
+    fn agrees(frame: &[u8]) -> bool {
+        let fast = fast_done(frame);
+        if let Some(d) = fast {
+            assert_eq!(
+                Request::decode(frame).ok(),
+                Some(Request::Done(d)),
+                "{}",
+                String::from_utf8_lossy(frame)
+            );
+        }
+        fast.is_some()
+    }
+
+    fn done(cookie: u64, seq: u64, oid: u32, ver: u32, status: i32) -> Vec<u8> {
+        let mut out = Vec::new();
+        Request::Done(DoneRequest {
+            cookie,
+            dfid: LuFid::new(seq, oid, ver),
+            status,
+        })
+        .encode(&mut out);
+        out
+    }
+
+    #[test]
+    fn encoded_dones_take_the_fast_path_and_read_as_the_decoder_reads_them() {
+        let big = [
+            0,
+            1,
+            9,
+            10,
+            0x2_0000_0401,
+            i64::MAX as u64,
+            1 << 63,
+            u64::MAX,
+        ];
+        for &cookie in &big {
+            for &seq in &big {
+                for (oid, ver) in [(0, 0), (1, u32::MAX), (i32::MAX as u32, 1 << 31)] {
+                    for status in [0, 1, 22, i32::MAX, -5, i32::MIN + 1] {
+                        let f = done(cookie, seq, oid, ver, status);
+                        assert!(agrees(&f), "{}", String::from_utf8_lossy(&f));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_forms_go_to_the_general_decoder() {
+        let p = r#"{"command":"done","hai_cookie":"#;
+        let d = r#","hai_dfid":{"f_seq":1,"f_oid":2,"f_ver":3}"#;
+        let ok = format!("{p}7{d}}}");
+        assert!(agrees(ok.as_bytes()));
+        // Read by both, with the same value: explicit zero status, negative images.
+        assert!(agrees(format!("{p}7{d},\"status\":0}}").as_bytes()));
+        assert!(agrees(
+            br#"{"command":"done","hai_cookie":-1,"hai_dfid":{"f_seq":-9223372036854775808,"f_oid":-1,"f_ver":-2147483648},"status":-22}"#
+        ));
+        assert!(agrees(
+            br#"{"command":"done","hai_cookie":9999999999999999999,"hai_dfid":{"f_seq":0,"f_oid":4294967295,"f_ver":0},"status":2147483647}"#
+        ));
+        for other in [
+            // Spaces, another key order, an extra or a missing key, duplicates.
+            format!(r#"{{"command": "done","hai_cookie":7{d}}}"#),
+            format!(r#"{{"hai_cookie":7,"command":"done"{d}}}"#),
+            format!("{p}7{d},\"x\":1}}"),
+            format!(r#"{{"command":"done"{d}}}"#),
+            format!("{p}7{d},\"status\":1,\"status\":2}}"),
+            // Numbers the fast path leaves to serde: leading zero, -0, fractions,
+            // exponents, 20 digits, out of range for the field.
+            format!("{p}07{d}}}"),
+            format!("{p}-0{d}}}"),
+            format!("{p}7.0{d}}}"),
+            format!("{p}7e1{d}}}"),
+            format!("{p}18446744073709551615{d}}}"),
+            format!("{p}-9223372036854775809{d}}}"),
+            format!(r#"{p}7,"hai_dfid":{{"f_seq":1,"f_oid":4294967296,"f_ver":3}}}}"#),
+            format!(r#"{p}7,"hai_dfid":{{"f_seq":1,"f_oid":-2147483649,"f_ver":3}}}}"#),
+            format!("{p}7{d},\"status\":2147483648}}"),
+            format!("{p}7{d},\"status\":-2147483648}}"),
+            // Not a number at all, trailing bytes.
+            format!("{p}\"7\"{d}}}"),
+            format!("{p}7{d}}} "),
+        ] {
+            assert!(!agrees(other.as_bytes()), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_reader_decodes_fast_and_general_requests_in_order() {
+        let mut dec = Decoder::new();
+        let mut bytes = done(5, 6, 7, 8, 0);
+        bytes.extend_from_slice(br#"{"command": "done", "hai_cookie": 9}"#);
+        bytes.extend_from_slice(&done(10, 11, 12, 13, 2));
+        bytes.extend_from_slice(br#"{"command":"nope"}"#);
+        dec.feed(&bytes);
+        let d = |cookie, seq, oid, ver, status| {
+            Request::Done(DoneRequest {
+                cookie,
+                dfid: LuFid::new(seq, oid, ver),
+                status,
+            })
+        };
+        assert_eq!(next_request(&mut dec).unwrap(), Some(d(5, 6, 7, 8, 0)));
+        assert_eq!(next_request(&mut dec).unwrap(), Some(d(9, 0, 0, 0, 0)));
+        assert_eq!(next_request(&mut dec).unwrap(), Some(d(10, 11, 12, 13, 2)));
+        assert!(next_request(&mut dec).is_err(), "unknown command");
+    }
 }
