@@ -226,8 +226,16 @@ impl Drop for Sim {
 /// A child process whose stdout lines are collected (event lines of the copytools).
 pub struct Proc {
     pub child: Child,
-    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
+    lines: Arc<(Mutex<Output>, Condvar)>,
     name: String,
+}
+
+/// What the reader thread has collected from a child's stdout.
+#[derive(Default)]
+struct Output {
+    lines: Vec<String>,
+    /// The reader saw the end of the output.
+    eof: bool,
 }
 
 impl Proc {
@@ -236,15 +244,17 @@ impl Proc {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let out = child.stdout.take().expect("piped stdout");
-        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let lines = Arc::new((Mutex::new(Output::default()), Condvar::new()));
         let l2 = lines.clone();
         std::thread::spawn(move || {
+            let (m, c) = &*l2;
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                let (m, c) = &*l2;
-                m.lock().unwrap().push(line);
+                m.lock().unwrap().lines.push(line);
                 c.notify_all();
             }
+            m.lock().unwrap().eof = true;
+            c.notify_all();
         });
         Proc {
             child,
@@ -255,7 +265,22 @@ impl Proc {
 
     /// Every line so far.
     pub fn lines(&self) -> Vec<String> {
-        self.lines.0.lock().unwrap().clone()
+        self.lines.0.lock().unwrap().lines.clone()
+    }
+
+    /// After the child's exit, waits (bounded) until its last output lines are read: the
+    /// exit can be seen before the reader thread has taken what the child wrote last. A
+    /// grandchild keeping stdout open only delays this by the bound.
+    fn drain_output(&self) {
+        let (m, c) = &*self.lines;
+        let start = Instant::now();
+        let mut g = m.lock().unwrap();
+        while !g.eof {
+            let Some(left) = Duration::from_secs(5).checked_sub(start.elapsed()) else {
+                return;
+            };
+            g = c.wait_timeout(g, left).unwrap().0;
+        }
     }
 
     /// Waits for a line containing every one of `parts`; returns it.
@@ -264,14 +289,14 @@ impl Proc {
         let start = Instant::now();
         let mut g = m.lock().unwrap();
         loop {
-            if let Some(l) = g.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+            if let Some(l) = g.lines.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
                 return l.clone();
             }
             let left = DEADLINE.checked_sub(start.elapsed()).unwrap_or_else(|| {
                 panic!(
                     "{}: no line with {parts:?} within {DEADLINE:?}; got:\n{}",
                     self.name,
-                    g.join("\n")
+                    g.lines.join("\n")
                 )
             });
             g = c.wait_timeout(g, left).unwrap().0;
@@ -285,6 +310,7 @@ impl Proc {
         let mut last: Option<Instant> = None;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
+                self.drain_output();
                 return st;
             }
             if last.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
@@ -307,6 +333,7 @@ impl Proc {
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
+                self.drain_output();
                 return st;
             }
             assert!(
