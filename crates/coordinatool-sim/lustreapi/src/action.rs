@@ -422,6 +422,13 @@ pub(crate) unsafe fn end(
             None
         },
     };
+    if hai.hai_action == HSMA_ARCHIVE {
+        // The source has given its stat above and is not read again. Closed before the
+        // MDT hears of the end, so whoever waits for "archived" and releases at once does
+        // not find this process still holding the file open (release's lease: EBUSY).
+        close(hcp.layout.source_fd);
+        hcp.layout.source_fd = -1;
+    }
     let rc = if extent_ok(&he) {
         hcp.call(&req).map(drop)
     } else {
