@@ -587,3 +587,220 @@ fn accepted_connections_find_a_dead_peer_in_minutes_not_hours() {
         drop(c);
     });
 }
+
+/// Keeps tokio's paused clock from advancing by itself while alive: a running blocking task
+/// inhibits auto-advance (documented under `tokio::time::pause`), so time moves only by
+/// `tokio::time::advance` and waiting for real I/O cannot fire a timer early.
+struct ClockHold {
+    release: std::sync::mpsc::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClockHold {
+    fn new() -> ClockHold {
+        let (release, rx) = std::sync::mpsc::channel::<()>();
+        let task = tokio::task::spawn_blocking(move || {
+            let _ = rx.recv();
+        });
+        ClockHold { release, task }
+    }
+
+    /// Lets the clock auto-advance again.
+    async fn release(self) {
+        drop(self.release);
+        self.task.await.expect("clock hold task");
+    }
+}
+
+/// Lets every task that can run do so (timers that fired, the messages they send), with the
+/// clock held.
+async fn run_ready() {
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// [`Driver::connect`] with small socket buffers on both sides (so a few hundred KB of
+/// unread replies fill them), returning the engine's id of the connection too.
+async fn connect_small(d: &mut Driver, name: &str) -> (tokio::net::TcpStream, ClientId) {
+    let addr = d.listener.local_addr().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let (c, s) = tokio::join!(sock.connect(addr), d.listener.accept());
+    let (s, peer) = s.expect("accept");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+    let size: libc::c_int = 4096;
+    // SAFETY: `fd` is the open socket of `s`; the value is a c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
+    let before: Vec<ClientId> = d.server.conns.keys().copied().collect();
+    d.server.accept(s, peer, name);
+    let id = *d
+        .server
+        .conns
+        .keys()
+        .find(|k| !before.contains(k))
+        .expect("the new connection");
+    (c.expect("connect"), id)
+}
+
+fn recv_list(r: Option<Reply>) -> Vec<u32> {
+    match r {
+        Some(Reply::Recv(r)) => r
+            .hal
+            .as_ref()
+            .unwrap_or_else(|| panic!("a list: {r:?}"))
+            .list
+            .iter()
+            .map(|h| h.fid.oid)
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_the_write_stall_and_its_work_requeued() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut d = Driver::new(Box::new(NoStore)).await;
+        let mut a = d.connect("a:1").await;
+        let mut m = d.connect("m:1").await;
+        let (mut s, sid) = connect_small(&mut d, "s:1").await;
+        let (mut da, mut dm, mut ds) = (Decoder::new(), Decoder::new(), Decoder::new());
+        d.turn_committed(&mut a, &queue(vec![hai(1), hai(2), hai(3)]))
+            .await;
+        assert!(matches!(reply(&mut a, &mut da).await, Some(Reply::Queue(q)) if q.enqueued == 3));
+
+        // s, an anonymous mover (EHLO without an id), takes work, then stops reading: it
+        // queues item 9 and asks for status over and over, replies it never reads.
+        let ehlo = WireRequest::Ehlo(EhloRequest::new(None));
+        for (c, dec) in [(&mut m, &mut dm), (&mut s, &mut ds)] {
+            d.turn_committed(c, &ehlo).await;
+            assert!(matches!(reply(c, dec).await, Some(Reply::Ehlo(r)) if r.status == 0));
+        }
+        d.turn_committed(&mut s, &recv(2)).await;
+        let taken = recv_list(reply(&mut s, &mut ds).await);
+        assert!(!taken.is_empty() && !taken.contains(&3), "{taken:?}");
+        let hold = ClockHold::new();
+        const FLOOD: usize = 2000;
+        let mut flood = encode(&queue(vec![hai(9)]));
+        for _ in 0..FLOOD {
+            flood.extend_from_slice(&encode(&status()));
+        }
+        s.write_all(&flood).await.expect("flood");
+        let mut handled = 0;
+        while handled < FLOOD + 1 {
+            let ev = tokio::time::timeout(DEADLINE, d.rx.recv())
+                .await
+                .expect("the flood reaches the loop")
+                .expect("event");
+            match &ev {
+                Event::Requests(id, reqs) if *id == sid => handled += reqs.len(),
+                other => panic!("only s's requests: {other:?}"),
+            }
+            d.server.handle_event(ev);
+            d.server.end_turn().await.expect("turn");
+        }
+        assert!(
+            d.server.conns.contains_key(&sid),
+            "not dropped for its backlog"
+        );
+        // s's writer runs until the socket refuses more, then waits (from now: the clock
+        // is held).
+        run_ready().await;
+        let start = tokio::time::Instant::now();
+
+        // Just short of the stall: s is still connected, and everyone else is served.
+        tokio::time::advance(WRITE_STALL - Duration::from_secs(1)).await;
+        run_ready().await;
+        assert!(d.rx.try_recv().is_err(), "no event before the stall");
+        let mut b = d.connect("b:1").await;
+        let mut db_ = Decoder::new();
+        d.turn_committed(&mut b, &status()).await;
+        match reply(&mut b, &mut db_).await {
+            Some(Reply::Status(st)) => assert_eq!(
+                (st.pending_archive, st.running_archive),
+                (2, taken.len() as u32),
+                "item 3 and s's item 9 queued, s's running: {st:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        d.turn_committed(&mut m, &recv(1)).await;
+        let mut got = recv_list(reply(&mut m, &mut dm).await);
+        assert_eq!(got, vec![3], "first come, first served");
+        d.turn_committed(&mut m, &done(&hai(3))).await;
+        assert!(matches!(reply(&mut m, &mut dm).await, Some(Reply::Done(r)) if r.status == 0));
+        d.turn_committed(&mut a, &queue(vec![hai(5)])).await;
+        assert!(matches!(reply(&mut a, &mut da).await, Some(Reply::Queue(q)) if q.enqueued == 1));
+        run_ready().await;
+        assert!(d.rx.try_recv().is_err() && d.server.conns.contains_key(&sid));
+
+        // The stall: the writer gives up, and the loop drops s alone.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        run_ready().await;
+        let ev =
+            d.rx.try_recv()
+                .expect("s is dropped once no write progressed for WRITE_STALL");
+        hold.release().await;
+        match &ev {
+            Event::Closed {
+                id,
+                reason,
+                graceful,
+            } => {
+                assert_eq!(*id, sid);
+                assert!(reason.contains("write stalled") && !graceful, "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(start.elapsed(), WRITE_STALL + Duration::from_secs(1));
+        d.server.handle_event(ev);
+        d.server.end_turn().await.expect("turn");
+        assert!(!d.server.conns.contains_key(&sid));
+
+        // Nothing lost: s was anonymous, so what it ran goes back to the front of the queue
+        // at once (a named mover would keep it for its grace), and item 9 it queued stays.
+        let mut order = Vec::new();
+        loop {
+            d.turn_committed(&mut b, &status()).await;
+            let st = match reply(&mut b, &mut db_).await {
+                Some(Reply::Status(st)) => st,
+                other => panic!("{other:?}"),
+            };
+            if st.pending_archive == 0 {
+                assert_eq!(st.running_archive, 0, "{st:?}");
+                assert_eq!(st.done_archive, 5, "each item done once: {st:?}");
+                break;
+            }
+            d.turn_committed(&mut m, &recv(10)).await;
+            let list = recv_list(reply(&mut m, &mut dm).await);
+            for &n in &list {
+                d.turn_committed(&mut m, &done(&hai(n))).await;
+                assert!(
+                    matches!(reply(&mut m, &mut dm).await, Some(Reply::Done(r)) if r.status == 0)
+                );
+            }
+            order.extend(list);
+        }
+        let mut front = order[..taken.len()].to_vec();
+        front.sort_unstable();
+        let mut want = taken.clone();
+        want.sort_unstable();
+        assert_eq!(front, want, "s's items first: {order:?}");
+        got.extend(order);
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2, 3, 5, 9], "every item exactly once");
+    });
+}
