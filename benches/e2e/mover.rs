@@ -164,10 +164,19 @@ fn main() {
             match ct.recv() {
                 Ok(hal) => {
                     recvs += 1;
+                    let n = hal.items.len();
                     let mut g = queue.items.lock().unwrap_or_else(|p| p.into_inner());
                     g.0.extend(hal.items);
                     drop(g);
-                    queue.cond.notify_all();
+                    // As many workers as there are items: waking all of them for a short list
+                    // costs futex wake-ups and lock contention for nothing.
+                    if n >= threads {
+                        queue.cond.notify_all();
+                    } else {
+                        for _ in 0..n {
+                            queue.cond.notify_one();
+                        }
+                    }
                 }
                 Err(LustreError::Shutdown { .. }) => break,
                 Err(e) if e.errno() == libc::EINTR => {}

@@ -552,6 +552,7 @@ fn io_thread_main(shared: Arc<Shared>, ready_wr: OwnedFd) {
                     .map_or(0, |d| d.as_nanos() as u64),
         ),
         flush_deadline: None,
+        scratch: Vec::new(),
     };
     loop {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| io.run()));
@@ -569,6 +570,8 @@ struct Io<'a> {
     ready_wr: OwnedFd,
     backoff: Backoff,
     flush_deadline: Option<Instant>,
+    /// Dones being encoded (kept to reuse its allocation).
+    scratch: Vec<DoneRequest>,
 }
 
 /// When the IO thread writes to the server. After a quiet period, at once; then, while there
@@ -981,21 +984,28 @@ impl Io<'_> {
     /// goes at shutdown (no `recv` then). Returns true if something was appended.
     fn queue_output(&mut self, out: &mut Vec<u8>, flush: Flush) -> bool {
         let shutdown = self.shared.is_shutdown();
-        let mut st = lock(&self.shared.state);
-        let mut recv = !shutdown && !st.recv_pending && st.hals.is_empty();
-        let all = flush == Flush::All || shutdown;
-        if !all {
-            recv &= st.running.is_empty();
-        }
-        let mut sent = false;
-        if all || recv {
-            while st.dones_sent < st.dones.len() {
-                let req = st.dones[st.dones_sent].req;
-                Request::Done(req).encode(out);
-                st.dones_sent += 1;
-                sent = true;
+        // Copied under the lock, encoded after it: the copytool's threads queue dones meanwhile.
+        let mut dones = std::mem::take(&mut self.scratch);
+        let recv = {
+            let mut st = lock(&self.shared.state);
+            let mut recv = !shutdown && !st.recv_pending && st.hals.is_empty();
+            let all = flush == Flush::All || shutdown;
+            if !all {
+                recv &= st.running.is_empty();
             }
+            if all || recv {
+                let from = st.dones_sent;
+                dones.extend(st.dones.range(from..).map(|d| d.req));
+                st.dones_sent = st.dones.len();
+            }
+            st.recv_pending |= recv;
+            recv
+        };
+        let sent = recv || !dones.is_empty();
+        for req in dones.drain(..) {
+            Request::Done(req).encode(out);
         }
+        self.scratch = dones;
         if recv {
             let cfg = &self.shared.config;
             Request::Recv(RecvRequest {
@@ -1005,8 +1015,6 @@ impl Io<'_> {
                 max_bytes: cfg.max_bytes(),
             })
             .encode(out);
-            st.recv_pending = true;
-            sent = true;
         }
         sent
     }
@@ -1071,13 +1079,16 @@ impl Io<'_> {
 
     /// Queues a received list for the copytool and makes the ready fd readable.
     fn deliver(&mut self, hal: WireHal) -> Result<(), String> {
-        let mut st = lock(&self.shared.state);
-        st.recv_pending = false;
         if hal.list.is_empty() {
             // Nothing to hand over; the next loop asks again.
+            lock(&self.shared.state).recv_pending = false;
             return Ok(());
         }
-        let bytes = match encode_hal(&hal, &self.shared.fsname) {
+        // Encoded before taking the lock, which the copytool's threads need for their dones.
+        let encoded = encode_hal(&hal, &self.shared.fsname);
+        let mut st = lock(&self.shared.state);
+        st.recv_pending = false;
+        let bytes = match encoded {
             Ok(b) => b,
             Err(e) => {
                 // Reconnecting would get the same list back: fail its items instead.
@@ -1161,6 +1172,7 @@ mod tests {
             ready_wr,
             backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 1),
             flush_deadline: None,
+            scratch: Vec::new(),
         }
     }
 
