@@ -104,7 +104,9 @@ extern "C" fn after_fork_child() {
 }
 
 /// This process's id, kept up to date by the fork handlers: `getpid` is a system call, and
-/// every completion asks which process it runs in. 0 until the handlers are installed.
+/// the hot paths ask which process they run in. 0 until the handlers are installed. A child
+/// made without fork() keeps its parent's value: where that would lose work (a completion)
+/// the real pid is asked instead.
 static PID: AtomicI32 = AtomicI32::new(0);
 
 /// This process's id (cached once the fork handlers are installed).
@@ -194,7 +196,10 @@ pub fn put_back(hcp: *mut c_void, key: Key, shared: Arc<Shared>) {
 
 /// Delivers a completion to the server through the right path for this process.
 pub fn report(shared: &Arc<Shared>, key: Key, status: i32, only_if_running: bool) {
-    if current_pid() == shared.owner_pid {
+    // The real pid, not the cached one: a child made without fork() (_Fork, clone) runs no
+    // fork handler, and its done queued in its copy of the shared state would be lost.
+    // SAFETY: getpid cannot fail.
+    if unsafe { libc::getpid() } == shared.owner_pid {
         shared.push_done(key, status, only_if_running);
         return;
     }
