@@ -964,8 +964,32 @@ impl Server {
         if let Some(o) = &mut self.owners {
             let id = owner::client_of(&ev);
             if o.is_deferred(id) {
-                // Behind its held `queue`, so its replies keep their order.
-                o.defer(id, ev);
+                if !matches!(
+                    ev,
+                    Event::Closed {
+                        graceful: false,
+                        ..
+                    }
+                ) {
+                    // Behind its held `queue`, so its replies keep their order.
+                    if o.defer(id, ev) <= owner::MAX_DEFERRED_REQUESTS {
+                        return;
+                    }
+                    warn!(
+                        client = %id,
+                        "over {} requests sent behind a queue waiting for owner lookups; \
+                         closing this connection",
+                        owner::MAX_DEFERRED_REQUESTS
+                    );
+                }
+                // Gone (or dropped): none of its later input can be answered, and the engine
+                // must hear of the disconnect now, not when the lookup ends. The held
+                // `queue`'s requests are still queued when it is released.
+                drop(o.undefer(id));
+                if let Some(conn) = self.conns.remove(&id) {
+                    conn.abort();
+                }
+                self.disconnect(id);
                 return;
             }
         }

@@ -132,7 +132,7 @@ pub(crate) struct Owners {
     /// Sequence number of `held[0]`.
     first: u64,
     /// Input of connections whose `queue` is held, in arrival order (see [`Owners::defer`]).
-    deferred: HashMap<ClientId, VecDeque<Event>>,
+    deferred: HashMap<ClientId, Deferred>,
     failures: u64,
     lookups: u64,
     /// The loop is giving ready entries to the engine (see [`Owners::begin_release`]).
@@ -140,6 +140,20 @@ pub(crate) struct Owners {
 }
 
 /// The connection an event is from.
+/// Requests a connection may send behind its held `queue` before it is dropped: its input
+/// is not read into the engine meanwhile, so without a bound a client talking to a slow MDS
+/// could grow the server's memory without limit (about the size of the reply buffer bound,
+/// `OUTBOX_LIMIT`, at a few hundred bytes per parsed request).
+pub(crate) const MAX_DEFERRED_REQUESTS: usize = 65_536;
+
+/// Input of one connection waiting behind its held `queue`.
+#[derive(Default)]
+struct Deferred {
+    events: VecDeque<Event>,
+    /// Requests in `events` (a malformed input or a close counts as one).
+    requests: usize,
+}
+
 pub(crate) fn client_of(ev: &Event) -> ClientId {
     match ev {
         Event::Requests(id, _) | Event::Malformed(id, _) | Event::Closed { id, .. } => *id,
@@ -319,14 +333,26 @@ impl Owners {
         self.deferred.contains_key(&id)
     }
 
-    /// Keeps `ev` of a connection whose `queue` is held, to be handled after it.
-    pub(crate) fn defer(&mut self, id: ClientId, ev: Event) {
-        self.deferred.entry(id).or_default().push_back(ev);
+    /// Keeps `ev` of a connection whose `queue` is held, to be handled after it. Returns how
+    /// many requests that connection now has waiting (the loop bounds it with
+    /// [`MAX_DEFERRED_REQUESTS`]).
+    pub(crate) fn defer(&mut self, id: ClientId, ev: Event) -> usize {
+        let d = self.deferred.entry(id).or_default();
+        d.requests += match &ev {
+            Event::Requests(_, r) => r.len(),
+            Event::Malformed(..) | Event::Closed { .. } => 1,
+        };
+        d.events.push_back(ev);
+        d.requests
     }
 
-    /// The input `id` sent while its `queue` was held (its `queue` is answered now).
+    /// The input `id` sent while its `queue` was held (its `queue` is answered now, or the
+    /// connection is gone).
     pub(crate) fn undefer(&mut self, id: ClientId) -> VecDeque<Event> {
-        self.deferred.remove(&id).unwrap_or_default()
+        self.deferred
+            .remove(&id)
+            .map(|d| d.events)
+            .unwrap_or_default()
     }
 
     fn start_lookups(&mut self) {

@@ -804,3 +804,118 @@ fn a_client_that_stops_reading_is_dropped_after_the_write_stall_and_its_work_req
         assert_eq!(got, vec![1, 2, 3, 5, 9], "every item exactly once");
     });
 }
+
+/// `clients_connected` as `m` sees it.
+fn connected(m: &mut Client) -> u32 {
+    match m.call(&status()) {
+        Reply::Status(s) => s.clients_connected,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Polls `m`'s status until `clients_connected` is `want` (bounded).
+fn wait_connected(m: &mut Client, want: u32, what: &str) {
+    let start = std::time::Instant::now();
+    while connected(m) != want {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: still not {want} connected"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reads until the server closes `c` (bounded): the bytes received before, `None` if it
+/// did not close.
+fn closed_by_server(c: &mut Client) -> Option<usize> {
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 65536];
+    let mut got = 0;
+    while start.elapsed() < DEADLINE {
+        match c.s.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(got),
+        }
+    }
+    None
+}
+
+#[test]
+fn a_connection_behind_its_held_queue_is_dropped_at_once_when_reset_or_flooding() {
+    let slow = SlowLookup::new();
+    let owners = owner::Owners::with_lookup(slow.lookup());
+    let (addr, thread) = spawn_loop(uid_config(), Box::new(NoStore), Some(owners));
+    let mut m = Client::connect(addr);
+
+    // A's queue waits for its owner; A then resets its connection.
+    let mut a = Client::connect(addr);
+    a.send(&queue(vec![hai(1)]));
+    a.send(&status());
+    slow.wait_called();
+    assert_eq!(connected(&mut m), 2);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket with a linger struct of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&a.s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(a);
+    // The engine hears of it while the lookup is still blocked, not when it ends.
+    wait_connected(&mut m, 1, "a reset connection behind a held queue");
+
+    // B's queue waits too; B floods the server with requests behind it: dropped past the bound.
+    let mut b = Client::connect(addr);
+    b.send(&queue(vec![hai(5)]));
+    wait_connected(&mut m, 2, "b connected");
+    let one = encode(&status());
+    let flood: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * (owner::MAX_DEFERRED_REQUESTS + 1))
+        .collect();
+    // The server may close while this is still being written.
+    let _ = b.s.write_all(&flood);
+    assert_eq!(
+        closed_by_server(&mut b),
+        Some(0),
+        "b dropped past the bound, its held queue and what followed unanswered"
+    );
+    wait_connected(&mut m, 1, "b dropped");
+    assert!(
+        slow.calls.load(Ordering::SeqCst) >= 1 && !*slow.gate.lock().unwrap(),
+        "all of this while the lookups were blocked"
+    );
+
+    // The lookups end: both queues' requests are queued, none lost.
+    slow.open();
+    let start = std::time::Instant::now();
+    loop {
+        match m.call(&status()) {
+            Reply::Status(s) if s.pending_archive == 2 => break,
+            Reply::Status(s) => assert!(start.elapsed() < DEADLINE, "{s:?}"),
+            other => panic!("{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(matches!(
+        m.call(&WireRequest::Lock(LockRequest { locked: 2 })),
+        Reply::Lock(r) if r.status == 0
+    ));
+    thread.join().expect("loop thread").expect("clean stop");
+}
