@@ -388,7 +388,7 @@ fn recover_queue(
                 requests = missing,
                 "looking up the file owners of the recovered requests (fair share)"
             );
-            requests = rt.block_on(o.resolve(requests));
+            requests = rt.block_on(o.resolve(requests, owner::RECOVERY_LOOKUP_STALL));
         }
     }
     for (r, client) in requests.into_iter().zip(clients) {

@@ -76,6 +76,10 @@ pub(crate) const CACHE_TTL: Duration = Duration::from_secs(60);
 pub(crate) const CACHE_SIZE: usize = 65_536;
 
 /// `FS_IOC_FSGETXATTR`: `_IOR('X', 31, struct fsxattr)`.
+/// How long start-up waits without any owner lookup finishing before it gives up on the
+/// rest (see [`Owners::resolve`]): well inside systemd's default start timeout (90 s).
+pub(crate) const RECOVERY_LOOKUP_STALL: Duration = Duration::from_secs(30);
+
 const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
 
 /// `struct fsxattr` of `<linux/fs.h>`.
@@ -289,8 +293,10 @@ impl Owners {
                 }
             };
             for (seq, i) in self.waiters.remove(&fid).unwrap_or_default() {
-                let Some(h) = usize::try_from(seq - self.first)
-                    .ok()
+                // An entry given up by `resolve` is gone: its seq is below `first`.
+                let Some(h) = seq
+                    .checked_sub(self.first)
+                    .and_then(|k| usize::try_from(k).ok())
                     .and_then(|k| self.held.get_mut(k))
                 else {
                     continue;
@@ -304,15 +310,38 @@ impl Owners {
 
     /// `requests` with their owners looked up (start-up: the queue recovered from Redis),
     /// in their order. Nothing else may be held.
-    pub(crate) async fn resolve(&mut self, requests: Vec<Request>) -> Vec<Request> {
+    ///
+    /// The server does not listen before this returns, so a hung MDS must not keep it from
+    /// starting: once no lookup has finished for `stall`, the requests still waiting go on
+    /// without an owner (the shared bucket, as for a failed lookup). Lookups still running
+    /// then only fill the cache.
+    pub(crate) async fn resolve(
+        &mut self,
+        requests: Vec<Request>,
+        stall: Duration,
+    ) -> Vec<Request> {
         debug_assert!(self.is_idle(), "resolve with held requests");
         self.hold(requests, Then::Lustre);
         loop {
             if let Some((requests, _)) = self.ready() {
                 return requests;
             }
-            let r = self.next().await;
-            self.apply(r);
+            match tokio::time::timeout(stall, self.next()).await {
+                Ok(r) => self.apply(r),
+                Err(_) => {
+                    let h = self.held.pop_front().expect("held until ready");
+                    self.first += 1;
+                    warn!(
+                        requests = h.missing,
+                        "file owner lookups stalled for {stall:?} at start-up: those requests \
+                         are scheduled without an owner (fair share's shared bucket)"
+                    );
+                    // Nothing else is held: every waiter was this entry's.
+                    self.waiters.clear();
+                    self.todo.clear();
+                    return h.requests;
+                }
+            }
         }
     }
 
@@ -617,6 +646,46 @@ mod tests {
             assert!(o.is_idle());
             assert!(o.undefer(client).is_empty());
             assert!(!o.is_deferred(client));
+        });
+    }
+
+    #[test]
+    fn start_up_lookups_that_stall_give_up_and_keep_every_request_in_order() {
+        // Fid 2's lookup hangs (until the end of the test); the others answer at once.
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = Arc::clone(&gate);
+        let lookup: LookupFn = Arc::new(move |fid: &LuFid| {
+            if fid.oid == 2 {
+                let (open, cv) = &*g;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+            }
+            Ok(owner_of(fid))
+        });
+        let mut o = Owners::with_lookup(lookup);
+        let rt = rt();
+        let reqs: Vec<Request> = (1..=3)
+            .map(|c| request(c, HsmAction::Archive, b""))
+            .collect();
+        let got = rt.block_on(o.resolve(reqs.clone(), Duration::from_millis(200)));
+        let cookies: Vec<u64> = got.iter().map(|r| r.cookie).collect();
+        assert_eq!(cookies, vec![1, 2, 3], "every request, in order");
+        assert_eq!(got[1].owner, None, "the stalled one has no owner");
+        assert!(o.is_idle());
+        // The hung lookup ends later: it only fills the cache.
+        {
+            let (open, cv) = &*gate;
+            *open.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        rt.block_on(async {
+            let r = o.next().await;
+            o.apply(r);
+            o.hold(vec![reqs[1].clone()], Then::Lustre);
+            let (got, _) = o.ready().expect("from the cache");
+            assert_eq!(uids(&got), vec![Some(1002)]);
         });
     }
 
