@@ -8,7 +8,8 @@
 # showing the server's queues and movers.
 #
 # Usage: scripts/demo.sh [FILES] [MOVERS]     (defaults: 200 files, 2 movers)
-# Set KEEP=1 to keep the work directory (logs, archive, store) afterwards.
+# Set KEEP=1 to keep the work directory (logs, archive, store) afterwards, and
+# DEMO_PROFILE=debug to use debug builds (what the test command does, reusing its build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 files=${1:-200}
@@ -16,10 +17,16 @@ movers=${2:-2}
 
 command -v cc >/dev/null || { echo "demo: needs a C compiler (apt-get install gcc)" >&2; exit 1; }
 
-echo "== building (release)"
-cargo build --release -q -p coordinatool-sim -p coordinatool-sim-lustreapi -p coordinatool-server \
+profile=${DEMO_PROFILE:-release}
+case $profile in
+    release) build_flags=(--release) ;;
+    debug) build_flags=() ;;
+    *) echo "demo: DEMO_PROFILE must be release or debug, not '$profile'" >&2; exit 2 ;;
+esac
+echo "== building ($profile)"
+cargo build "${build_flags[@]}" -q -p coordinatool-sim -p coordinatool-sim-lustreapi -p coordinatool-server \
     -p coordinatool-client -p coordinatool-preload
-T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/$profile
 ln -sf liblustreapi.so "$T/liblustreapi.so.1"    # the soname copytools and the server load
 
 work=$(mktemp -d /tmp/coordinatool-demo.XXXXXX)
@@ -105,7 +112,10 @@ while [ "$(count_state released)" -gt 0 ]; do
     [ $SECONDS -lt $deadline ] || { echo "demo: restore timed out" >&2; tail -n 20 "$logs"/* >&2; exit 1; }
     sleep 0.5
 done
-(cd "$mnt/data" && sha256sum --quiet -c "$work/sums") && echo "   all $files files restored with the right content"
+if ! (cd "$mnt/data" && sha256sum --quiet -c "$work/sums"); then
+    echo "demo: restored files differ from what was archived" >&2; exit 1
+fi
+echo "   all $files files restored with the right content"
 echo "== remove the archive copies"
 in_chunks hsm_remove
 deadline=$((SECONDS + 300))

@@ -46,6 +46,9 @@ else
     step "cargo test" cargo test --workspace --locked --no-fail-fast
 fi
 
+# The README's main job, small and on the debug build the tests just made: it must keep working.
+step "demo (scripts/demo.sh, 40 files)" env DEMO_PROFILE=debug ./scripts/demo.sh 40 2
+
 if [ ${#failed[@]} -gt 0 ]; then
     echo "== failed steps: ${failed[*]}"
     exit 1
