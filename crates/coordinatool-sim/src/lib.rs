@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod fs;
+mod hash;
 pub mod mdt;
 pub mod rpc;
 pub mod server;

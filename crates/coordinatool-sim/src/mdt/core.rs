@@ -1,6 +1,6 @@
 //! One MDT's HSM coordinator: request log, admission, agents, dispatch, progress.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 
 use coordinatool_lustre::action::HsmRequestFlags;
@@ -10,6 +10,7 @@ use tracing::{debug, trace};
 use super::Errno;
 use super::tunables::{Policy, Tunables};
 use super::types::*;
+use crate::hash::{FastMap, FastSet};
 
 /// First sequence of MDT0000's FIDs; MDT n uses `FID_SEQ_BASE + n * FID_SEQ_STRIDE`, the way a
 /// real DNE filesystem hands out `0x200000400` to MDT0000 and `0x240000400` to MDT0001.
@@ -94,7 +95,7 @@ pub struct Mdt {
     next_key: u64,
     next_llog: LlogIndex,
     /// Cookie → key of the non-CANCEL record carrying it.
-    by_cookie: HashMap<u64, u64>,
+    by_cookie: FastMap<u64, u64>,
     waiting: BTreeSet<u64>,
     /// The WAITING records that are RESTOREs (for the queue-jump rule).
     waiting_restores: BTreeSet<u64>,
@@ -102,13 +103,13 @@ pub struct Mdt {
     started: BTreeSet<u64>,
     /// `(change time, key)` of records that became final, in time order (grace purge).
     finished: VecDeque<(u64, u64)>,
-    active: HashMap<u64, Active>,
+    active: FastMap<u64, Active>,
     active_order: u64,
     /// Active items per action: archive, restore, remove.
     counts: [u64; 3],
     agents: Vec<AgentInfo>,
-    files: HashMap<LuFid, FileAttrs>,
-    restore_locks: HashSet<LuFid>,
+    files: FastMap<LuFid, FileAttrs>,
+    restore_locks: FastSet<LuFid>,
     cookie: u64,
     last_housekeeping: u64,
     /// Latest `now` passed in: the time of changelog records made by calls without one.
@@ -201,17 +202,17 @@ impl Mdt {
                 catalog: 1,
                 index: 1,
             },
-            by_cookie: HashMap::new(),
+            by_cookie: FastMap::default(),
             waiting: BTreeSet::new(),
             waiting_restores: BTreeSet::new(),
             started: BTreeSet::new(),
             finished: VecDeque::new(),
-            active: HashMap::new(),
+            active: FastMap::default(),
             active_order: 0,
             counts: [0; 3],
             agents: Vec::new(),
-            files: HashMap::new(),
-            restore_locks: HashSet::new(),
+            files: FastMap::default(),
+            restore_locks: FastSet::default(),
             cookie: 0,
             last_housekeeping: 0,
             clock: 0,
