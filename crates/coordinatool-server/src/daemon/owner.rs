@@ -551,6 +551,31 @@ mod tests {
         })
     }
 
+    type Gate = Arc<(Mutex<bool>, Condvar)>;
+
+    /// A lookup whose call for fid `oid` waits until [`open_gate`]; the others answer at once.
+    fn gated(oid: u32) -> (LookupFn, Gate) {
+        let gate: Gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = Arc::clone(&gate);
+        let lookup: LookupFn = Arc::new(move |fid: &LuFid| {
+            if fid.oid == oid {
+                let (open, cv) = &*g;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+            }
+            Ok(owner_of(fid))
+        });
+        (lookup, gate)
+    }
+
+    fn open_gate(gate: &Gate) {
+        let (open, cv) = &**gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+
     /// Takes results until the oldest entry is ready.
     async fn next_ready(o: &mut Owners) -> (Vec<Request>, Then) {
         loop {
@@ -594,18 +619,7 @@ mod tests {
     #[test]
     fn held_entries_leave_in_arrival_order_behind_a_slow_lookup() {
         // Fid 1's lookup waits for the gate; the others answer at once.
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let g = Arc::clone(&gate);
-        let lookup: LookupFn = Arc::new(move |fid: &LuFid| {
-            if fid.oid == 1 {
-                let (open, cv) = &*g;
-                let mut open = open.lock().unwrap();
-                while !*open {
-                    open = cv.wait(open).unwrap();
-                }
-            }
-            Ok(owner_of(fid))
-        });
+        let (lookup, gate) = gated(1);
         let mut o = Owners::with_lookup(lookup);
         let client = {
             let mut e = coordinatool_sched::Engine::new(coordinatool_sched::Config::default())
@@ -629,11 +643,7 @@ mod tests {
             assert_eq!(r[0].0.oid, 2);
             o.apply(r);
             assert!(o.ready().is_none(), "nothing overtakes the head");
-            {
-                let (open, cv) = &*gate;
-                *open.lock().unwrap() = true;
-                cv.notify_all();
-            }
+            open_gate(&gate);
             let (got, then) = next_ready(&mut o).await;
             assert!(matches!(then, Then::Lustre));
             assert_eq!(uids(&got), vec![Some(1001)]);
@@ -652,18 +662,7 @@ mod tests {
     #[test]
     fn start_up_lookups_that_stall_give_up_and_keep_every_request_in_order() {
         // Fid 2's lookup hangs (until the end of the test); the others answer at once.
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let g = Arc::clone(&gate);
-        let lookup: LookupFn = Arc::new(move |fid: &LuFid| {
-            if fid.oid == 2 {
-                let (open, cv) = &*g;
-                let mut open = open.lock().unwrap();
-                while !*open {
-                    open = cv.wait(open).unwrap();
-                }
-            }
-            Ok(owner_of(fid))
-        });
+        let (lookup, gate) = gated(2);
         let mut o = Owners::with_lookup(lookup);
         let rt = rt();
         let reqs: Vec<Request> = (1..=3)
@@ -675,11 +674,7 @@ mod tests {
         assert_eq!(got[1].owner, None, "the stalled one has no owner");
         assert!(o.is_idle());
         // The hung lookup ends later: it only fills the cache.
-        {
-            let (open, cv) = &*gate;
-            *open.lock().unwrap() = true;
-            cv.notify_all();
-        }
+        open_gate(&gate);
         rt.block_on(async {
             let r = o.next().await;
             o.apply(r);
