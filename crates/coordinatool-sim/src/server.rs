@@ -838,18 +838,19 @@ fn handle_inner(
             one_way,
             stat_now,
         } => {
+            // What the kernel sends at a copy start: progress at the start offset, no flags.
+            let start = Progress {
+                fid,
+                cookie,
+                extent: HsmExtent::new(offset, 0),
+                flags: HsmProgressFlags::default(),
+                errval: 0,
+                data_version: None,
+            };
             if one_way {
                 // No data version to return: the copytool read its own stamp, compared at the
                 // end. A failure waits for the action's next call.
-                let p = Progress {
-                    fid,
-                    cookie,
-                    extent: HsmExtent::new(offset, 0),
-                    flags: HsmProgressFlags::default(),
-                    errval: 0,
-                    data_version: None,
-                };
-                if let Err(e) = cluster.progress(now, &p) {
+                if let Err(e) = cluster.progress(now, &start) {
                     if failed_starts.len() >= FAILED_STARTS_TRIM {
                         failed_starts.retain(|&(m, c), _| {
                             cluster
@@ -874,27 +875,16 @@ fn handle_inner(
                         // The kernel reports the failure as a completed, retryable error.
                         let err = fs_err(e);
                         let p = Progress {
-                            fid,
-                            cookie,
-                            extent: HsmExtent::new(offset, 0),
                             flags: HsmProgressFlags::COMPLETED | HsmProgressFlags::RETRY,
                             errval: err as u16,
-                            data_version: None,
+                            ..start
                         };
                         let _ = cluster.progress(now, &p);
                         return Err(err);
                     }
                 }
             }
-            let p = Progress {
-                fid,
-                cookie,
-                extent: HsmExtent::new(offset, 0),
-                flags: HsmProgressFlags::default(),
-                errval: 0,
-                data_version: None,
-            };
-            cluster.progress(now, &p).map_err(Errno::code)?;
+            cluster.progress(now, &start).map_err(Errno::code)?;
             Ok(Reply::DataVersion { version })
         }
         Request::Progress {
