@@ -20,7 +20,7 @@ use coordinatool_lustre::{HsmAction, LuFid};
 use coordinatool_proto::{
     DoneRequest, EhloRequest, QueueRequest, RecvRequest, Reply, Request, WireHai,
 };
-use server_common::{DEADLINE, Server, Sim, config};
+use server_common::{Client, DEADLINE, Server, Sim, config};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -35,10 +35,8 @@ fn item(n: u32) -> WireHai {
     h
 }
 
-fn run(store: &str, requests: u32, movers: u32, per_recv: u32) {
-    let sim = Sim::start(&format!("bench-{store}"));
-    let srv = Server::start(&sim, &config(&sim, &format!("store {store}\n")));
-    let mut q = srv.connect();
+/// Queues items `0..requests` through `q`, 10,000 per `queue`.
+fn queue_all(q: &mut Client, requests: u32) {
     let mut n = 0;
     while n < requests {
         let end = (n + 10_000).min(requests);
@@ -51,6 +49,13 @@ fn run(store: &str, requests: u32, movers: u32, per_recv: u32) {
         }
         n = end;
     }
+}
+
+fn run(store: &str, requests: u32, movers: u32, per_recv: u32) {
+    let sim = Sim::start(&format!("bench-{store}"));
+    let srv = Server::start(&sim, &config(&sim, &format!("store {store}\n")));
+    let mut q = srv.connect();
+    queue_all(&mut q, requests);
     let done = Arc::new(AtomicU32::new(0));
     let start = Instant::now();
     let threads: Vec<_> = (0..movers)
@@ -125,18 +130,7 @@ fn memory(store: &str, requests: u32) {
     // One status round trip first: the loop and a connection are set up.
     q.call(&Request::Status(Default::default()));
     let before = rss_kib(srv.child.id());
-    let mut n = 0;
-    while n < requests {
-        let end = (n + 10_000).min(requests);
-        match q.call(&Request::Queue(QueueRequest {
-            items: (n..end).map(item).collect(),
-            fsname: None,
-        })) {
-            Reply::Queue(r) => assert_eq!(r.enqueued, u64::from(end - n)),
-            other => panic!("{other:?}"),
-        }
-        n = end;
-    }
+    queue_all(&mut q, requests);
     let after = rss_kib(srv.child.id());
     println!(
         "store {store:8}: {requests} queued: RSS {before} KiB -> {after} KiB = {:.0} bytes per queued request",
