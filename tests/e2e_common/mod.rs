@@ -36,7 +36,11 @@ pub fn bin_dir() -> &'static Path {
             .expect("profile dir name")
             .to_owned();
         let target = profile_dir.parent().expect("target dir");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
+        // Under cargo, CARGO names the toolchain's cargo and RUSTUP_TOOLCHAIN is set. Run
+        // directly (a bench binary started by hand), the compile-time path would bypass
+        // rustup, and a dependency's own rust-toolchain file would then pick its rustc:
+        // the rustup proxy on PATH resolves the toolchain as cargo itself would.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .args([
