@@ -712,6 +712,41 @@ fn a_thousand_waiting_movers_each_get_one_request() {
 }
 
 #[test]
+fn a_low_open_file_limit_is_raised_to_the_hard_one() {
+    // Upstream's unit sets no LimitNOFILE: the server must not stop at the soft limit.
+    use std::os::unix::process::CommandExt;
+    const N: u32 = 600;
+    let sim = Sim::start("nofile");
+    let mut cmd = server_command(&sim, &config(&sim, ""));
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let srv = Server::spawn(cmd);
+    let mut movers: Vec<Client> = (0..N)
+        .map(|i| {
+            let mut c = srv.connect();
+            c.send(&ehlo(&format!("m{i}")));
+            c
+        })
+        .collect();
+    for c in &mut movers {
+        assert_eq!(c.next_text(), r#"{"command":"ehlo"}"#);
+    }
+    let mut q = srv.connect();
+    assert_eq!(status(&mut q, 4).clients_connected, N + 1);
+}
+
+#[test]
 fn a_client_that_half_closes_still_gets_its_replies() {
     let sim = Sim::start("halfclose");
     let srv = Server::start(&sim, &config(&sim, ""));

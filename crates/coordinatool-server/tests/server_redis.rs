@@ -409,3 +409,35 @@ fn owners_of_requests_recovered_from_redis_are_looked_up_again() {
         "{got:?}"
     );
 }
+
+#[test]
+fn an_upstream_config_without_a_store_key_keeps_its_queue_in_redis() {
+    // Upstream's sample config names Redis and no `store`: a site switching binaries must
+    // find its queue where the C server left it, not start on an empty embedded store.
+    let sim = Sim::start("redis-implied");
+    let port = free_port();
+    let Some(redis) = Redis::start(&sim.root.join("redis"), port) else {
+        return;
+    };
+    // The harness's config names the embedded store: this one is an upstream one.
+    let conf = sim.root.join("upstream.conf");
+    std::fs::write(
+        &conf,
+        format!("host 127.0.0.1\nport 0\nverbose info\nredis_host 127.0.0.1\nredis_port {port}\n"),
+    )
+    .unwrap();
+    let mut srv = Server::start(&sim, &conf);
+    srv.wait_line(&["store: Redis, as upstream"]);
+    let mut q = srv.connect();
+    assert_eq!(
+        q.call_text(&queue((1..=2).map(item).collect())),
+        r#"{"command":"queue","enqueued":2}"#
+    );
+    assert_eq!(redis.hlen("coordinatool_requests"), Some(2));
+    assert_eq!(status_raw(&mut q)["store"]["kind"], "redis");
+
+    srv.signal(libc::SIGKILL);
+    let srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    assert_eq!(status(&mut q).pending_archive, 2);
+}

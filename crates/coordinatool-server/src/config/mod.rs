@@ -55,6 +55,20 @@ pub fn level_filter(v: Verbosity) -> LevelFilter {
     }
 }
 
+/// How the store was chosen: an upstream configuration names no `store` but sets Redis up,
+/// and upstream always keeps its queue in Redis, so such a configuration keeps doing that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StoreChoice {
+    /// Nothing said which store: the embedded one.
+    #[default]
+    Default,
+    /// The `store` key, `COORDINATOOL_STORE`.
+    Configured,
+    /// No `store` key, but a non-empty Redis host or a port was given (key, environment or
+    /// option): Redis, as upstream.
+    ImpliedByRedis,
+}
+
 /// Where requests are persisted (`store` key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum StoreKind {
@@ -183,6 +197,10 @@ pub struct ServerConfig {
     pub reporting_interval_ms: u64,
     /// Persistence backend.
     pub store: StoreKind,
+    /// How [`ServerConfig::store`] was chosen.
+    pub store_choice: StoreChoice,
+    /// A config file line set `redis_host` or `redis_port` (for [`StoreChoice::ImpliedByRedis`]).
+    redis_in_file: bool,
     /// `state_dir`, when set; see [`ServerConfig::state_dir`].
     pub state_dir_override: Option<PathBuf>,
     /// Priority and fair-share keys.
@@ -212,6 +230,8 @@ impl ServerConfig {
             reporting_hint: None,
             reporting_interval_ms: 60_000,
             store: StoreKind::Embedded,
+            store_choice: StoreChoice::Default,
+            redis_in_file: false,
             state_dir_override: None,
             sched: SchedKeys::default(),
         }
@@ -414,6 +434,21 @@ pub fn load(
     }
     apply_env(&mut cfg, env, &mut warnings)?;
     apply_cli(&mut cfg, &parsed)?;
+    let redis_option = parsed
+        .opts
+        .iter()
+        .any(|o| matches!(o.id, cli::OptId::RedisHost | cli::OptId::RedisPort));
+    // An empty host disables Redis (upstream): that asks for no Redis, not for no store.
+    if cfg.store_choice == StoreChoice::Default
+        && !cfg.redis_host.is_empty()
+        && (redis_option
+            || env("COORDINATOOL_REDIS_HOST").is_some()
+            || env("COORDINATOOL_REDIS_PORT").is_some()
+            || cfg.redis_in_file)
+    {
+        cfg.store = StoreKind::Redis;
+        cfg.store_choice = StoreChoice::ImpliedByRedis;
+    }
     if cfg.batch.idle_secs == 0 {
         cfg.batch.slots_per_client = 0;
     }
@@ -506,8 +541,14 @@ fn apply_key(
             }
             cfg.archive_ids.push(id);
         }
-        "redis_host" => cfg.redis_host = value.to_string(),
-        "redis_port" => cfg.redis_port = int(0, 65535)? as u16,
+        "redis_host" => {
+            cfg.redis_host = value.to_string();
+            cfg.redis_in_file = true;
+        }
+        "redis_port" => {
+            cfg.redis_port = int(0, 65535)? as u16;
+            cfg.redis_in_file = true;
+        }
         "client_grace_ms" => cfg.client_grace_ms = int(0, INT_MAX)? as u64,
         "archive_on_hosts" => {
             if words.len() < 2 {
@@ -568,7 +609,10 @@ fn apply_key(
         "reporting_dir" => cfg.reporting_dir = Some(value.to_string()),
         "reporting_hint" => cfg.reporting_hint = Some(value.to_string()),
         "reporting_schedule_interval_ms" => cfg.reporting_interval_ms = int(0, i64::MAX)? as u64,
-        "store" => cfg.store = value.parse().map_err(&bad)?,
+        "store" => {
+            cfg.store = value.parse().map_err(&bad)?;
+            cfg.store_choice = StoreChoice::Configured;
+        }
         "state_dir" => cfg.state_dir_override = Some(PathBuf::from(value)),
         "archive_on_hosts_ch_hash" => {
             cfg.sched.ch_hash = match value.to_ascii_lowercase().as_str() {
@@ -678,6 +722,7 @@ pub fn apply_env(
         cfg.store = v
             .parse()
             .map_err(|r| hard("COORDINATOOL_STORE", v.clone(), r))?;
+        cfg.store_choice = StoreChoice::Configured;
     }
     if let Some(v) = env("COORDINATOOL_STATE_DIR") {
         cfg.state_dir_override = Some(PathBuf::from(v));

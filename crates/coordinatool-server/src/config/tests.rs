@@ -508,6 +508,48 @@ fn empty_redis_host_disables_redis() {
 }
 
 #[test]
+fn redis_settings_without_a_store_key_mean_redis_as_upstream() {
+    // Upstream keeps its queue in Redis: its config (and its unit's options) must not come
+    // up on an empty embedded store.
+    let c = cfg("redis_host 127.0.0.1\n");
+    assert_eq!(
+        (c.store, c.store_choice),
+        (StoreKind::Redis, StoreChoice::ImpliedByRedis)
+    );
+    let c = cfg("redis_port 6380\n");
+    assert_eq!(c.effective_store(), StoreKind::Redis);
+    for (args, env) in [
+        (&["--redis-host", "db1", "/mnt"][..], &[][..]),
+        (&["--redis-port=6380", "/mnt"][..], &[][..]),
+        (&["/mnt"][..], &[("COORDINATOOL_REDIS_HOST", "db1")][..]),
+        (&["/mnt"][..], &[("COORDINATOOL_REDIS_PORT", "6380")][..]),
+    ] {
+        let c = run(args, env).unwrap().config;
+        assert_eq!(c.effective_store(), StoreKind::Redis, "{args:?} {env:?}");
+        assert_eq!(c.store_choice, StoreChoice::ImpliedByRedis);
+    }
+    // An explicit store wins, wherever it comes from.
+    let c = cfg("redis_host 127.0.0.1\nstore embedded\n");
+    assert_eq!(
+        (c.store, c.store_choice),
+        (StoreKind::Embedded, StoreChoice::Configured)
+    );
+    let c = run(
+        &["--redis-host", "db1", "/mnt"],
+        &[("COORDINATOOL_STORE", "none")],
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.effective_store(), StoreKind::None);
+    // Nothing about Redis: the embedded default.
+    let c = cfg("host 0.0.0.0\n");
+    assert_eq!(
+        (c.store, c.store_choice),
+        (StoreKind::Embedded, StoreChoice::Default)
+    );
+}
+
+#[test]
 fn soft_env_errors_keep_the_previous_value() {
     let f = TempConf::new("redis_port 7000\nclient_grace_ms 5\n");
     let l = run(

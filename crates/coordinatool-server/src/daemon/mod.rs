@@ -56,7 +56,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, trace, warn};
 
 /// Capacity of the channel from connection tasks to the loop: a full channel makes readers
 /// wait, which pushes back on clients through TCP.
@@ -232,9 +232,37 @@ impl Clock {
     }
 }
 
+/// Raises the soft limit on open files to the hard one. Every mover is a connection: under
+/// a unit without `LimitNOFILE=` (upstream's) or a shell, the usual soft limit of 1024 would
+/// refuse movers beyond about a thousand, and the hard limit is what the admin allows.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit for the calling process.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let old = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            debug!(from = old, to = lim.rlim_max, "raised the open file limit");
+        } else {
+            warn!(
+                limit = old,
+                "cannot raise the open file limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Runs the server until a signal or lock-and-quit: start-up (§4.3: Lustre check, store
 /// recovery, listen, copytool registration, READY), then the loop.
 pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
+    raise_open_file_limit();
     let api = Lustreapi::global()?;
     let mnt = cfg.mount_point.clone();
     let fsname = api
@@ -258,6 +286,13 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
         None => None,
     };
 
+    if cfg.store_choice == crate::config::StoreChoice::ImpliedByRedis {
+        info!(
+            host = %cfg.redis_host,
+            port = cfg.redis_port,
+            "store: Redis, as upstream (Redis is configured and no `store` key says otherwise)"
+        );
+    }
     // The store is opened outside the runtime: the Redis store runs its own.
     let mut store = store::open(&cfg)?;
     let recovery = store.load()?;
@@ -1067,8 +1102,8 @@ impl Server {
     }
 
     fn handle_request(&mut self, id: ClientId, req: WireRequest) {
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            debug!(client = %id, "Got something from {}: {req:?}", self.engine.client_name(id).unwrap_or("?"));
+        if tracing::enabled!(tracing::Level::TRACE) {
+            trace!(client = %id, "Got something from {}: {req:?}", self.engine.client_name(id).unwrap_or("?"));
         }
         let now = self.clock.now();
         match req {
@@ -1426,8 +1461,8 @@ impl Server {
             debug!(client = %id, "reply for a closed connection dropped");
             return;
         };
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            debug!(
+        if tracing::enabled!(tracing::Level::TRACE) {
+            trace!(
                 "Sending message to {}: {}",
                 self.engine.client_name(id).unwrap_or(&conn.peer),
                 String::from_utf8_lossy(&msg)
