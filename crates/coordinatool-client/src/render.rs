@@ -139,6 +139,12 @@ pub fn status_tables(s: &StatusReply) -> String {
             out.push_str(&format!(": {e}"));
         }
     }
+    if let Some(l) = &s.lustre {
+        out.push_str(&format!("    lustre: {}", l.state));
+        if let Some(e) = &l.error {
+            out.push_str(&format!(": {e}"));
+        }
+    }
     out.push_str("\n\n");
     let dumped = s.waiting_archive.is_some();
     let mut headers = vec!["", "running", "pending", "done"];
@@ -438,6 +444,17 @@ mod tests {
         assert!(
             t.starts_with(
                 "dispatch: unlocked    clients connected: 1    store: redis down (7 changes buffered): connection refused\n\n"
+            ),
+            "{t}"
+        );
+        s.lustre = Some(coordinatool_proto::LustreStatus {
+            state: "down".into(),
+            error: Some("unmounted".into()),
+        });
+        let t = status_tables(&s);
+        assert!(
+            t.starts_with(
+                "dispatch: unlocked    clients connected: 1    store: redis down (7 changes buffered): connection refused    lustre: down: unmounted\n\n"
             ),
             "{t}"
         );

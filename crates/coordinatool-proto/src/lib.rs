@@ -73,8 +73,8 @@ pub use codec::{DecodeError, Message, encode, to_vec};
 pub use frame::{DEFAULT_MAX_MESSAGE_SIZE, Decoder, FrameError};
 pub use hai::{DumpEntry, HAL_VERSION, WireHai, WireHal};
 pub use reply::{
-    AckReply, BatchStatus, ClientState, ClientStatus, QueueReply, RecvReply, Reply, StatusReply,
-    StoreStatus,
+    AckReply, BatchStatus, ClientState, ClientStatus, LustreStatus, QueueReply, RecvReply, Reply,
+    StatusReply, StoreStatus,
 };
 pub use request::{
     Command, DEFAULT_MAX_BYTES, DEFAULT_STATUS_VERBOSE, DoneRequest, EhloRequest, LockRequest,

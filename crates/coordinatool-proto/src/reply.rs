@@ -224,6 +224,9 @@ pub struct StatusReply {
     /// it, and C readers ignore it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreStatus>,
+    /// `lustre`: the server's registration with Lustre (extension, like `store`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lustre: Option<LustreStatus>,
     /// `status`: 0 for success, else a positive errno.
     #[serde(skip_serializing_if = "is_zero", with = "errno")]
     pub status: i32,
@@ -248,6 +251,18 @@ pub struct StoreStatus {
     #[serde(skip_serializing_if = "is_zero")]
     pub buffered_ops: u64,
     /// `error`: the backend's last error while it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The `lustre` object of a `status` reply (extension).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LustreStatus {
+    /// `state`: `"ok"` while registered as the copytool, `"down"` while Lustre intake is
+    /// stopped (the registration ended; the server keeps serving movers and registers again).
+    pub state: String,
+    /// `error`: why intake is stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

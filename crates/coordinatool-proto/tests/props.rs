@@ -4,8 +4,8 @@
 use coordinatool_lustre::{HsmAction, LuFid};
 use coordinatool_proto::{
     AckReply, BatchStatus, ClientState, ClientStatus, Decoder, DoneRequest, DumpEntry, EhloRequest,
-    LockRequest, Message, QueueReply, QueueRequest, RecvReply, RecvRequest, Reply, Request,
-    StatusReply, StatusRequest, StoreStatus, WireHai, WireHal, to_vec,
+    LockRequest, LustreStatus, Message, QueueReply, QueueRequest, RecvReply, RecvRequest, Reply,
+    Request, StatusReply, StatusRequest, StoreStatus, WireHai, WireHal, to_vec,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -211,36 +211,43 @@ fn reply() -> impl Strategy<Value = Reply> {
             any_u64(),
             option::of(".{1,12}"),
         )),
+        option::of((prop_oneof![Just("ok"), Just("down")], option::of(".{1,12}"))),
     )
-        .prop_map(|(u, d, locked, clients, (wr, wm, wa), ack, store)| {
-            Reply::Status(Box::new(StatusReply {
-                running_restore: u[0],
-                running_archive: u[1],
-                running_remove: u[2],
-                pending_restore: u[3],
-                pending_archive: u[4],
-                pending_remove: u[5],
-                pending_cancel: u[6],
-                done_restore: d[0],
-                done_archive: d[1],
-                done_remove: d[2],
-                done_cancel: d[3],
-                clients_connected: u[7],
-                locked,
-                clients,
-                waiting_restore: wr,
-                waiting_remove: wm,
-                waiting_archive: wa,
-                store: store.map(|(kind, state, buffered_ops, error)| StoreStatus {
-                    kind: kind.into(),
-                    state: state.into(),
-                    buffered_ops,
-                    error,
-                }),
-                status: ack.status,
-                error: ack.error,
-            }))
-        });
+        .prop_map(
+            |(u, d, locked, clients, (wr, wm, wa), ack, store, lustre)| {
+                Reply::Status(Box::new(StatusReply {
+                    running_restore: u[0],
+                    running_archive: u[1],
+                    running_remove: u[2],
+                    pending_restore: u[3],
+                    pending_archive: u[4],
+                    pending_remove: u[5],
+                    pending_cancel: u[6],
+                    done_restore: d[0],
+                    done_archive: d[1],
+                    done_remove: d[2],
+                    done_cancel: d[3],
+                    clients_connected: u[7],
+                    locked,
+                    clients,
+                    waiting_restore: wr,
+                    waiting_remove: wm,
+                    waiting_archive: wa,
+                    store: store.map(|(kind, state, buffered_ops, error)| StoreStatus {
+                        kind: kind.into(),
+                        state: state.into(),
+                        buffered_ops,
+                        error,
+                    }),
+                    lustre: lustre.map(|(state, error)| LustreStatus {
+                        state: state.into(),
+                        error,
+                    }),
+                    status: ack.status,
+                    error: ack.error,
+                }))
+            },
+        );
     prop_oneof![
         ack().prop_map(Reply::Ehlo),
         ack().prop_map(Reply::Done),

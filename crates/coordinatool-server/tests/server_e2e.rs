@@ -747,6 +747,34 @@ fn a_low_open_file_limit_is_raised_to_the_hard_one() {
 }
 
 #[test]
+fn an_unmount_stops_intake_and_a_remount_resumes_it() {
+    let mut sim = Sim::start("remount");
+    let mut srv = Server::start(&sim, &config(&sim, ""));
+    let mut c = srv.connect();
+    let lustre = |c: &mut Client| {
+        let l = status(c, 4).lustre.expect("the lustre object");
+        (l.state, l.error.is_some())
+    };
+    assert_eq!(lustre(&mut c), ("ok".to_owned(), false));
+    let (p1, f1) = sim.file("before");
+    sim.archive(&p1);
+    srv.wait_line(&["enqueued (", &f1.to_string()]);
+
+    sim.unmount();
+    srv.wait_line(&["no more requests from Lustre"]);
+    // The server goes on serving its clients and its queue, and says what is wrong.
+    assert_eq!(lustre(&mut c), ("down".to_owned(), true));
+    assert_eq!(status(&mut c, 4).pending_archive, 1);
+
+    sim.remount();
+    srv.wait_line(&["registered as copytool again"]);
+    assert_eq!(lustre(&mut c), ("ok".to_owned(), false));
+    let (p2, f2) = sim.file("after");
+    sim.archive(&p2);
+    srv.wait_line(&["enqueued (", &f2.to_string()]);
+}
+
+#[test]
 fn a_client_that_half_closes_still_gets_its_replies() {
     let sim = Sim::start("halfclose");
     let srv = Server::start(&sim, &config(&sim, ""));

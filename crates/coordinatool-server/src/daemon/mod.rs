@@ -70,6 +70,9 @@ const LISTS_PER_TURN: usize = 256;
 
 /// Period of the health check of a store that can go away (Redis).
 const STORE_CHECK: Duration = Duration::from_secs(1);
+/// How often the server tries to register with Lustre again after losing its registration
+/// (`ESHUTDOWN`: the filesystem was unmounted under it).
+const LUSTRE_RETRY: Duration = Duration::from_secs(5);
 
 /// Least time between two engine timer wake-ups (upstream's rate limit, §4.17). A deadline
 /// is honoured on time unless the timer already fired less than this long ago; then it
@@ -389,6 +392,11 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             reporter,
             fsname,
             ct: Some(ct),
+            relink: Some(Relink {
+                api,
+                mnt: mnt.clone(),
+                archive_ids: cfg.archive_ids.clone(),
+            }),
             clock,
             listener: Some(std_listener),
             resyncable,
@@ -442,6 +450,8 @@ struct Parts {
     fsname: String,
     /// The copytool registration (`None`: no Lustre intake).
     ct: Option<Copytool<'static>>,
+    /// How to register again when Lustre ends the registration (`None`: never).
+    relink: Option<Relink>,
     clock: Clock,
     /// The bound, non-blocking listen socket (`None` once the loop took it).
     listener: Option<std::net::TcpListener>,
@@ -451,6 +461,13 @@ struct Parts {
     /// Stop on SIGTERM, SIGINT and SIGQUIT (the daemon; an in-process test stops it with
     /// lock-and-quit instead of taking its test process's signals).
     signals: bool,
+}
+
+/// What registering with Lustre takes, to do it again.
+struct Relink {
+    api: &'static Lustreapi,
+    mnt: std::path::PathBuf,
+    archive_ids: Vec<u32>,
 }
 
 /// Runs the loop on `rt` until it stops, then the last commit and replies.
@@ -560,6 +577,10 @@ enum Wake {
     ReportTick,
     Watchdog,
     StoreCheck,
+    /// Time to try registering with Lustre again.
+    LustreRetry,
+    /// A registration attempt ended.
+    Relinked(Result<Result<Copytool<'static>, LustreError>, tokio::task::JoinError>),
     Committed(Result<Committed, tokio::task::JoinError>),
     Owners(owner::Results),
 }
@@ -633,6 +654,11 @@ struct Server {
     report_out: Vec<ReportOutput>,
     fsname: String,
     ct: Option<AsyncFd<Copytool<'static>>>,
+    relink: Option<Relink>,
+    /// Why Lustre intake stopped, while it is stopped (the registration ended).
+    lustre_lost: Option<String>,
+    /// A registration attempt running on the blocking pool.
+    relinking: Option<tokio::task::JoinHandle<Result<Copytool<'static>, LustreError>>>,
     clock: Clock,
     /// Why the loop stops, once it must.
     stop: Option<&'static str>,
@@ -719,6 +745,9 @@ impl Server {
             report_out: Vec::new(),
             fsname: parts.fsname,
             ct,
+            relink: parts.relink,
+            lustre_lost: None,
+            relinking: None,
             clock: parts.clock,
             stop: None,
             events_tx,
@@ -757,11 +786,17 @@ impl Server {
         // A store that can go away is checked even when idle, so a re-sync does not wait
         // for the next change.
         let mut store_check = self.resyncable.then(|| tokio::time::interval(STORE_CHECK));
+        let mut lustre_retry =
+            tokio::time::interval_at(tokio::time::Instant::now() + LUSTRE_RETRY, LUSTRE_RETRY);
+        lustre_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lustre_more = false;
         let mut listener = Some(listener);
         while self.stop.is_none() {
             let deadline = self.timer_deadline();
             let ct = &self.ct;
+            let retry_due =
+                self.lustre_lost.is_some() && self.relink.is_some() && self.relinking.is_none();
+            let relinking = &mut self.relinking;
             let inflight = &mut self.inflight;
             let owners = &mut self.owners;
             // Unbiased: a flood on one input (Lustre or clients) must not starve the others.
@@ -812,6 +847,19 @@ impl Server {
                         None => std::future::pending().await,
                     }
                 } => Wake::StoreCheck,
+                _ = async {
+                    if retry_due {
+                        lustre_retry.tick().await
+                    } else {
+                        std::future::pending().await
+                    }
+                } => Wake::LustreRetry,
+                r = async {
+                    match relinking {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Relinked(r),
                 r = async {
                     match inflight {
                         Some(i) => (&mut i.handle).await,
@@ -876,6 +924,11 @@ impl Server {
                     let _ = notify::watchdog();
                 }
                 Wake::StoreCheck => self.check_store(None).await?,
+                Wake::LustreRetry => self.relink_lustre(),
+                Wake::Relinked(r) => {
+                    self.relinking = None;
+                    self.relinked(r);
+                }
                 Wake::Committed(r) => self.committed(r).await?,
                 Wake::Owners(r) => self.owner_results(r),
             }
@@ -908,9 +961,16 @@ impl Server {
                 Ok(hal) => self.intake(hal),
                 Err(LustreError::WouldBlock { .. }) => return false,
                 Err(e @ LustreError::Shutdown { .. }) => {
-                    // Upstream only logs; the fd would stay readable, so stop watching it.
-                    error!("{e}: no more requests from Lustre");
+                    // Upstream only logs and never gets requests again. Movers keep working
+                    // on what is queued (they talk to the MDTs themselves) while the server
+                    // tries to register again, so a remount resumes intake by itself.
+                    error!(
+                        "{e}: no more requests from Lustre; registering again every {}s",
+                        LUSTRE_RETRY.as_secs()
+                    );
+                    let _ = notify::status("Lustre registration lost, retrying");
                     self.ct = None;
+                    self.lustre_lost = Some(e.to_string());
                     return false;
                 }
                 Err(e @ LustreError::Malformed { .. }) => warn!("dropping a list from Lustre: {e}"),
@@ -921,6 +981,48 @@ impl Server {
             }
         }
         true
+    }
+
+    /// Starts a registration attempt off the loop (registering opens the mount point,
+    /// which can hang while Lustre recovers).
+    fn relink_lustre(&mut self) {
+        let Some(r) = &self.relink else { return };
+        let (api, mnt, ids) = (r.api, r.mnt.clone(), r.archive_ids.clone());
+        self.relinking = Some(tokio::task::spawn_blocking(move || {
+            Copytool::register(api, &mnt, &ids, true)
+        }));
+    }
+
+    fn relinked(
+        &mut self,
+        r: Result<Result<Copytool<'static>, LustreError>, tokio::task::JoinError>,
+    ) {
+        let ct = match r {
+            Ok(Ok(ct)) => ct,
+            Ok(Err(e)) => {
+                debug!("registering with Lustre again: {e}");
+                self.lustre_lost = Some(e.to_string());
+                return;
+            }
+            Err(e) => {
+                warn!("registering with Lustre again: {e}");
+                return;
+            }
+        };
+        // SAFETY: as at start-up: the fd stays open and the same until the registration is
+        // dropped, after the AsyncFd.
+        match unsafe { AsyncFd::register_with_interest(ct, tokio::io::Interest::READABLE) } {
+            Ok(fd) => {
+                self.ct = Some(fd);
+                self.lustre_lost = None;
+                info!("registered as copytool again: Lustre intake resumes");
+                let _ = notify::status("Lustre registration back");
+            }
+            Err(e) => warn!(
+                "registered again, but cannot watch the copytool fd: {}",
+                e.into_parts().1
+            ),
+        }
     }
 
     fn intake(&mut self, hal: coordinatool_lustre::HsmActionList) {
@@ -1207,6 +1309,18 @@ impl Server {
                     .map(|s| s.health())
                     .or(self.store_health.clone())
                     .map(|h| reply::store_status(&h));
+                // Without a registration from the start (in-process tests), nothing to say.
+                if self.relink.is_some() {
+                    body.lustre = Some(coordinatool_proto::LustreStatus {
+                        state: if self.lustre_lost.is_some() {
+                            "down"
+                        } else {
+                            "ok"
+                        }
+                        .into(),
+                        error: self.lustre_lost.clone(),
+                    });
+                }
                 let msg = coordinatool_proto::to_vec(&Reply::Status(Box::new(body)));
                 self.outbox.push(Out::Send(id, msg));
             }

@@ -200,8 +200,9 @@ pub(crate) fn status_reply(st: &Status) -> StatusReply {
         waiting_restore: queues.map(|q| dump(&q.restore)),
         waiting_remove: queues.map(|q| dump(&q.remove)),
         waiting_archive: queues.map(|q| dump(&q.archive)),
-        // Filled in by the caller, which knows the store.
+        // Filled in by the caller, which knows the store and the registration.
         store: None,
+        lustre: None,
         status: 0,
         error: None,
     }

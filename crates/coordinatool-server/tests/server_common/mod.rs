@@ -100,6 +100,23 @@ impl Sim {
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
+
+    /// Stops the simulator, as an unmount would: registered copytools get `ESHUTDOWN`.
+    #[allow(dead_code)]
+    pub fn unmount(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.stop();
+        }
+    }
+
+    /// Serves the same mount again (files and FIDs kept), as a remount would.
+    #[allow(dead_code)]
+    pub fn remount(&mut self) {
+        assert!(self.daemon.is_none(), "mounted already");
+        self.daemon = Some(
+            Daemon::start(&self.mount, &ServeOptions::default()).expect("restart the simulator"),
+        );
+    }
 }
 
 impl Drop for Sim {
