@@ -441,3 +441,35 @@ fn an_upstream_config_without_a_store_key_keeps_its_queue_in_redis() {
     let mut q = srv.connect();
     assert_eq!(status(&mut q).pending_archive, 2);
 }
+
+#[test]
+fn a_stop_while_redis_is_away_waits_for_it_and_writes_what_it_buffered() {
+    let sim = Sim::start("redis-stop");
+    let port = free_port();
+    let Some(mut redis) = Redis::start(&sim.root.join("redis"), port) else {
+        return;
+    };
+    let conf = config(
+        &sim,
+        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\n"),
+    );
+    let mut srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    redis.kill();
+    // Acknowledged while Redis is away: buffered.
+    assert_eq!(
+        q.call_text(&queue((1..=3).map(item).collect())),
+        r#"{"command":"queue","enqueued":3}"#
+    );
+    srv.wait_line(&["store unreachable"]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    srv.wait_line(&["store unreachable at stop"]);
+    // Redis comes back (empty): the server writes its queue, then exits cleanly.
+    let redis = Redis::start(&sim.root.join("redis"), port).expect("redis restarts");
+    assert!(srv.wait().success());
+    assert_eq!(redis.hlen("coordinatool_requests"), Some(3));
+    let mut srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    assert_eq!(status(&mut q).pending_archive, 3);
+}

@@ -86,6 +86,9 @@ const OWNER_DRAIN: Duration = Duration::from_secs(10);
 
 /// How long a stopping server waits for its last replies to be written.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// At stop, how long the server waits for an unreachable store (Redis) to take the changes it
+/// buffered: under the unit's TimeoutStopSec (2 min), long enough for a Redis restart.
+const STOP_STORE_WAIT: Duration = Duration::from_secs(90);
 
 /// Why the server could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +148,17 @@ pub enum DaemonError {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// The server stopped while its store (Redis) was unreachable and still held changes:
+    /// the queue in the store is behind the acknowledged one.
+    #[error(
+        "stopped with {keys} changes the {backend} store never took: recover the queue with `coordinatool-client -Q` from the MDTs' active_requests"
+    )]
+    StoreBehind {
+        /// The store's backend.
+        backend: &'static str,
+        /// Changes (keys) that were not written.
+        keys: usize,
     },
     /// The runtime, a signal handler or a blocking task could not be set up.
     #[error("{what}: {source}")]
@@ -526,8 +540,8 @@ fn serve(rt: &tokio::runtime::Runtime, mut parts: Parts) -> Result<(), DaemonErr
             warn!("sd_notify READY: {e}");
         }
         let result = server.run(listener, rx, signals, report_ms).await;
-        server.finish().await;
-        result
+        let flushed = server.finish().await;
+        result.and(flushed)
     })
 }
 
@@ -1758,7 +1772,9 @@ impl Server {
     }
 
     /// After the loop: last commit, last replies, unregister from Lustre.
-    async fn finish(&mut self) {
+    /// Stops: last commit, last replies, unregistration. Fails when the store is left behind
+    /// the acknowledged queue (Redis away through the whole [`STOP_STORE_WAIT`]).
+    async fn finish(&mut self) -> Result<(), DaemonError> {
         let _ = notify::stopping();
         self.drain_held().await;
         if let Err(e) = self.settle().await {
@@ -1782,7 +1798,58 @@ impl Server {
                 Err(e) => warn!("unregister: {e}"),
             }
         }
+        let flushed = self.wait_for_store().await;
         info!("stopped");
+        flushed
+    }
+
+    /// Waits (at stop) until a store that can lose buffered changes has taken them all,
+    /// re-syncing it if it came back empty, for at most [`STOP_STORE_WAIT`].
+    async fn wait_for_store(&mut self) -> Result<(), DaemonError> {
+        if !self.resyncable {
+            return Ok(());
+        }
+        let behind = |h: &crate::store::StoreHealth| {
+            !h.connected || h.pending_keys > 0 || h.needs_full_resync
+        };
+        let deadline = tokio::time::Instant::now() + STOP_STORE_WAIT;
+        let mut said = false;
+        loop {
+            let Some(h) = self.store.as_ref().map(|s| s.health()) else {
+                return Ok(());
+            };
+            if !behind(&h) {
+                if said {
+                    info!(backend = h.backend, "store reachable: every change written");
+                }
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                error!(
+                    backend = h.backend,
+                    keys = h.pending_keys,
+                    "stopping with changes the store never took"
+                );
+                return Err(DaemonError::StoreBehind {
+                    backend: h.backend,
+                    keys: h.pending_keys,
+                });
+            }
+            if !said {
+                warn!(
+                    backend = h.backend,
+                    keys = h.pending_keys,
+                    "store unreachable at stop: waiting up to {}s for it to take the buffered changes",
+                    STOP_STORE_WAIT.as_secs()
+                );
+                let _ = notify::status("stopping: waiting for the store");
+                said = true;
+            }
+            if let Err(e) = self.check_store(None).await {
+                warn!("store at stop: {e}");
+            }
+            tokio::time::sleep(STORE_CHECK).await;
+        }
     }
 }
 
