@@ -435,7 +435,10 @@ fn a_failed_commit_releases_nothing_and_commits_nothing_after_it() {
             "the error names the store: {msg}"
         );
         // What the daemon does once `run` returns the error.
-        d.server.finish().await;
+        d.server
+            .finish()
+            .await
+            .expect("no store to wait for: the embedded one is durable or failed");
         assert_eq!(ctl.attempts().1, 0, "no commit after the failed one");
 
         // Nobody was told anything after the failure; the connections are closed.
