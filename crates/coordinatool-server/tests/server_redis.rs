@@ -469,7 +469,7 @@ fn a_stop_while_redis_is_away_waits_for_it_and_writes_what_it_buffered() {
     let redis = Redis::start(&sim.root.join("redis"), port).expect("redis restarts");
     assert!(srv.wait().success());
     assert_eq!(redis.hlen("coordinatool_requests"), Some(3));
-    let mut srv = Server::start(&sim, &conf);
+    let srv = Server::start(&sim, &conf);
     let mut q = srv.connect();
     assert_eq!(status(&mut q).pending_archive, 3);
 }
