@@ -21,6 +21,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     fi
 fi
 
+# redis-server is installed above: the Redis tests must run, not skip.
+export COORDINATOOL_REQUIRE_REDIS=1
+
 failed=()
 # Run every step even when one fails, so one run shows every problem; fail at the end.
 step() {

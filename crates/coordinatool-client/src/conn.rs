@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 
 use coordinatool_proto::{Decoder, EhloRequest, Reply, Request};
 
+/// Largest reply the CLI accepts. The server is trusted, and a full status dump (`-vv`) of a
+/// million queued requests is about 85 MB, beyond the protocol's default frame limit.
+const MAX_REPLY_SIZE: usize = 1 << 30;
+
 /// Reconnection delays: `initial`, doubled after each failure up to `max`, with up to
 /// `jitter` (a fraction) removed at random so that many clients do not retry in step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -184,7 +188,7 @@ fn try_connect(opts: &ConnectOptions) -> Result<Connection, ConnError> {
                 let _ = stream.set_nodelay(true);
                 let mut conn = Connection {
                     stream,
-                    decoder: Decoder::new(),
+                    decoder: Decoder::with_max_message_size(MAX_REPLY_SIZE),
                     out: Vec::new(),
                     reply_timeout: None,
                 };
@@ -281,6 +285,42 @@ mod tests {
         assert_eq!(b.delay(u32::MAX, 0.0), Duration::from_secs(5));
         assert_eq!(b.delay(0, 1.0), Duration::from_millis(50));
         assert_eq!(b.delay(1, 0.5), Duration::from_millis(150));
+    }
+
+    #[test]
+    fn a_status_reply_beyond_the_protocol_default_limit_is_read() {
+        // A full dump of a large queue (verbose 6): bigger than the 64 MiB default frame.
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pad = "x".repeat(coordinatool_proto::DEFAULT_MAX_MESSAGE_SIZE + 1024);
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            // ehlo, then status: the requests are not read byte-exactly, only waited for.
+            let mut line = Vec::new();
+            r.read_until(b'}', &mut line).unwrap();
+            w.write_all(br#"{"command":"ehlo"}"#).unwrap();
+            line.clear();
+            r.read_until(b'}', &mut line).unwrap();
+            write!(w, r#"{{"command":"status","error":"{pad}","status":5}}"#).unwrap();
+        });
+        let opts = ConnectOptions {
+            host: "127.0.0.1".into(),
+            port,
+            ehlo: EhloRequest::new(None),
+            backoff: Backoff::default(),
+            timeout: Some(Duration::from_secs(10)),
+        };
+        let mut c = connect(&opts, |_, _| {}).unwrap();
+        let r = c
+            .call(&Request::Status(coordinatool_proto::StatusRequest {
+                verbose: 6,
+            }))
+            .unwrap();
+        assert!(r.raw.len() > coordinatool_proto::DEFAULT_MAX_MESSAGE_SIZE);
+        server.join().unwrap();
     }
 
     #[test]
