@@ -924,3 +924,20 @@ fn a_connection_behind_its_held_queue_is_dropped_at_once_when_reset_or_flooding(
     ));
     thread.join().expect("loop thread").expect("clean stop");
 }
+
+#[test]
+fn the_port_may_be_a_service_name_as_with_getaddrinfo() {
+    let addrs = resolve("127.0.0.1", "5123").unwrap();
+    assert_eq!(addrs[0].port(), 5123);
+    // Service names come from the system's services database, as upstream's getaddrinfo.
+    if std::fs::read_to_string("/etc/services").is_ok_and(|s| s.contains("\nssh\t")) {
+        assert_eq!(resolve("127.0.0.1", "ssh").unwrap()[0].port(), 22);
+    }
+    let e = resolve("127.0.0.1", "no-such-service")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("127.0.0.1:no-such-service") && e.contains("unknown port or service name"),
+        "{e}"
+    );
+}
