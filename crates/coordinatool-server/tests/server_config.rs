@@ -402,6 +402,78 @@ fn batch_keys_give_each_client_its_slots() {
     );
 }
 
+/// The status dump (verbose 6) lists what waits in each batch slot (`batches[].waiting_archive`),
+/// apart from the client's own queue and the global one (an unclaimed group's archives).
+#[test]
+fn status_dump_lists_the_archives_waiting_in_batch_slots() {
+    let sim = Sim::start("batchdump");
+    let conf = config(
+        &sim,
+        "batch_archives_slices_sec 300\nbatch_archives_slots_per_client 1\n",
+    );
+    let srv = Server::start(&sim, &conf);
+    let mut c = srv.connect();
+    let mut m = mover(&srv, "m1");
+    queue(
+        &mut c,
+        vec![
+            archive(1, "tape=A"),
+            archive(2, "tape=A"),
+            archive(3, "tape=A"),
+            archive(4, "tape=B"),
+        ],
+    );
+    let got = recv(
+        &mut m,
+        RecvRequest {
+            max_archive: Some(1),
+            ..RecvRequest::default()
+        },
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    let first = got[0].dfid.oid;
+    let text = c.call_text(&Request::Status(StatusRequest { verbose: 6 }));
+    let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let entry = |n: u32| {
+        let f = serde_json::json!({"f_seq": 0x2_0000_0401u64, "f_oid": n, "f_ver": 0});
+        let data = if n == 4 { "tape=B" } else { "tape=A" };
+        serde_json::json!({
+            "hai_fid": f,
+            "hai_dfid": f,
+            "hai_cookie": 1_000 + n,
+            "hai_data": data,
+        })
+    };
+    let m1 = &raw["clients"][0];
+    assert_eq!(m1["client_id"], "m1", "{text}");
+    assert_eq!(m1["batches"][0]["hint"], "tape=A", "{text}");
+    assert_eq!(m1["batches"][0]["current_count"], 1, "{text}");
+    let waiting: Vec<serde_json::Value> = [1, 2, 3]
+        .into_iter()
+        .filter(|&n| n != first)
+        .map(entry)
+        .collect();
+    assert_eq!(
+        m1["batches"][0]["waiting_archive"],
+        serde_json::Value::Array(waiting),
+        "{text}"
+    );
+    assert_eq!(m1["waiting_archive"], serde_json::json!([]), "{text}");
+    assert_eq!(
+        m1["active_requests"],
+        serde_json::json!([entry(first)]),
+        "{text}"
+    );
+    assert_eq!(
+        raw["waiting_archive"],
+        serde_json::json!([entry(4)]),
+        "{text}"
+    );
+    // Without the dump, the slot's list is left out.
+    let st = status(&mut c, 4);
+    assert_eq!(st.clients[0].batches[0].waiting_archive, None);
+}
+
 #[test]
 fn reporting_interval_reports_progress_and_deletes_files() {
     let sim = Sim::start("reptick");

@@ -621,6 +621,15 @@ fn missing_liblustreapi_is_a_clear_error_with_exit_code_1() {
     assert!(err.contains("liblustreapi.so.1"), "{err}");
 }
 
+/// The raw JSON of `status` with verbose 6 (the dump), once `cond` holds.
+fn wait_raw_status(c: &mut Client, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let get = |c: &mut Client| -> serde_json::Value {
+        serde_json::from_str(&c.call_text(&Request::Status(StatusRequest { verbose: 6 }))).unwrap()
+    };
+    wait_until("the status dump to show it", || cond(&get(c)));
+    get(c)
+}
+
 #[test]
 fn a_cancel_for_a_running_request_goes_to_its_mover() {
     let sim = Sim::start("cancelrun");
@@ -641,6 +650,26 @@ fn a_cancel_for_a_running_request_goes_to_its_mover() {
     assert_eq!((h.action, h.dfid), (HsmAction::Archive, fid));
 
     sim.lfs(&["hsm_cancel", &path.to_string_lossy()]);
+    // Before the mover's next recv, the dump (verbose 6) lists the cancel waiting for it.
+    let fid_json = serde_json::json!({"f_seq": fid.seq, "f_oid": fid.oid, "f_ver": fid.ver});
+    let raw = wait_raw_status(&mut q, |v| v["pending_cancel"] == 1);
+    let m1 = raw["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "m1")
+        .unwrap_or_else(|| panic!("{raw}"));
+    assert_eq!(
+        m1["cancels"],
+        serde_json::json!([{
+            "hai_fid": fid_json,
+            "hai_dfid": fid_json,
+            "hai_cookie": h.cookie,
+            "hai_data": "",
+        }]),
+        "upstream's hai_fid (holding the dfid) and hai_dfid beside it: {raw}"
+    );
+    assert_eq!(m1["active_requests"][0]["hai_cookie"], h.cookie, "{raw}");
     let c = hal_of(m.call(&recv())).list.remove(0);
     assert_eq!(
         (c.action, c.cookie, c.dfid),
