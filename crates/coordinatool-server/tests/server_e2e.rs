@@ -10,6 +10,8 @@ use coordinatool_proto::{
     StatusReply, StatusRequest, WireHai,
 };
 use coordinatool_server::store::{EmbeddedStore, Store};
+use coordinatool_sim::mdt::{CL_HSM, HsmEvent, hsm_changelog_flags};
+use coordinatool_sim::rpc::{Reply as SimReply, Request as SimRequest};
 use server_common::{Client, Server, Sim, config, server_command, wait_until};
 use std::collections::BTreeMap;
 
@@ -243,7 +245,12 @@ fn long_poll_is_answered_when_lustre_sends_work_and_cancels_reach_lustre() {
     assert_eq!(status(&mut q, 4).done_archive, 1);
 
     // A request nobody took yet, cancelled in Lustre: the server drops it and reports
-    // ECANCELED to Lustre itself.
+    // ECANCELED to Lustre itself. Changelog users on both MDTs record how it ends.
+    let mut rpc = coordinatool_sim::rpc::Client::connect(&sim.mount).unwrap();
+    for mdt in ["lustre-MDT0000", "lustre-MDT0001"] {
+        rpc.call(&SimRequest::ChangelogRegister { mdt: mdt.into() })
+            .unwrap();
+    }
     let (path2, fid2) = sim.file("f2");
     sim.archive(&path2);
     wait_until("f2 queued", || status(&mut q, 4).pending_archive == 1);
@@ -251,10 +258,38 @@ fn long_poll_is_answered_when_lustre_sends_work_and_cancels_reach_lustre() {
     wait_until("f2 cancelled in the server", || {
         status(&mut q, 4).pending_archive == 0
     });
-    wait_until("Lustre sees the archive of f2 end", || {
-        sim.status_of(&fid2, "ARCHIVE")
-            .is_some_and(|s| s != "STARTED" && s != "WAITING")
+    // The MDT marks the archive CANCELED when it sends the CANCEL to the server; only the
+    // server's completion with ECANCELED ends the CANCEL (SUCCEED) and the active request.
+    wait_until("Lustre sees the cancel of f2 end", || {
+        sim.status_of(&fid2, "CANCEL").as_deref() == Some("SUCCEED")
     });
+    assert_eq!(sim.status_of(&fid2, "ARCHIVE").as_deref(), Some("CANCELED"));
+    let active = sim.param("mdt.*.hsm.active_requests");
+    assert!(!active.contains(&fid2.to_string()), "{active}");
+    let records: Vec<(u32, u16)> = ["lustre-MDT0000", "lustre-MDT0001"]
+        .into_iter()
+        .flat_map(|mdt| {
+            match rpc
+                .call(&SimRequest::Changelog {
+                    mdt: mdt.into(),
+                    start: 0,
+                    end: 0,
+                })
+                .unwrap()
+            {
+                SimReply::Changelog { records } => records,
+                other => panic!("{other:?}"),
+            }
+        })
+        .filter(|r| r.tfid.0 == fid2)
+        .map(|r| (r.kind, r.flags))
+        .collect();
+    let ecanceled_archive = hsm_changelog_flags(HsmEvent::Archive, libc::ECANCELED as u32, false);
+    assert_eq!(
+        records,
+        vec![(CL_HSM, ecanceled_archive)],
+        "one CL_HSM record: the archive ended with ECANCELED"
+    );
 }
 
 #[test]
