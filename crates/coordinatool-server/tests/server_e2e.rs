@@ -876,3 +876,58 @@ fn every_request_of_a_multi_file_lustre_request_reaches_a_mover_once() {
         (50, 0, 0)
     );
 }
+
+/// Byte-exact wire check against the C peers' forms (§2): one write holding several jansson-
+/// formatted messages (`", "` and `": "` separators, `hal_fsname` in `queue`, `-1` limits, a
+/// `done` whose cookie the C client truncated to a signed 32-bit int), then a half-close. The
+/// replies must be exactly these objects, back to back: the C reader blocks on any byte
+/// (a newline, a space) left after an object, so nothing may come between them.
+#[test]
+fn c_formatted_requests_in_one_write_get_exactly_the_expected_bytes() {
+    let sim = Sim::start("cbytes");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    // A cookie above 2^32: the C client sends its low 32 bits as a signed int.
+    let cookie: u64 = 0x1_8000_0001;
+    let c_cookie = cookie as u32 as i32;
+    assert_eq!(c_cookie, -2_147_483_647);
+    let fid = r#"{"f_seq": 8589937623, "f_oid": 2905, "f_ver": 0}"#;
+    let hai = format!(
+        r#"{{"hai_action": 20, "hai_fid": {fid}, "hai_dfid": {fid}, "hai_extent_offset": 0, "hai_extent_length": -1, "hai_cookie": {cookie}, "hai_gid": 0, "hal_archive_id": 1, "hal_flags": 0, "hai_data": "tag=x\u0000", "timestamp": 1765010112108091220}}"#
+    );
+    let requests = [
+        r#"{"command": "ehlo", "fsname": "lustre", "archive_ids": [1, 2], "id": "agent_1"}"#
+            .to_owned(),
+        format!(r#"{{"hal_fsname": "lustre", "hsm_action_items": [{hai}], "command": "queue"}}"#),
+        r#"{"command": "recv", "max_archive": -1, "max_restore": -1, "max_remove": -1, "max_bytes": 1048576}"#
+            .to_owned(),
+        format!(
+            r#"{{"command": "done", "hai_cookie": {c_cookie}, "hai_dfid": {fid}, "status": 0}}"#
+        ),
+        r#"{"command": "status", "verbose": 4}"#.to_owned(),
+        r#"{"command": "lock", "locked": 0}"#.to_owned(),
+    ]
+    .concat();
+    let mut s = std::net::TcpStream::connect(&srv.addr).unwrap();
+    std::io::Write::write_all(&mut s, requests.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(server_common::DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut got).unwrap();
+    let cfid = r#"{"f_seq":8589937623,"f_oid":2905,"f_ver":0}"#;
+    let want = [
+        r#"{"command":"ehlo"}"#.to_owned(),
+        r#"{"command":"queue","enqueued":1}"#.to_owned(),
+        format!(
+            r#"{{"command":"recv","hsm_action_list":{{"hal_version":1,"hal_archive_id":1,"hal_fsname":"lustre","list":[{{"hai_action":20,"hai_fid":{cfid},"hai_dfid":{cfid},"hai_extent_offset":0,"hai_extent_length":-1,"hai_cookie":{cookie},"hai_gid":0,"hal_archive_id":1,"hal_flags":0,"hai_data":"tag=x\u0000","timestamp":1765010112108091220}}]}}}}"#
+        ),
+        r#"{"command":"done"}"#.to_owned(),
+        r#"{"command":"status","done_archive":1,"clients_connected":1,"clients":[{"client_id":"agent_1","done_archive":1,"status":"ready","batches":[]}],"store":{"kind":"embedded","state":"ok"}}"#.to_owned(),
+        r#"{"command":"lock"}"#.to_owned(),
+    ]
+    .concat();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        want,
+        "exact reply bytes, nothing between the objects"
+    );
+}
