@@ -497,6 +497,46 @@ fn reconnect_takes_over_with_exact_counters_and_reconciles() {
     assert_eq!(h.e.poll_timeout(), None, "old record's expiry is gone");
 }
 
+/// What a reconnecting client no longer runs is re-queued by its ehlo and goes at once to a
+/// client already waiting, without another trigger (upstream waited for the next recv,
+/// §9.4.8).
+#[test]
+fn ehlo_leftovers_go_at_once_to_a_waiting_client() {
+    let mut h = H::new(Config {
+        spread: false,
+        ..Config::default()
+    });
+    h.add(archive(1), t(0));
+    h.add(archive(2), t(0));
+    let a = h.mover("a", &[], t(0));
+    h.recv(a, RecvLimits::default(), t(0));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1001, 0x1002]);
+    h.e.disconnect(a, t(1)).unwrap();
+    let b = h.mover("b", &[], t(1));
+    h.recv(b, RecvLimits::default(), t(1));
+    assert!(
+        h.deliveries().is_empty(),
+        "both run on a (within its grace)"
+    );
+    let a2 = h.e.connect("a:2", t(2));
+    h.e.ehlo(
+        a2,
+        Ehlo {
+            id: Some("a".into()),
+            archive_ids: vec![],
+            running: vec![archive(1)],
+        },
+        t(2),
+    )
+    .unwrap();
+    let d = h.deliveries();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!((d[0].client, cookies(&d[0])), (b, vec![0x1002]));
+    assert_eq!(h.e.client_state(b), Some(ClientState::Ready));
+    assert_eq!(h.e.running().archive, 2);
+    assert_eq!(h.e.pending().archive, 0);
+}
+
 #[test]
 fn anonymous_disconnect_requeues_at_once_and_serves_others() {
     let mut h = H::new(Config::default());

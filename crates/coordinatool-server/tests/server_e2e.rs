@@ -831,6 +831,47 @@ fn a_mover_back_within_its_grace_keeps_what_it_still_runs() {
     assert_eq!(again.list[0].cookie, hal.list[1].cookie);
 }
 
+/// What a mover coming back no longer runs is re-queued by its ehlo and goes at once to a
+/// mover already waiting (upstream waited for some later trigger, §9.4.8).
+#[test]
+fn ehlo_leftovers_go_at_once_to_a_waiting_mover() {
+    let sim = Sim::start("leftovers");
+    let srv = Server::start(&sim, &config(&sim, "client_grace_ms 600000\n"));
+    let mut q = srv.connect();
+    q.call(&queue(vec![item(1), item(2)]));
+    let mut m = srv.connect();
+    m.call(&ehlo("m1"));
+    let hal = hal_of(m.call(&recv_max_archive(2)));
+    assert_eq!(hal.list.len(), 2);
+    drop(m);
+    wait_until("m1 disconnected", || {
+        status(&mut q, 4).clients.iter().any(|c| {
+            c.client_id == "m1" && c.status == coordinatool_proto::ClientState::Disconnected
+        })
+    });
+    let mut m2 = srv.connect();
+    m2.call(&ehlo("m2"));
+    m2.send(&recv());
+    wait_until("m2 waits", || {
+        status(&mut q, 4)
+            .clients
+            .iter()
+            .any(|c| c.client_id == "m2" && c.status == coordinatool_proto::ClientState::Waiting)
+    });
+    let mut m = srv.connect();
+    let mut e = EhloRequest::new(Some("m1".into()));
+    e.hai_list = vec![hal.list[0].clone()];
+    assert_eq!(m.call_text(&Request::Ehlo(e)), r#"{"command":"ehlo"}"#);
+    let got = hal_of(m2.next());
+    assert_eq!(got.list.len(), 1);
+    assert_eq!(
+        (got.list[0].cookie, got.list[0].dfid),
+        (hal.list[1].cookie, hal.list[1].dfid)
+    );
+    let st = status(&mut q, 4);
+    assert_eq!((st.running_archive, st.pending_archive), (2, 0));
+}
+
 #[test]
 fn every_request_of_a_multi_file_lustre_request_reaches_a_mover_once() {
     let sim = Sim::start("bulk");
