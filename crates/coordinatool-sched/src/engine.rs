@@ -827,7 +827,7 @@ impl Engine {
     /// client's queue or the global queue, for restores, removes and archives alike (upstream
     /// reports restores only, §9.4.17). Each (queue, kind) is one list, numbered from 1: a
     /// queue's archives include its unowned batch groups, and a client's also the archives
-    /// held in its batch slots. O(queued requests + clients × batch groups).
+    /// held in its batch slots. O(queued requests).
     pub fn report_progress(&mut self, _now: Time) {
         if self.report_needle.is_none() {
             return;
@@ -875,11 +875,14 @@ impl Engine {
         Kind::ALL.map(|k| {
             let mut v: Vec<u32> = self.sets[s as usize].iter_kind(&self.reqs, k).collect();
             if k == Kind::Archive {
-                for g in self.groups.of_target(s) {
-                    let group = self.groups.get(g);
-                    if group.owner.is_none() {
-                        v.extend(group.q.iter_kind(&self.reqs, k));
-                    }
+                // Non-empty unowned groups of this set, oldest first (the order slots claim
+                // them in).
+                for &(_, _, g) in self
+                    .groups
+                    .unowned
+                    .range((s, 0, 0)..=(s, u64::MAX, u32::MAX))
+                {
+                    v.extend(self.groups.get(g).q.iter_kind(&self.reqs, k));
                 }
             }
             v
