@@ -208,13 +208,18 @@ impl<'de> Deserialize<'de> for WireHal {
     }
 }
 
-/// One entry of a `status` debug dump (verbose ≥ 6): `{"hai_fid", "hai_cookie", "hai_data"}`.
+/// One entry of a `status` debug dump (verbose ≥ 6): `{"hai_fid", "hai_dfid", "hai_cookie",
+/// "hai_data"}`.
 ///
-/// The C server puts the request's **dfid** under the `hai_fid` key, and cuts the data at its
-/// first NUL; this type carries whatever was sent.
+/// The C server puts the request's **dfid** under the `hai_fid` key (and has no `hai_dfid`),
+/// and cuts the data at its first NUL. This type keeps that: [`fid`](Self::fid) is written
+/// under `hai_fid` as upstream, and under `hai_dfid` too, so a reader that knows the key gets
+/// it under its right name (C readers ignore unknown keys). Reading takes `hai_dfid` when
+/// present, else `hai_fid`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DumpEntry {
-    /// `hai_fid` (which holds the dfid when written by the C server).
+    /// The request's data fid: `hai_dfid`, also written under `hai_fid` (the C server's key
+    /// for it).
     pub fid: LuFid,
     /// `hai_cookie`.
     pub cookie: u64,
@@ -224,9 +229,10 @@ pub struct DumpEntry {
 
 impl Serialize for DumpEntry {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let len = 3 + usize::from(wire::data::needs_b64(&self.data));
+        let len = 4 + usize::from(wire::data::needs_b64(&self.data));
         let mut st = s.serialize_struct("DumpEntry", len)?;
         st.serialize_field("hai_fid", &wire::fid::Ref(&self.fid))?;
+        st.serialize_field("hai_dfid", &wire::fid::Ref(&self.fid))?;
         st.serialize_field("hai_cookie", &(self.cookie as i64))?;
         wire::data::write(&mut st, &self.data)?;
         st.end()
@@ -237,6 +243,8 @@ impl Serialize for DumpEntry {
 struct RawDump {
     #[serde(default, with = "wire::fid")]
     hai_fid: LuFid,
+    #[serde(default, with = "opt_fid")]
+    hai_dfid: Option<LuFid>,
     #[serde(default, with = "u64_image")]
     hai_cookie: u64,
     #[serde(default)]
@@ -245,11 +253,25 @@ struct RawDump {
     hai_data_b64: Option<String>,
 }
 
+/// An optional fid object (`hai_dfid` of a dump entry, absent from the C server's).
+mod opt_fid {
+    use super::wire;
+    use coordinatool_lustre::LuFid;
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    struct Fid(#[serde(with = "wire::fid")] LuFid);
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LuFid>, D::Error> {
+        Ok(Some(Fid::deserialize(d)?.0))
+    }
+}
+
 impl<'de> Deserialize<'de> for DumpEntry {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let r = RawDump::deserialize(d)?;
         Ok(Self {
-            fid: r.hai_fid,
+            fid: r.hai_dfid.unwrap_or(r.hai_fid),
             cookie: r.hai_cookie,
             data: wire::data::read(r.hai_data, r.hai_data_b64)?,
         })

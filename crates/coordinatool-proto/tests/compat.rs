@@ -224,6 +224,26 @@ fn non_utf8_hai_data_adds_base64_and_is_never_lost() {
     assert_eq!(serde_json::from_str::<DumpEntry>(&json).unwrap(), e);
 }
 
+/// A dump entry keeps upstream's `hai_fid` (holding the dfid) and adds `hai_dfid` beside it;
+/// the C server's entries (no `hai_dfid`) still read.
+#[test]
+fn dump_entries_write_the_dfid_under_hai_fid_and_hai_dfid() {
+    let e = DumpEntry {
+        fid: LuFid::new(0x200000401, 7, 0),
+        cookie: 5,
+        data: b"x".to_vec(),
+    };
+    let f = r#"{"f_seq":8589935617,"f_oid":7,"f_ver":0}"#;
+    assert_eq!(
+        serde_json::to_string(&e).unwrap(),
+        format!(r#"{{"hai_fid":{f},"hai_dfid":{f},"hai_cookie":5,"hai_data":"x"}}"#)
+    );
+    let c = r#"{"hai_fid": {"f_seq": 8589935617, "f_oid": 7, "f_ver": 0}, "hai_cookie": 5, "hai_data": "x"}"#;
+    assert_eq!(serde_json::from_str::<DumpEntry>(c).unwrap(), e);
+    let both = r#"{"hai_fid":{"f_seq":1,"f_oid":1,"f_ver":0},"hai_dfid":{"f_seq":8589935617,"f_oid":7,"f_ver":0},"hai_cookie":5,"hai_data":"x"}"#;
+    assert_eq!(serde_json::from_str::<DumpEntry>(both).unwrap(), e);
+}
+
 #[test]
 fn queue_reads_fsname_and_hal_fsname() {
     let dec = |j: &str| match Request::decode(j.as_bytes()).unwrap() {

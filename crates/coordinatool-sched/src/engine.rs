@@ -823,40 +823,70 @@ impl Engine {
         self.flush(now);
     }
 
-    /// Reporting tick: a `progress` line for every reported restore waiting in a connected
-    /// client's queue or the global queue (upstream reports restores only). O(queued restores).
+    /// Reporting tick: a `progress` line for every reported request waiting in a connected
+    /// client's queue or the global queue, for restores, removes and archives alike (upstream
+    /// reports restores only, §9.4.17). Each (queue, kind) is one list, numbered from 1: a
+    /// queue's archives include its unowned batch groups, and a client's also the archives
+    /// held in its batch slots. O(queued requests).
     pub fn report_progress(&mut self, _now: Time) {
         if self.report_needle.is_none() {
             return;
         }
-        let mut sets: Vec<(u32, Option<String>)> = Vec::new();
+        let mut queues: Vec<(Option<String>, [Vec<u32>; 3])> = Vec::new();
         for slot in &self.clients {
-            if let Some(cl) = &slot.client
-                && cl.connected()
-                && let Some(s) = cl.set
-            {
-                sets.push((s, Some(cl.name.to_string())));
+            let Some(cl) = &slot.client else { continue };
+            if !cl.connected() {
+                continue;
+            }
+            let mut ids = self.waiting_ids(cl.set);
+            for g in cl.slots.iter().filter_map(|sl| sl.group) {
+                ids[Kind::Archive.index()]
+                    .extend(self.groups.get(g).q.iter_kind(&self.reqs, Kind::Archive));
+            }
+            queues.push((Some(cl.name.to_string()), ids));
+        }
+        queues.push((None, self.waiting_ids(Some(GLOBAL))));
+        for (queue, per_kind) in queues {
+            for ids in per_kind {
+                let total = ids.len() as u64;
+                for (i, id) in ids.into_iter().enumerate() {
+                    let dfid = self.rq(id).r.dfid;
+                    self.report(
+                        id,
+                        ReportLine::Progress {
+                            dfid,
+                            queue: queue.clone(),
+                            pos: i as u64 + 1,
+                            total,
+                        },
+                    );
+                }
             }
         }
-        sets.push((GLOBAL, None));
-        for (s, queue) in sets {
-            let ids: Vec<u32> = self.sets[s as usize]
-                .iter_kind(&self.reqs, Kind::Restore)
-                .collect();
-            let total = ids.len() as u64;
-            for (i, id) in ids.into_iter().enumerate() {
-                let dfid = self.rq(id).r.dfid;
-                self.report(
-                    id,
-                    ReportLine::Progress {
-                        dfid,
-                        queue: queue.clone(),
-                        pos: i as u64 + 1,
-                        total,
-                    },
-                );
+    }
+
+    /// The requests waiting in queue set `set`, per kind (indexed by [`Kind::index`]); the
+    /// archives include those of the set's unowned batch groups (an owned group belongs to
+    /// its slot's client).
+    fn waiting_ids(&self, set: Option<u32>) -> [Vec<u32>; 3] {
+        let Some(s) = set else {
+            return Default::default();
+        };
+        Kind::ALL.map(|k| {
+            let mut v: Vec<u32> = self.sets[s as usize].iter_kind(&self.reqs, k).collect();
+            if k == Kind::Archive {
+                // Non-empty unowned groups of this set, oldest first (the order slots claim
+                // them in).
+                for &(_, _, g) in self
+                    .groups
+                    .unowned
+                    .range((s, 0, 0)..=(s, u64::MAX, u32::MAX))
+                {
+                    v.extend(self.groups.get(g).q.iter_kind(&self.reqs, k));
+                }
             }
-        }
+            v
+        })
     }
 
     // ----------------------------------------------------------------- status
@@ -880,23 +910,10 @@ impl Engine {
             DumpEntry::new(r)
         };
         let dump_set = |s: Option<u32>| {
-            PerKind::from_array(Kind::ALL.map(|k| {
-                let Some(s) = s else { return Vec::new() };
-                let mut v: Vec<DumpEntry> = self.sets[s as usize]
-                    .iter_kind(&self.reqs, k)
-                    .map(entry)
-                    .collect();
-                if k == Kind::Archive {
-                    // Unowned batch groups of this queue.
-                    for g in self.groups.of_target(s) {
-                        let group = self.groups.get(g);
-                        if group.owner.is_none() {
-                            v.extend(group.q.iter_kind(&self.reqs, k).map(entry));
-                        }
-                    }
-                }
-                v
-            }))
+            PerKind::from_array(
+                self.waiting_ids(s)
+                    .map(|ids| ids.into_iter().map(entry).collect::<Vec<DumpEntry>>()),
+            )
         };
         let batches = |cl: &Client| -> Vec<BatchStatus> {
             cl.slots

@@ -497,6 +497,46 @@ fn reconnect_takes_over_with_exact_counters_and_reconciles() {
     assert_eq!(h.e.poll_timeout(), None, "old record's expiry is gone");
 }
 
+/// What a reconnecting client no longer runs is re-queued by its ehlo and goes at once to a
+/// client already waiting, without another trigger (upstream waited for the next recv,
+/// §9.4.8).
+#[test]
+fn ehlo_leftovers_go_at_once_to_a_waiting_client() {
+    let mut h = H::new(Config {
+        spread: false,
+        ..Config::default()
+    });
+    h.add(archive(1), t(0));
+    h.add(archive(2), t(0));
+    let a = h.mover("a", &[], t(0));
+    h.recv(a, RecvLimits::default(), t(0));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1001, 0x1002]);
+    h.e.disconnect(a, t(1)).unwrap();
+    let b = h.mover("b", &[], t(1));
+    h.recv(b, RecvLimits::default(), t(1));
+    assert!(
+        h.deliveries().is_empty(),
+        "both run on a (within its grace)"
+    );
+    let a2 = h.e.connect("a:2", t(2));
+    h.e.ehlo(
+        a2,
+        Ehlo {
+            id: Some("a".into()),
+            archive_ids: vec![],
+            running: vec![archive(1)],
+        },
+        t(2),
+    )
+    .unwrap();
+    let d = h.deliveries();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!((d[0].client, cookies(&d[0])), (b, vec![0x1002]));
+    assert_eq!(h.e.client_state(b), Some(ClientState::Ready));
+    assert_eq!(h.e.running().archive, 2);
+    assert_eq!(h.e.pending().archive, 0);
+}
+
 #[test]
 fn anonymous_disconnect_requeues_at_once_and_serves_others() {
     let mut h = H::new(Config::default());
@@ -1257,6 +1297,52 @@ fn batch_slots_follow_a_reconnecting_mover() {
     let d = h.deliveries();
     assert_eq!(d[0].client, a2);
     assert_eq!(h.e.status(false).clients[0].batches[0].current_count, 1);
+}
+
+/// Progress lines cover archives (in batch slots and unowned groups too) and removes, not
+/// only restores (upstream's §9.4.17): one numbered list per (queue, kind).
+#[test]
+fn progress_reports_every_kind_including_batched_archives() {
+    let mut cfg = batching(10, 0, 1);
+    cfg.reporting_hint = Some("cr".into());
+    let mut h = H::new(cfg);
+    let m = h.mover("m", &[], t(0));
+    for n in 1..=3 {
+        h.add(req(HsmAction::Archive, n, 1, b"cr=j"), t(0));
+    }
+    // m's only slot takes the "cr=j" group and sends one: two stay in the slot.
+    h.recv(m, limits(Some(1), None, None), t(0));
+    assert_eq!(cookies(&h.deliveries()[0]), vec![0x1001]);
+    // A second hint finds no free slot: an unowned group of the global queue.
+    h.add(req(HsmAction::Archive, 4, 1, b"cr=k"), t(1));
+    h.add(req(HsmAction::Archive, 5, 1, b"cr=k"), t(1));
+    h.add(req(HsmAction::Remove, 6, 1, b"cr=j"), t(1));
+    h.add(req(HsmAction::Restore, 7, 1, b"cr=j"), t(1));
+    h.drain();
+    h.e.report_progress(t(2));
+    let lines: Vec<(String, String)> = h
+        .drain()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Report(ReportEvent { value, line }) => Some((value, line.to_string())),
+            _ => None,
+        })
+        .collect();
+    let fid = |n: u64| LuFid::new(0x200000400 + n, n as u32, 0);
+    let l = |v: &str, n: u64, q: &str, pos: &str| {
+        (v.to_string(), format!("progress {} {q} {pos}", fid(n)))
+    };
+    assert_eq!(
+        lines,
+        vec![
+            l("j", 2, "m", "1/2"),
+            l("j", 3, "m", "2/2"),
+            l("j", 7, "global_queue", "1/1"),
+            l("j", 6, "global_queue", "1/1"),
+            l("k", 4, "global_queue", "1/2"),
+            l("k", 5, "global_queue", "2/2"),
+        ]
+    );
 }
 
 #[test]

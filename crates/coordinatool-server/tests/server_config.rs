@@ -15,7 +15,7 @@
 //! | `archive_on_hosts_ch`, `archive_on_hosts_ch_hash` | [`archive_on_hosts_ch_in_both_hash_modes`] |
 //! | `batch_archives_slices_sec`, `batch_archives_slots_per_client` | [`batch_keys_give_each_client_its_slots`], [`a_batch_slice_expiry_wakes_the_timer_and_frees_the_slot`] |
 //! | `reporting_dir`, `reporting_hint` | `server_ops.rs` (report files) |
-//! | `reporting_schedule_interval_ms` | [`reporting_interval_reports_progress_and_deletes_files`] |
+//! | `reporting_schedule_interval_ms` | [`reporting_interval_reports_progress_and_deletes_files`], [`reporting_interval_reports_progress_of_archives_and_removes`] |
 //! | `store`, `state_dir` (`COORDINATOOL_STORE`, `COORDINATOOL_STATE_DIR`) | [`state_dir_key_and_env_place_the_embedded_store`], [`store_none_and_an_empty_redis_host_keep_nothing`] |
 //! | `priority_restore`, `priority_remove`, `priority_archive` | [`priority_keys_order_the_kinds`] |
 //! | `priority_tag` | [`priority_tag_orders_within_a_kind`] |
@@ -426,6 +426,78 @@ fn batch_keys_give_each_client_its_slots() {
     );
 }
 
+/// The status dump (verbose 6) lists what waits in each batch slot (`batches[].waiting_archive`),
+/// apart from the client's own queue and the global one (an unclaimed group's archives).
+#[test]
+fn status_dump_lists_the_archives_waiting_in_batch_slots() {
+    let sim = Sim::start("batchdump");
+    let conf = config(
+        &sim,
+        "batch_archives_slices_sec 300\nbatch_archives_slots_per_client 1\n",
+    );
+    let srv = Server::start(&sim, &conf);
+    let mut c = srv.connect();
+    let mut m = mover(&srv, "m1");
+    queue(
+        &mut c,
+        vec![
+            archive(1, "tape=A"),
+            archive(2, "tape=A"),
+            archive(3, "tape=A"),
+            archive(4, "tape=B"),
+        ],
+    );
+    let got = recv(
+        &mut m,
+        RecvRequest {
+            max_archive: Some(1),
+            ..RecvRequest::default()
+        },
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    let first = got[0].dfid.oid;
+    let text = c.call_text(&Request::Status(StatusRequest { verbose: 6 }));
+    let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let entry = |n: u32| {
+        let f = serde_json::json!({"f_seq": 0x2_0000_0401u64, "f_oid": n, "f_ver": 0});
+        let data = if n == 4 { "tape=B" } else { "tape=A" };
+        serde_json::json!({
+            "hai_fid": f,
+            "hai_dfid": f,
+            "hai_cookie": 1_000 + n,
+            "hai_data": data,
+        })
+    };
+    let m1 = &raw["clients"][0];
+    assert_eq!(m1["client_id"], "m1", "{text}");
+    assert_eq!(m1["batches"][0]["hint"], "tape=A", "{text}");
+    assert_eq!(m1["batches"][0]["current_count"], 1, "{text}");
+    let waiting: Vec<serde_json::Value> = [1, 2, 3]
+        .into_iter()
+        .filter(|&n| n != first)
+        .map(entry)
+        .collect();
+    assert_eq!(
+        m1["batches"][0]["waiting_archive"],
+        serde_json::Value::Array(waiting),
+        "{text}"
+    );
+    assert_eq!(m1["waiting_archive"], serde_json::json!([]), "{text}");
+    assert_eq!(
+        m1["active_requests"],
+        serde_json::json!([entry(first)]),
+        "{text}"
+    );
+    assert_eq!(
+        raw["waiting_archive"],
+        serde_json::json!([entry(4)]),
+        "{text}"
+    );
+    // Without the dump, the slot's list is left out.
+    let st = status(&mut c, 4);
+    assert_eq!(st.clients[0].batches[0].waiting_archive, None);
+}
+
 #[test]
 fn reporting_interval_reports_progress_and_deletes_files() {
     let sim = Sim::start("reptick");
@@ -458,6 +530,69 @@ fn reporting_interval_reports_progress_and_deletes_files() {
     wait_until(
         "the report file is deleted a tick or two after its last request",
         || !file.exists(),
+    );
+}
+
+/// Progress lines for archives and removes too (upstream: restores only, §9.4.17), with the
+/// restores' line format: archives held in a mover's batch slot are numbered in that mover's
+/// list, archives of an unclaimed batch group and removes in the global queue's.
+#[test]
+fn reporting_interval_reports_progress_of_archives_and_removes() {
+    let sim = Sim::start("reptickar");
+    let conf = config(
+        &sim,
+        "reporting_dir .rep\nreporting_hint cr\nreporting_schedule_interval_ms 50\n\
+         batch_archives_slices_sec 300\nbatch_archives_slots_per_client 1\n",
+    );
+    let srv = Server::start(&sim, &conf);
+    let mut c = srv.connect();
+    let mut m = mover(&srv, "m1");
+    queue(
+        &mut c,
+        vec![
+            archive(1, "cr=job8"),
+            archive(2, "cr=job8"),
+            archive(3, "cr=job8"),
+        ],
+    );
+    // m1's slot claims the group and sends one: two stay in the slot.
+    let got = recv(
+        &mut m,
+        RecvRequest {
+            max_archive: Some(1),
+            ..RecvRequest::default()
+        },
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    let first = got[0].dfid.oid;
+    queue(
+        &mut c,
+        vec![
+            hai(HsmAction::Remove, 5, 1, "cr=job8"),
+            // Another hint: a second group, unclaimed (m1 has one slot).
+            archive(6, "cr=job8,b"),
+        ],
+    );
+    let file = sim.mount.join(".rep").join("job8");
+    let fid = |n: u32| LuFid::new(0x2_0000_0401, n, 0);
+    let slot: Vec<u32> = [1, 2, 3].into_iter().filter(|&n| n != first).collect();
+    let want = [
+        format!("progress {} m1 1/2\n", fid(slot[0])),
+        format!("progress {} m1 2/2\n", fid(slot[1])),
+        format!("progress {} global_queue 1/1\n", fid(5)),
+        format!("progress {} global_queue 1/1\n", fid(6)),
+    ];
+    wait_until(
+        "progress lines for the slot's archives and the remove",
+        || {
+            std::fs::read_to_string(&file)
+                .is_ok_and(|t| want.iter().all(|w| t.contains(w.as_str())))
+        },
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains(&format!("progress {} ", fid(first))),
+        "the running archive is not waiting: {text}"
     );
 }
 

@@ -10,6 +10,8 @@ use coordinatool_proto::{
     StatusReply, StatusRequest, WireHai,
 };
 use coordinatool_server::store::{EmbeddedStore, Store};
+use coordinatool_sim::mdt::{CL_HSM, HsmEvent, hsm_changelog_flags};
+use coordinatool_sim::rpc::{Reply as SimReply, Request as SimRequest};
 use server_common::{Client, Server, Sim, config, server_command, wait_until};
 use std::collections::BTreeMap;
 
@@ -243,7 +245,12 @@ fn long_poll_is_answered_when_lustre_sends_work_and_cancels_reach_lustre() {
     assert_eq!(status(&mut q, 4).done_archive, 1);
 
     // A request nobody took yet, cancelled in Lustre: the server drops it and reports
-    // ECANCELED to Lustre itself.
+    // ECANCELED to Lustre itself. Changelog users on both MDTs record how it ends.
+    let mut rpc = coordinatool_sim::rpc::Client::connect(&sim.mount).unwrap();
+    for mdt in ["lustre-MDT0000", "lustre-MDT0001"] {
+        rpc.call(&SimRequest::ChangelogRegister { mdt: mdt.into() })
+            .unwrap();
+    }
     let (path2, fid2) = sim.file("f2");
     sim.archive(&path2);
     wait_until("f2 queued", || status(&mut q, 4).pending_archive == 1);
@@ -251,10 +258,38 @@ fn long_poll_is_answered_when_lustre_sends_work_and_cancels_reach_lustre() {
     wait_until("f2 cancelled in the server", || {
         status(&mut q, 4).pending_archive == 0
     });
-    wait_until("Lustre sees the archive of f2 end", || {
-        sim.status_of(&fid2, "ARCHIVE")
-            .is_some_and(|s| s != "STARTED" && s != "WAITING")
+    // The MDT marks the archive CANCELED when it sends the CANCEL to the server; only the
+    // server's completion with ECANCELED ends the CANCEL (SUCCEED) and the active request.
+    wait_until("Lustre sees the cancel of f2 end", || {
+        sim.status_of(&fid2, "CANCEL").as_deref() == Some("SUCCEED")
     });
+    assert_eq!(sim.status_of(&fid2, "ARCHIVE").as_deref(), Some("CANCELED"));
+    let active = sim.param("mdt.*.hsm.active_requests");
+    assert!(!active.contains(&fid2.to_string()), "{active}");
+    let records: Vec<(u32, u16)> = ["lustre-MDT0000", "lustre-MDT0001"]
+        .into_iter()
+        .flat_map(|mdt| {
+            match rpc
+                .call(&SimRequest::Changelog {
+                    mdt: mdt.into(),
+                    start: 0,
+                    end: 0,
+                })
+                .unwrap()
+            {
+                SimReply::Changelog { records } => records,
+                other => panic!("{other:?}"),
+            }
+        })
+        .filter(|r| r.tfid.0 == fid2)
+        .map(|r| (r.kind, r.flags))
+        .collect();
+    let ecanceled_archive = hsm_changelog_flags(HsmEvent::Archive, libc::ECANCELED as u32, false);
+    assert_eq!(
+        records,
+        vec![(CL_HSM, ecanceled_archive)],
+        "one CL_HSM record: the archive ended with ECANCELED"
+    );
 }
 
 #[test]
@@ -621,6 +656,15 @@ fn missing_liblustreapi_is_a_clear_error_with_exit_code_1() {
     assert!(err.contains("liblustreapi.so.1"), "{err}");
 }
 
+/// The raw JSON of `status` with verbose 6 (the dump), once `cond` holds.
+fn wait_raw_status(c: &mut Client, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let get = |c: &mut Client| -> serde_json::Value {
+        serde_json::from_str(&c.call_text(&Request::Status(StatusRequest { verbose: 6 }))).unwrap()
+    };
+    wait_until("the status dump to show it", || cond(&get(c)));
+    get(c)
+}
+
 #[test]
 fn a_cancel_for_a_running_request_goes_to_its_mover() {
     let sim = Sim::start("cancelrun");
@@ -641,6 +685,26 @@ fn a_cancel_for_a_running_request_goes_to_its_mover() {
     assert_eq!((h.action, h.dfid), (HsmAction::Archive, fid));
 
     sim.lfs(&["hsm_cancel", &path.to_string_lossy()]);
+    // Before the mover's next recv, the dump (verbose 6) lists the cancel waiting for it.
+    let fid_json = serde_json::json!({"f_seq": fid.seq, "f_oid": fid.oid, "f_ver": fid.ver});
+    let raw = wait_raw_status(&mut q, |v| v["pending_cancel"] == 1);
+    let m1 = raw["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "m1")
+        .unwrap_or_else(|| panic!("{raw}"));
+    assert_eq!(
+        m1["cancels"],
+        serde_json::json!([{
+            "hai_fid": fid_json,
+            "hai_dfid": fid_json,
+            "hai_cookie": h.cookie,
+            "hai_data": "",
+        }]),
+        "upstream's hai_fid (holding the dfid) and hai_dfid beside it: {raw}"
+    );
+    assert_eq!(m1["active_requests"][0]["hai_cookie"], h.cookie, "{raw}");
     let c = hal_of(m.call(&recv())).list.remove(0);
     assert_eq!(
         (c.action, c.cookie, c.dfid),
@@ -830,6 +894,47 @@ fn a_mover_back_within_its_grace_keeps_what_it_still_runs() {
     assert_eq!(again.list[0].cookie, hal.list[1].cookie);
 }
 
+/// What a mover coming back no longer runs is re-queued by its ehlo and goes at once to a
+/// mover already waiting (upstream waited for some later trigger, §9.4.8).
+#[test]
+fn ehlo_leftovers_go_at_once_to_a_waiting_mover() {
+    let sim = Sim::start("leftovers");
+    let srv = Server::start(&sim, &config(&sim, "client_grace_ms 600000\n"));
+    let mut q = srv.connect();
+    q.call(&queue(vec![item(1), item(2)]));
+    let mut m = srv.connect();
+    m.call(&ehlo("m1"));
+    let hal = hal_of(m.call(&recv_max_archive(2)));
+    assert_eq!(hal.list.len(), 2);
+    drop(m);
+    wait_until("m1 disconnected", || {
+        status(&mut q, 4).clients.iter().any(|c| {
+            c.client_id == "m1" && c.status == coordinatool_proto::ClientState::Disconnected
+        })
+    });
+    let mut m2 = srv.connect();
+    m2.call(&ehlo("m2"));
+    m2.send(&recv());
+    wait_until("m2 waits", || {
+        status(&mut q, 4)
+            .clients
+            .iter()
+            .any(|c| c.client_id == "m2" && c.status == coordinatool_proto::ClientState::Waiting)
+    });
+    let mut m = srv.connect();
+    let mut e = EhloRequest::new(Some("m1".into()));
+    e.hai_list = vec![hal.list[0].clone()];
+    assert_eq!(m.call_text(&Request::Ehlo(e)), r#"{"command":"ehlo"}"#);
+    let got = hal_of(m2.next());
+    assert_eq!(got.list.len(), 1);
+    assert_eq!(
+        (got.list[0].cookie, got.list[0].dfid),
+        (hal.list[1].cookie, hal.list[1].dfid)
+    );
+    let st = status(&mut q, 4);
+    assert_eq!((st.running_archive, st.pending_archive), (2, 0));
+}
+
 #[test]
 fn every_request_of_a_multi_file_lustre_request_reaches_a_mover_once() {
     let sim = Sim::start("bulk");
@@ -874,4 +979,113 @@ fn every_request_of_a_multi_file_lustre_request_reaches_a_mover_once() {
         (st.done_archive, st.running_archive, st.pending_archive),
         (50, 0, 0)
     );
+}
+
+/// Byte-exact wire check against the C peers' forms (§2): one write holding several jansson-
+/// formatted messages (`", "` and `": "` separators, `hal_fsname` in `queue`, `-1` limits, a
+/// `done` whose cookie the C client truncated to a signed 32-bit int), then a half-close. The
+/// replies must be exactly these objects, back to back: the C reader blocks on any byte
+/// (a newline, a space) left after an object, so nothing may come between them.
+#[test]
+fn c_formatted_requests_in_one_write_get_exactly_the_expected_bytes() {
+    let sim = Sim::start("cbytes");
+    let srv = Server::start(&sim, &config(&sim, ""));
+    // A cookie above 2^32: the C client sends its low 32 bits as a signed int.
+    let cookie: u64 = 0x1_8000_0001;
+    let c_cookie = cookie as u32 as i32;
+    assert_eq!(c_cookie, -2_147_483_647);
+    let fid = r#"{"f_seq": 8589937623, "f_oid": 2905, "f_ver": 0}"#;
+    let hai = format!(
+        r#"{{"hai_action": 20, "hai_fid": {fid}, "hai_dfid": {fid}, "hai_extent_offset": 0, "hai_extent_length": -1, "hai_cookie": {cookie}, "hai_gid": 0, "hal_archive_id": 1, "hal_flags": 0, "hai_data": "tag=x\u0000", "timestamp": 1765010112108091220}}"#
+    );
+    let requests = [
+        r#"{"command": "ehlo", "fsname": "lustre", "archive_ids": [1, 2], "id": "agent_1"}"#
+            .to_owned(),
+        format!(r#"{{"hal_fsname": "lustre", "hsm_action_items": [{hai}], "command": "queue"}}"#),
+        r#"{"command": "recv", "max_archive": -1, "max_restore": -1, "max_remove": -1, "max_bytes": 1048576}"#
+            .to_owned(),
+        format!(
+            r#"{{"command": "done", "hai_cookie": {c_cookie}, "hai_dfid": {fid}, "status": 0}}"#
+        ),
+        r#"{"command": "status", "verbose": 4}"#.to_owned(),
+        r#"{"command": "lock", "locked": 0}"#.to_owned(),
+    ]
+    .concat();
+    let mut s = std::net::TcpStream::connect(&srv.addr).unwrap();
+    std::io::Write::write_all(&mut s, requests.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(server_common::DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut got).unwrap();
+    let cfid = r#"{"f_seq":8589937623,"f_oid":2905,"f_ver":0}"#;
+    let want = [
+        r#"{"command":"ehlo"}"#.to_owned(),
+        r#"{"command":"queue","enqueued":1}"#.to_owned(),
+        format!(
+            r#"{{"command":"recv","hsm_action_list":{{"hal_version":1,"hal_archive_id":1,"hal_fsname":"lustre","list":[{{"hai_action":20,"hai_fid":{cfid},"hai_dfid":{cfid},"hai_extent_offset":0,"hai_extent_length":-1,"hai_cookie":{cookie},"hai_gid":0,"hal_archive_id":1,"hal_flags":0,"hai_data":"tag=x\u0000","timestamp":1765010112108091220}}]}}}}"#
+        ),
+        r#"{"command":"done"}"#.to_owned(),
+        r#"{"command":"status","done_archive":1,"clients_connected":1,"clients":[{"client_id":"agent_1","done_archive":1,"status":"ready","batches":[]}],"store":{"kind":"embedded","state":"ok"},"lustre":{"state":"ok"}}"#.to_owned(),
+        r#"{"command":"lock"}"#.to_owned(),
+    ]
+    .concat();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        want,
+        "exact reply bytes, nothing between the objects"
+    );
+}
+
+/// Non-UTF-8 hsm data (`--data` is opaque bytes in Lustre; upstream dropped such requests,
+/// §9.4.12) goes from Lustre through the embedded store, across a restart that reads the
+/// record back, to a mover's `recv` unchanged: `hai_data_b64` carries the bytes.
+#[test]
+fn binary_hsm_data_survives_the_store_and_a_restart_to_the_mover() {
+    let sim = Sim::start("bindata");
+    let conf = config(&sim, "");
+    let mut srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    let data: &[u8] = b"tag=\xff\xfe\x00bin\x80";
+    let (_, fid) = sim.file("bin");
+    let mut rpc = coordinatool_sim::rpc::Client::connect(&sim.mount).unwrap();
+    rpc.call(&SimRequest::HsmRequest {
+        action: coordinatool_lustre::HsmUserAction::Archive.code(),
+        archive_id: 1,
+        flags: 0,
+        items: vec![(coordinatool_sim::rpc::Fid(fid), 0, u64::MAX)],
+        data: data.to_vec(),
+        uid: 0,
+        gid: 0,
+    })
+    .unwrap();
+    wait_until("the archive queued", || {
+        status(&mut q, 4).pending_archive == 1
+    });
+    drop(q);
+    assert!(srv.signal(libc::SIGTERM).success());
+    drop(srv);
+
+    // The stored record holds the exact bytes.
+    let mut store = EmbeddedStore::open(&sim.state_dir()).expect("open the store");
+    let rec = store.load().expect("load the store");
+    assert!(rec.corrupt.is_empty(), "{:?}", rec.corrupt);
+    assert_eq!(rec.requests.len(), 1);
+    assert_eq!(rec.requests[0].request.dfid, fid);
+    assert_eq!(&*rec.requests[0].request.data, data);
+    drop(store);
+
+    let srv = Server::start(&sim, &conf);
+    let mut m = srv.connect();
+    m.call(&ehlo("m1"));
+    m.send(&recv());
+    let text = m.next_text();
+    assert!(
+        text.contains(r#""hai_data_b64":"dGFnPf/+AGJpboA=""#),
+        "{text}"
+    );
+    let h = hal_of(Reply::decode(text.as_bytes()).unwrap())
+        .list
+        .remove(0);
+    assert_eq!((h.action, h.dfid), (HsmAction::Archive, fid));
+    assert_eq!(h.data, data);
 }

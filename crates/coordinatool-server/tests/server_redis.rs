@@ -478,3 +478,54 @@ fn a_stop_while_redis_is_away_waits_for_it_and_writes_what_it_buffered() {
     let mut q = srv.connect();
     assert_eq!(status(&mut q).pending_archive, 3);
 }
+
+/// Non-UTF-8 hsm data from Lustre (upstream dropped such requests, §9.4.12) is written to
+/// Redis with `hai_data_b64`, read back after a restart, and reaches a mover unchanged.
+#[test]
+fn binary_hsm_data_goes_through_redis_to_the_mover() {
+    let sim = Sim::start("redisbin");
+    let port = free_port();
+    let Some(redis) = Redis::start(&sim.root.join("redis"), port) else {
+        return;
+    };
+    let conf = config(
+        &sim,
+        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\n"),
+    );
+    let mut srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    let data: &[u8] = b"tag=\xff\xfe\x00bin\x80";
+    let (_, fid) = sim.file("bin");
+    let mut rpc = coordinatool_sim::rpc::Client::connect(&sim.mount).unwrap();
+    rpc.call(&coordinatool_sim::rpc::Request::HsmRequest {
+        action: coordinatool_lustre::HsmUserAction::Archive.code(),
+        archive_id: 1,
+        flags: 0,
+        items: vec![(coordinatool_sim::rpc::Fid(fid), 0, u64::MAX)],
+        data: data.to_vec(),
+        uid: 0,
+        gid: 0,
+    })
+    .unwrap();
+    wait_until("the archive queued", || status(&mut q).pending_archive == 1);
+    drop(q);
+    assert!(srv.signal(libc::SIGTERM).success());
+    drop(srv);
+
+    let srv = Server::start(&sim, &conf);
+    let mut m = srv.connect();
+    m.call(&ehlo("m1", vec![]));
+    let h = match m.call(&Request::Recv(RecvRequest::default())) {
+        Reply::Recv(r) => r.hal.unwrap().list.remove(0),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((h.action, h.dfid), (HsmAction::Archive, fid));
+    assert_eq!(h.data, data);
+    let stored = redis
+        .hget("coordinatool_requests", &field(&h))
+        .expect("the request's record in Redis");
+    assert!(
+        stored.contains(r#""hai_data_b64":"dGFnPf/+AGJpboA=""#),
+        "{stored}"
+    );
+}
