@@ -30,7 +30,8 @@
 
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -187,6 +188,10 @@ pub struct SimFs {
     /// Something the index records changed since [`SimFs::take_changed`] (so a daemon rewrites
     /// the index only when needed).
     changed: bool,
+    /// `.lustre/fid` opened `O_PATH`: a refresh stats `<fid>` relative to it, one path
+    /// component to look up instead of the whole mount path (the daemon stats every file of
+    /// every HSM request).
+    fid_dir: Option<OwnedFd>,
 }
 
 /// A copy of the FID index taken under the daemon's lock, written out by
@@ -270,12 +275,19 @@ impl SimFs {
         ] {
             fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
+        let fid_dir = File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(root.join(DOT_LUSTRE).join("fid"))
+            .ok()
+            .map(OwnedFd::from);
         let mut me = SimFs {
             root,
             entries: FastMap::default(),
             by_ino: FastMap::default(),
             next_mdt: 0,
             changed: false,
+            fid_dir,
         };
         me.load(cluster)?;
         me.scan(0, cluster)?;
@@ -642,13 +654,38 @@ impl SimFs {
     /// Re-reads the file's stamp; if it changed, bumps its data version (a write to an
     /// `HS_EXISTS` file makes it dirty). Returns the current data version.
     pub fn refresh(&mut self, fid: LuFid, cluster: &mut Cluster) -> Result<u64, FsError> {
-        let link = self.fid_link(fid);
         let e = self.entries.get(&fid).ok_or(FsError::UnknownFid(fid))?;
         if e.dir {
             return Err(FsError::NotRegular(e.path.to_path_buf()));
         }
+        let (mtime, mtime_nsec, size) = self.stat_fid(fid)?;
+        self.refresh_from(fid, mtime, mtime_nsec, size, cluster)
+    }
+
+    /// `stat` of `.lustre/fid/<fid>`: `(st_mtime, st_mtime_nsec, st_size)`.
+    fn stat_fid(&self, fid: LuFid) -> Result<(i64, i64, u64), FsError> {
+        if let Some(dir) = &self.fid_dir {
+            let mut name = [0u8; 80];
+            let mut w = &mut name[..];
+            if write!(w, "{fid:#}\0").is_ok() {
+                let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                // SAFETY: a directory fd we own, a NUL-terminated name, a writable stat.
+                let rc = unsafe {
+                    libc::fstatat(dir.as_raw_fd(), name.as_ptr().cast(), st.as_mut_ptr(), 0)
+                };
+                if rc != 0 {
+                    return Err(io_err("stat", &self.fid_link(fid))(
+                        io::Error::last_os_error(),
+                    ));
+                }
+                // SAFETY: fstatat succeeded, so it filled the struct.
+                let st = unsafe { st.assume_init() };
+                return Ok((st.st_mtime, st.st_mtime_nsec, st.st_size as u64));
+            }
+        }
+        let link = self.fid_link(fid);
         let md = fs::metadata(&link).map_err(io_err("stat", &link))?;
-        self.refresh_from(fid, md.mtime(), md.mtime_nsec(), md.size(), cluster)
+        Ok((md.mtime(), md.mtime_nsec(), md.size()))
     }
 
     /// [`SimFs::refresh`] from a `stat` of the file taken by the caller (`st_mtime`,
