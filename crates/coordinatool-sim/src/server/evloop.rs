@@ -9,11 +9,12 @@
 //! copytool registration, a waiting purge) hand their connection over to a thread of its own
 //! (`super::connection`), which serves it to its end.
 //!
-//! Bounds: a connection's input buffer holds at most one frame in progress plus one read, at
-//! most [`CALLS_PER_TURN`] of its calls are served per turn (the rest wait for the next turn,
-//! after the other connections), and a connection whose replies the socket did not take is
-//! not read or served until they are out. A client that stops reading, sends half a frame or
-//! vanishes therefore only holds its own connection.
+//! Bounds: a connection's input buffer holds at most one frame in progress plus one read (it
+//! is not read again while it holds a complete call), at most [`CALLS_PER_TURN`] of its calls
+//! are served per turn (the rest wait for the next turn, after the other connections), and a
+//! connection whose replies the socket did not take is not read or served until they are
+//! out. A client that stops reading, sends half a frame or vanishes therefore only holds its
+//! own connection.
 
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
@@ -370,7 +371,9 @@ pub(super) fn run(shared: &Arc<Shared>, epoll: &Epoll, listener: &UnixListener) 
                     };
                     if c.out_pending() {
                         c.flush();
-                    } else if !c.eof {
+                    } else if !c.eof && !c.has_frame() {
+                        // Calls still buffered are served first: a client that floods calls
+                        // while reading its replies does not grow the buffer.
                         c.read();
                     }
                     if !c.touched {
