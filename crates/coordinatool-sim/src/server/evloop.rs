@@ -424,7 +424,10 @@ pub(super) fn run(shared: &Arc<Shared>, epoll: &Epoll, listener: &UnixListener) 
                             libc::EPOLL_CTL_MOD
                         };
                         if let Err(e) = epoll.ctl(op, c.stream.as_raw_fd(), token, want) {
-                            warn!(error = %e, "epoll_ctl");
+                            // Never woken again otherwise: better closed than hung.
+                            warn!(error = %e, "epoll_ctl: connection closed");
+                            conns.remove(&token);
+                            continue;
                         }
                         c.events = want;
                     }
