@@ -1,26 +1,27 @@
 //! The simulator daemon: one per simulated filesystem, holding the MDT model and the file
 //! side behind the Unix socket of [`crate::rpc`].
 //!
-//! Threads: an accept loop, one thread per connection (request/response, or a copytool stream
-//! reader that notices the copytool going away), one writer per copytool stream (so a
-//! copytool that stops reading blocks only its own pipe, as in the kernel), and a ticker that
-//! runs the coordinators. The wall clock is read in one place, [`now_secs`]. The ticker runs a
-//! scan soon after a request, completion or registration asks for one (the real coordinator
-//! waits for its next 1-second wake-up), at most one per [`SCAN_COALESCE`] so that a burst
-//! of calls makes one scan, and every second otherwise; it saves the FID index (at most every
-//! 2 seconds, writing a snapshot without the lock) when something the index records changed.
-//! A scanner thread rescans the mount every 10 seconds for new, renamed and unlinked files:
-//! it lists and stats the tree without the lock and applies the difference under it, so a
-//! large mount does not stall the calls.
+//! Threads: an event loop (`evloop`) that accepts the connections and serves the ordinary
+//! calls of all of them, a thread for each connection that registered a copytool (a stream
+//! reader that notices the copytool going away) or waits on a purge, one writer per copytool
+//! stream (so a copytool that stops reading blocks only its own pipe, as in the kernel), and a
+//! ticker that runs the coordinators. The wall clock is read in one place, [`now_secs`]. The
+//! ticker runs a scan soon after a request, completion or registration asks for one (the real
+//! coordinator waits for its next 1-second wake-up), at most one per [`SCAN_COALESCE`] so
+//! that a burst of calls makes one scan, and every second otherwise; it saves the FID index
+//! (at most every 2 seconds, writing a snapshot without the lock) when something the index
+//! records changed. A scanner thread rescans the mount every 10 seconds for new, renamed and
+//! unlinked files: it lists and stats the tree without the lock and applies the difference
+//! under it, so a large mount does not stall the calls.
 //!
-//! A client that crashes mid-call only loses its own connection: its half-read request is
+//! Each turn of the event loop serves every complete call read from every ready connection
+//! under one acquisition of the lock, then sends each connection its replies with one write:
+//! under load one wake-up serves the calls of many clients. A client that crashes mid-call,
+//! stops reading or sends garbage only loses its own connection: its half-read request is
 //! dropped, and a copytool stream that closes is removed from its mount's broadcast group.
-//!
-//! A connection thread serves every complete call already buffered (a client that queued a
-//! one-way copy start and its end) under one acquisition of the lock, and sends their replies
-//! with one write. In pipelined mode ([`ServeOptions::pipelined`]) a one-way copy start's
-//! failure is kept by `(MDT, cookie)` and returned by the action's next progress or end,
-//! which then completes the request with it (see [`crate::rpc`], "Pipelined mode").
+//! In pipelined mode ([`ServeOptions::pipelined`]) a one-way copy start's failure is kept by
+//! `(MDT, cookie)` and returned by the action's next progress or end, which then completes
+//! the request with it (see [`crate::rpc`], "Pipelined mode").
 
 use std::collections::HashMap;
 use std::io::{self, BufRead as _, Write as _};
@@ -39,6 +40,8 @@ use tracing::{debug, info, warn};
 use crate::fs::{FsError, SimFs};
 use crate::mdt::{Caller, Cluster, Errno, HsmExtent, Progress, UserRequest};
 use crate::rpc::{self, Fid, Reply, Request, Response, RpcError};
+
+mod evloop;
 
 /// Shortest interval between two coordinator scans woken by calls: calls arriving meanwhile
 /// are served by the same scan (fewer, fuller HALs), for at most this much added latency.
@@ -101,6 +104,9 @@ pub enum ServeError {
     /// Invalid option.
     #[error("invalid option: {0}")]
     Option(String),
+    /// The event loop's epoll instance or wake-up eventfd could not be created.
+    #[error("event loop: {0}")]
+    EventLoop(io::Error),
 }
 
 struct StreamTx {
@@ -141,9 +147,12 @@ struct Shared {
     /// Live copytool-stream writer threads (stop lets them flush the shutdown message).
     writers: AtomicUsize,
     conns: Mutex<Conns>,
+    /// Wakes the event loop (stop).
+    waker: evloop::Waker,
 }
 
-/// Client connections, so that stopping the daemon closes them all.
+/// Client connections served by threads (those of the event loop close when it ends), so
+/// that stopping the daemon closes them all.
 #[derive(Default)]
 struct Conns {
     next: u64,
@@ -219,6 +228,11 @@ impl Daemon {
             path: socket.clone(),
             source,
         })?;
+        let epoll = evloop::Epoll::new().map_err(ServeError::EventLoop)?;
+        let waker = evloop::Waker::new().map_err(ServeError::EventLoop)?;
+        epoll
+            .watch(&listener, &waker)
+            .map_err(ServeError::EventLoop)?;
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 cluster,
@@ -237,12 +251,13 @@ impl Daemon {
             paused: AtomicBool::new(false),
             writers: AtomicUsize::new(0),
             conns: Mutex::new(Conns::default()),
+            waker,
         });
         info!(mount = %mount.display(), fsname = %opts.fsname, mdts = opts.mdts, "simulated Lustre serving");
         let s1 = shared.clone();
         let accept = thread::Builder::new()
-            .name("sim-accept".into())
-            .spawn(move || accept_loop(&s1, listener))
+            .name("sim-loop".into())
+            .spawn(move || evloop::run(&s1, &epoll, &listener))
             .expect("spawning a thread");
         let s2 = shared.clone();
         let ticker = thread::Builder::new()
@@ -306,7 +321,9 @@ impl Daemon {
         }
         self.scanner_stop = None;
         self.shared.kick.notify_all();
-        // Request/response connections: nothing more is answered.
+        // Request/response connections: nothing more is answered (the event loop closes its
+        // own as it ends).
+        self.shared.waker.wake();
         for (s, copytool) in self.shared.conns().open.values() {
             if !*copytool {
                 let _ = s.shutdown(std::net::Shutdown::Both);
@@ -322,8 +339,6 @@ impl Daemon {
         for (s, _) in self.shared.conns().open.values() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
-        // Wake the accept loop.
-        let _ = UnixStream::connect(&self.socket);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -344,46 +359,6 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-fn accept_loop(shared: &Arc<Shared>, listener: UnixListener) {
-    for conn in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        match conn {
-            Ok(stream) => {
-                // Registered under the lock stop takes after setting `stop`: a connection is
-                // either seen (and closed) by stop or refused here.
-                let mut conns = shared.conns();
-                if shared.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                conns.threads.retain(|t| !t.is_finished());
-                let Ok(clone) = stream.try_clone() else {
-                    continue;
-                };
-                conns.next += 1;
-                let id = conns.next;
-                conns.open.insert(id, (clone, false));
-                let s = shared.clone();
-                let t = thread::Builder::new()
-                    .name("sim-conn".into())
-                    .spawn(move || {
-                        connection(&s, stream, id);
-                        s.conns().open.remove(&id);
-                    });
-                match t {
-                    Ok(t) => conns.threads.push(t),
-                    Err(e) => {
-                        warn!(error = %e, "spawning a connection thread");
-                        conns.open.remove(&id);
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "accept"),
-        }
     }
 }
 
@@ -494,16 +469,30 @@ fn deliver(core: &mut Core, now: u64) -> usize {
     n
 }
 
-fn connection(shared: &Arc<Shared>, mut stream: UnixStream, conn_id: u64) {
+/// Serves a connection the event loop handed over (blocking socket): `first` is its next
+/// call (a registration or a waiting purge), `leftover` what the client sent after it.
+fn connection(
+    shared: &Arc<Shared>,
+    mut stream: UnixStream,
+    conn_id: u64,
+    first: Request,
+    leftover: Vec<u8>,
+) {
     // One read per frame (length and body together). A client sends its next call only after
     // the reply, and a copytool nothing after its registration, so nothing buffered is lost.
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
-    let mut reader = io::BufReader::with_capacity(8192, read_half);
+    let mut reader =
+        io::BufReader::with_capacity(8192, io::Read::chain(io::Cursor::new(leftover), read_half));
     let mut out = Vec::with_capacity(256);
+    let mut first = Some(first);
     loop {
-        let req: Request = match rpc::read_frame_buffered(&mut reader) {
+        let next = match first.take() {
+            Some(r) => Ok(Some(r)),
+            None => rpc::read_frame_buffered(&mut reader),
+        };
+        let req: Request = match next {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e @ (RpcError::Json(_) | RpcError::Malformed(_))) => {

@@ -862,6 +862,67 @@ fn user_state_reports_the_action_in_progress() {
 }
 
 #[test]
+fn clients_that_stall_flood_or_overflow_do_not_hold_the_others() {
+    let t = TempDir::new();
+    fs::write(t.0.join("f"), b"x").unwrap();
+    let d = Daemon::start(&t.0, &ServeOptions::default()).unwrap();
+    let mount = d.mount().to_owned();
+    let sock = rpc::socket_path(&mount);
+    // Part of a frame, then silence.
+    let mut hello = Vec::new();
+    rpc::encode_frame(&mut hello, &Request::Hello).unwrap();
+    let mut half = UnixStream::connect(&sock).unwrap();
+    half.write_all(&hello[..6]).unwrap();
+    // A flood of calls whose replies are not read: far more than the socket buffers hold,
+    // so the daemon must stop serving this client until it reads.
+    let calls = 10_000;
+    let mut frames = Vec::new();
+    for _ in 0..calls {
+        rpc::encode_frame(
+            &mut frames,
+            &Request::GetParam {
+                pattern: "mdt.*.hsm_control".to_owned(),
+                show_name: true,
+            },
+        )
+        .unwrap();
+    }
+    let mut flood = UnixStream::connect(&sock).unwrap();
+    let mut flood_w = flood.try_clone().unwrap();
+    let writer = std::thread::spawn(move || flood_w.write_all(&frames).unwrap());
+    // A frame beyond the size limit: the connection is closed without a reply.
+    let mut huge = UnixStream::connect(&sock).unwrap();
+    huge.write_all(&(rpc::MAX_FRAME as u32 + 1).to_le_bytes())
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(huge.read_to_end(&mut rest).unwrap(), 0);
+    // Meanwhile an ordinary client is served, many times over.
+    let mut ok = Client::connect(&mount).unwrap();
+    for _ in 0..100 {
+        assert!(matches!(ok.call(&Request::Hello), Ok(Reply::Hello { .. })));
+    }
+    // The flood's replies all come, in order, once its client reads.
+    let expected =
+        "mdt.lustre-MDT0000.hsm_control=enabled\nmdt.lustre-MDT0001.hsm_control=enabled\n";
+    for i in 0..calls {
+        match rpc::read_frame::<rpc::Response>(&mut flood).unwrap() {
+            Some(rpc::Response::Ok(Reply::Text { text })) => {
+                assert_eq!(text, expected, "reply {i}")
+            }
+            other => panic!("reply {i}: {other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    // The stalled client is answered once its frame is complete.
+    half.write_all(&hello[6..]).unwrap();
+    assert!(matches!(
+        rpc::read_frame::<rpc::Response>(&mut half).unwrap(),
+        Some(rpc::Response::Ok(Reply::Hello { .. }))
+    ));
+    d.stop();
+}
+
+#[test]
 fn stop_closes_every_connection_and_the_mount_can_be_served_again() {
     let t = TempDir::new();
     fs::write(t.0.join("f"), b"x").unwrap();

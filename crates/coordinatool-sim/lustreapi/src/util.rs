@@ -7,6 +7,7 @@ use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
 
 use coordinatool_sim::rpc::{self, Reply, Request, Response, RpcError};
@@ -83,6 +84,28 @@ pub(crate) fn path_cstring(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
+/// This process's id, cached: `getpid` is a system call, and the connection code checks it
+/// several times per call. A fork's child clears the cache (`pthread_atfork`).
+pub(crate) fn pid() -> u32 {
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static ATFORK: Once = Once::new();
+    extern "C" fn forget_pid() {
+        PID.store(0, Ordering::Relaxed);
+    }
+    ATFORK.call_once(|| {
+        // SAFETY: registers a handler that only stores to an atomic (async-signal-safe).
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+    });
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let p = std::process::id();
+            PID.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    }
+}
+
 /// One request/response exchange with the daemon of `mount`. Returns a positive errno.
 ///
 /// Each thread keeps one connection (to the mount it used last), tagged with the process id:
@@ -114,7 +137,7 @@ pub(crate) fn call_after(
     queued: &[u8],
     req: &Request,
 ) -> (Result<Reply, i32>, Option<Conn>) {
-    let pid = std::process::id();
+    let pid = pid();
     if let Some(k) = conn
         && k.pid == pid
         && k.mount == mount
@@ -193,7 +216,7 @@ pub(crate) fn take_conn(mount: &Path) -> Option<Conn> {
     CONN.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref()
-            .is_some_and(|k| k.mount == mount && k.pid == std::process::id())
+            .is_some_and(|k| k.mount == mount && k.pid == pid())
         {
             c.take()
         } else {
@@ -207,7 +230,7 @@ pub(crate) fn take_conn(mount: &Path) -> Option<Conn> {
 pub(crate) fn put_conn(k: Conn) {
     CONN.with(|c| {
         let mut c = c.borrow_mut();
-        let pid = std::process::id();
+        let pid = pid();
         if k.pid == pid
             && !c
                 .as_ref()
@@ -294,6 +317,9 @@ fn read_reply_frame(stream: &UnixStream) -> Result<Option<Response>, RpcError> {
     let mut big: Vec<u8> = Vec::new();
     let mut got = 0usize;
     loop {
+        // Wait in poll, not in recv: the daemon taking the request off the socket wakes the
+        // sleepers of a blocking recv (write space), poll's waiters only for input.
+        wait_readable(stream.as_raw_fd());
         let buf: &mut [u8] = if big.is_empty() {
             &mut small[got..]
         } else {
