@@ -683,8 +683,10 @@ pub fn run(opts: &Options) -> Report {
         )
     };
 
-    // The simulator serves each connection on its own `sim-conn` thread: the one that appears
-    // now serves the admission calls, so its CPU is the simulator's intake cost.
+    // Older simulators served each connection on its own `sim-conn` thread: the one that
+    // appears now would serve the admission calls, and its CPU is shown apart as the intake's.
+    // The event loop (`sim-loop`) serves them with every other call: then none appears, and
+    // the intake's cost is inside `sim-loop`'s.
     let conns_before = tids_named("sim-conn");
     let mut client = rpc::Client::connect(&sim.mount).expect("connect to the sim");
     client
