@@ -529,3 +529,54 @@ fn binary_hsm_data_goes_through_redis_to_the_mover() {
         "{stored}"
     );
 }
+
+#[test]
+fn a_stop_waits_only_for_buffered_changes_and_a_second_signal_ends_the_wait() {
+    let sim = Sim::start("redis-stop2");
+    let port = free_port();
+    let Some(mut redis) = Redis::start(&sim.root.join("redis"), port) else {
+        return;
+    };
+    let conf = config(
+        &sim,
+        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\n"),
+    );
+    // Redis away, nothing buffered: nothing to wait for, a clean stop.
+    let mut srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    assert_eq!(
+        q.call_text(&queue(vec![item(1)])),
+        r#"{"command":"queue","enqueued":1}"#
+    );
+    redis.kill();
+    wait_until("status says the store is down", || {
+        status_raw(&mut q)["store"]["state"] == "down"
+    });
+    assert!(srv.signal(libc::SIGTERM).success());
+    assert!(
+        !srv.lines()
+            .iter()
+            .any(|l| l.contains("store unreachable at stop")),
+        "{:?}",
+        srv.lines()
+    );
+
+    // Redis away with changes buffered: the stop waits, a second signal ends the wait, and
+    // the exit status says the store is behind.
+    let redis = Redis::start(&sim.root.join("redis"), port).expect("redis restarts");
+    let mut srv = Server::start(&sim, &conf);
+    let mut q = srv.connect();
+    drop(redis);
+    assert_eq!(
+        q.call_text(&queue(vec![item(2)])),
+        r#"{"command":"queue","enqueued":1}"#
+    );
+    srv.wait_line(&["store unreachable"]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    srv.wait_line(&["store unreachable at stop"]);
+    let st = srv.signal(libc::SIGINT);
+    assert_eq!(st.code(), Some(1), "{:?}", srv.lines());
+    srv.wait_line(&["second stop signal"]);
+    srv.wait_line(&["changes the redis store never took"]);
+}

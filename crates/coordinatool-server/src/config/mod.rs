@@ -443,7 +443,7 @@ pub fn load(
         && !cfg.redis_host.is_empty()
         && (redis_option
             || env("COORDINATOOL_REDIS_HOST").is_some()
-            || env("COORDINATOOL_REDIS_PORT").is_some()
+            || env("COORDINATOOL_REDIS_PORT").is_some_and(|v| parse_c_range(&v, 0, 65535).is_ok())
             || cfg.redis_in_file)
     {
         cfg.store = StoreKind::Redis;

@@ -541,6 +541,11 @@ fn redis_settings_without_a_store_key_mean_redis_as_upstream() {
     .unwrap()
     .config;
     assert_eq!(c.effective_store(), StoreKind::None);
+    // A rejected value (upstream logs it and keeps the default) says nothing.
+    let c = run(&["/mnt"], &[("COORDINATOOL_REDIS_PORT", "99999")])
+        .unwrap()
+        .config;
+    assert_eq!(c.store_choice, StoreChoice::Default);
     // Nothing about Redis: the embedded default.
     let c = cfg("host 0.0.0.0\n");
     assert_eq!(

@@ -309,6 +309,13 @@ pub fn run(cfg: ServerConfig) -> Result<(), DaemonError> {
             port = cfg.redis_port,
             "store: Redis, as upstream (Redis is configured and no `store` key says otherwise)"
         );
+        let db = cfg.state_dir().join(store::DB_FILE_NAME);
+        if db.exists() {
+            warn!(
+                "an embedded store exists at {}: it is NOT used (add `store embedded` to use it)",
+                db.display()
+            );
+        }
     }
     // The store is opened outside the runtime: the Redis store runs its own.
     let mut store = store::open(&cfg)?;
@@ -520,18 +527,14 @@ fn serve(rt: &tokio::runtime::Runtime, mut parts: Parts) -> Result<(), DaemonErr
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let mut server = Server::new(parts, ct, tx);
         // Handlers first: a signal right after READY must stop the server cleanly.
-        let signals = if signals {
+        let mut signals = if signals {
             Signals {
                 term: Some(sig(SignalKind::terminate(), "cannot handle SIGTERM")?),
                 int: Some(sig(SignalKind::interrupt(), "cannot handle SIGINT")?),
                 quit: Some(sig(SignalKind::quit(), "cannot handle SIGQUIT")?),
             }
         } else {
-            Signals {
-                term: None,
-                int: None,
-                quit: None,
-            }
+            Signals::none()
         };
         // The recovery's own changes (placeholders, report files) first.
         server.settle().await?;
@@ -539,8 +542,8 @@ fn serve(rt: &tokio::runtime::Runtime, mut parts: Parts) -> Result<(), DaemonErr
         if let Err(e) = notify::ready(&format!("listening on {local}")) {
             warn!("sd_notify READY: {e}");
         }
-        let result = server.run(listener, rx, signals, report_ms).await;
-        let flushed = server.finish().await;
+        let result = server.run(listener, rx, &mut signals, report_ms).await;
+        let flushed = server.finish(&mut signals).await;
         result.and(flushed)
     })
 }
@@ -594,7 +597,7 @@ enum Wake {
     /// Time to try registering with Lustre again.
     LustreRetry,
     /// A registration attempt ended.
-    Relinked(Result<Result<Copytool<'static>, LustreError>, tokio::task::JoinError>),
+    Relinked(Result<Result<Copytool<'static>, String>, tokio::task::JoinError>),
     Committed(Result<Committed, tokio::task::JoinError>),
     Owners(owner::Results),
 }
@@ -672,7 +675,7 @@ struct Server {
     /// Why Lustre intake stopped, while it is stopped (the registration ended).
     lustre_lost: Option<String>,
     /// A registration attempt running on the blocking pool.
-    relinking: Option<tokio::task::JoinHandle<Result<Copytool<'static>, LustreError>>>,
+    relinking: Option<tokio::task::JoinHandle<Result<Copytool<'static>, String>>>,
     clock: Clock,
     /// Why the loop stops, once it must.
     stop: Option<&'static str>,
@@ -717,6 +720,26 @@ struct Signals {
     term: Option<Signal>,
     int: Option<Signal>,
     quit: Option<Signal>,
+}
+
+impl Signals {
+    /// No signal handled.
+    fn none() -> Signals {
+        Signals {
+            term: None,
+            int: None,
+            quit: None,
+        }
+    }
+
+    /// Resolves when any of them fires.
+    async fn any(&mut self) {
+        tokio::select! {
+            () = recv_sig(&mut self.term) => {}
+            () = recv_sig(&mut self.int) => {}
+            () = recv_sig(&mut self.quit) => {}
+        }
+    }
 }
 
 fn sig(kind: SignalKind, what: &'static str) -> Result<Signal, DaemonError> {
@@ -781,14 +804,10 @@ impl Server {
         &mut self,
         listener: TcpListener,
         mut rx: mpsc::Receiver<Event>,
-        signals: Signals,
+        signals: &mut Signals,
         report_ms: u64,
     ) -> Result<(), DaemonError> {
-        let Signals {
-            mut term,
-            mut int,
-            mut quit,
-        } = signals;
+        let Signals { term, int, quit } = signals;
         let report_period =
             (self.reporter.is_some() && report_ms > 0).then(|| Duration::from_millis(report_ms));
         let mut report_tick = report_period.map(|p| {
@@ -804,20 +823,26 @@ impl Server {
             tokio::time::interval_at(tokio::time::Instant::now() + LUSTRE_RETRY, LUSTRE_RETRY);
         lustre_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lustre_more = false;
+        let mut was_due = false;
         let mut listener = Some(listener);
         while self.stop.is_none() {
             let deadline = self.timer_deadline();
             let ct = &self.ct;
             let retry_due =
                 self.lustre_lost.is_some() && self.relink.is_some() && self.relinking.is_none();
+            if retry_due && !was_due && self.ct.is_none() && self.relinking.is_none() {
+                // First try a full period after the loss, not at once for an overdue tick.
+                lustre_retry.reset();
+            }
+            was_due = retry_due || self.relinking.is_some();
             let relinking = &mut self.relinking;
             let inflight = &mut self.inflight;
             let owners = &mut self.owners;
             // Unbiased: a flood on one input (Lustre or clients) must not starve the others.
             let wake = tokio::select! {
-                () = recv_sig(&mut term) => Wake::Signal("SIGTERM"),
-                () = recv_sig(&mut int) => Wake::Signal("SIGINT"),
-                () = recv_sig(&mut quit) => Wake::Signal("SIGQUIT"),
+                () = recv_sig(term) => Wake::Signal("SIGTERM"),
+                () = recv_sig(int) => Wake::Signal("SIGINT"),
+                () = recv_sig(quit) => Wake::Signal("SIGQUIT"),
                 () = async {
                     if !lustre_more {
                         match ct {
@@ -1002,20 +1027,26 @@ impl Server {
     fn relink_lustre(&mut self) {
         let Some(r) = &self.relink else { return };
         let (api, mnt, ids) = (r.api, r.mnt.clone(), r.archive_ids.clone());
+        let fsname = self.fsname.clone();
         self.relinking = Some(tokio::task::spawn_blocking(move || {
-            Copytool::register(api, &mnt, &ids, true)
+            // Another filesystem mounted at the same path must not feed this queue.
+            let now = api.search_fsname(&mnt).map_err(|e| e.to_string())?;
+            if now != fsname {
+                return Err(format!(
+                    "{} is now filesystem {now}, not {fsname}: not registering there",
+                    mnt.display()
+                ));
+            }
+            Copytool::register(api, &mnt, &ids, true).map_err(|e| e.to_string())
         }));
     }
 
-    fn relinked(
-        &mut self,
-        r: Result<Result<Copytool<'static>, LustreError>, tokio::task::JoinError>,
-    ) {
+    fn relinked(&mut self, r: Result<Result<Copytool<'static>, String>, tokio::task::JoinError>) {
         let ct = match r {
             Ok(Ok(ct)) => ct,
             Ok(Err(e)) => {
                 debug!("registering with Lustre again: {e}");
-                self.lustre_lost = Some(e.to_string());
+                self.lustre_lost = Some(e);
                 return;
             }
             Err(e) => {
@@ -1771,10 +1802,10 @@ impl Server {
         }
     }
 
-    /// After the loop: last commit, last replies, unregister from Lustre.
-    /// Stops: last commit, last replies, unregistration. Fails when the store is left behind
-    /// the acknowledged queue (Redis away through the whole [`STOP_STORE_WAIT`]).
-    async fn finish(&mut self) -> Result<(), DaemonError> {
+    /// After the loop: last commit, last replies, unregistration. Fails when the store is left
+    /// behind the acknowledged queue (Redis away through the whole [`STOP_STORE_WAIT`], or a
+    /// second stop signal during that wait).
+    async fn finish(&mut self, signals: &mut Signals) -> Result<(), DaemonError> {
         let _ = notify::stopping();
         self.drain_held().await;
         if let Err(e) = self.settle().await {
@@ -1798,22 +1829,27 @@ impl Server {
                 Err(e) => warn!("unregister: {e}"),
             }
         }
-        let flushed = self.wait_for_store().await;
+        if let Some(h) = self.relinking.take() {
+            // A registration that succeeds now must not leave an agent nobody reads: its
+            // result is dropped here, which unregisters it.
+            let _ = tokio::time::timeout(FINAL_FLUSH, h).await;
+        }
+        let flushed = self.wait_for_store(signals).await;
         info!("stopped");
         flushed
     }
 
     /// Waits (at stop) until a store that can lose buffered changes has taken them all,
     /// re-syncing it if it came back empty, for at most [`STOP_STORE_WAIT`].
-    async fn wait_for_store(&mut self) -> Result<(), DaemonError> {
+    async fn wait_for_store(&mut self, signals: &mut Signals) -> Result<(), DaemonError> {
         if !self.resyncable {
             return Ok(());
         }
-        let behind = |h: &crate::store::StoreHealth| {
-            !h.connected || h.pending_keys > 0 || h.needs_full_resync
-        };
+        // Unreachable with nothing buffered is not behind: nothing would be lost.
+        let behind = |h: &crate::store::StoreHealth| h.pending_keys > 0 || h.needs_full_resync;
         let deadline = tokio::time::Instant::now() + STOP_STORE_WAIT;
         let mut said = false;
+        let mut interrupted = false;
         loop {
             let Some(h) = self.store.as_ref().map(|s| s.health()) else {
                 return Ok(());
@@ -1824,7 +1860,8 @@ impl Server {
                 }
                 return Ok(());
             }
-            if tokio::time::Instant::now() >= deadline {
+            let give_up = tokio::time::Instant::now() >= deadline;
+            if give_up || interrupted {
                 error!(
                     backend = h.backend,
                     keys = h.pending_keys,
@@ -1848,7 +1885,14 @@ impl Server {
             if let Err(e) = self.check_store(None).await {
                 warn!("store at stop: {e}");
             }
-            tokio::time::sleep(STORE_CHECK).await;
+            // A second stop signal ends the wait (upstream: a second signal exits at once).
+            tokio::select! {
+                () = tokio::time::sleep(STORE_CHECK) => {}
+                () = signals.any() => {
+                    warn!("second stop signal: not waiting for the store");
+                    interrupted = true;
+                }
+            }
         }
     }
 }

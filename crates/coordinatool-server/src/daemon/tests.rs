@@ -436,7 +436,7 @@ fn a_failed_commit_releases_nothing_and_commits_nothing_after_it() {
         );
         // What the daemon does once `run` returns the error.
         d.server
-            .finish()
+            .finish(&mut Signals::none())
             .await
             .expect("no store to wait for: the embedded one is durable or failed");
         assert_eq!(ctl.attempts().1, 0, "no commit after the failed one");
