@@ -1,9 +1,13 @@
 //! Recovery benchmark: 1M persisted requests loaded back, then handed to the engine.
 //!
 //! `cargo bench -p coordinatool-server --bench recovery [-- <count>]`
+//! `cargo bench -p coordinatool-server --bench recovery -- convert [<count>]`
 //! Prints, for the embedded store and for Redis (when `redis-server` is installed): the time
 //! to write the requests (in group commits of 10,000), the time to load them back
 //! (`Store::load`), and the time for `Engine::recover` of all of them ("scheduling again").
+//!
+//! `convert`: the first start after an upgrade from the embedded store's format 1 (a third of
+//! the requests assigned, in their own table): the open that converts it, then the load.
 
 use coordinatool_lustre::{HsmAction, LuFid};
 use coordinatool_sched::{Config, Engine, PersistOp, Request, RequestKey, Time};
@@ -155,7 +159,78 @@ fn commit_latency(store: &mut dyn Store, name: &str) {
     }
 }
 
+/// Writes `n` requests in the embedded store's format 1 (records in `requests`, a third of
+/// them assigned in `assigned`), as that format's code did, then times the open that
+/// converts it and the load.
+fn convert(n: u64) {
+    use coordinatool_server::store::{encode_record, key_bytes};
+    use redb::TableDefinition;
+    const REQUESTS: TableDefinition<'_, &[u8; 24], &[u8]> = TableDefinition::new("requests");
+    const ASSIGNED: TableDefinition<'_, &[u8; 24], &[u8]> = TableDefinition::new("assigned");
+    const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+    let dir = std::env::temp_dir().join(format!("ct-bench-convert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("state dir");
+    {
+        let db = redb::Database::create(dir.join(coordinatool_server::store::DB_FILE_NAME))
+            .expect("create");
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let tx = db.begin_write().expect("begin");
+            {
+                tx.open_table(META)
+                    .expect("meta")
+                    .insert("format", 1)
+                    .expect("insert");
+                let mut req = tx.open_table(REQUESTS).expect("requests");
+                let mut asg = tx.open_table(ASSIGNED).expect("assigned");
+                for i in i..(i + BATCH as u64).min(n) {
+                    let r = request(i);
+                    encode_record(&r, &mut buf);
+                    let k = key_bytes(&r.key());
+                    req.insert(&k, buf.as_slice()).expect("insert");
+                    if i % 3 == 0 {
+                        asg.insert(&k, format!("mover{}", i % 16).as_bytes())
+                            .expect("insert");
+                    }
+                }
+            }
+            tx.commit().expect("commit");
+            i += BATCH as u64;
+        }
+    }
+    let t = Instant::now();
+    let mut s = EmbeddedStore::open(&dir).expect("open");
+    let open = t.elapsed();
+    let t = Instant::now();
+    let r = s.load().expect("load");
+    let load = t.elapsed();
+    assert_eq!(r.requests.len() as u64, n, "every request comes back");
+    assert_eq!(
+        r.requests.iter().filter(|x| x.assigned.is_some()).count() as u64,
+        n.div_ceil(3),
+        "with its assignment"
+    );
+    println!(
+        "embedded: format 1 with {n} requests ({} assigned): converting open {:.2} s, load {:.2} s",
+        n.div_ceil(3),
+        open.as_secs_f64(),
+        load.as_secs_f64()
+    );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("convert") {
+        let n = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1_000_000);
+        convert(n);
+        return;
+    }
     let n: u64 = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
