@@ -122,16 +122,22 @@ pub struct DecodeRecordError(String);
 const RECORD_VERSION: u8 = 1;
 const HAS_MDT: u8 = 1;
 const HAS_OWNER: u8 = 2;
+const HAS_CLIENT: u8 = 4;
 /// Fixed part: version, action, flags, fid (16), offset, length, gid, archive id (4),
 /// hal flags, timestamp, data length (4).
 const FIXED_LEN: usize = 3 + 16 + 8 * 3 + 4 + 8 + 8 + 4;
+/// Offset of the flags byte.
+const FLAGS_AT: usize = 2;
 
-/// The embedded store's record for a request (the key holds the cookie and dfid).
+/// The embedded store's record for a request (the key holds the cookie and dfid), not
+/// assigned to any client.
 ///
 /// Layout, little-endian: version `1`, action code (u8), optional-field flags, fid
 /// (seq u64, oid u32, ver u32), extent offset, extent length, gid (u64 each), archive id
 /// (u32), hal flags (u64), timestamp (u64 ns), then the optional MDT index (u32) and owner
-/// (uid, gid, projid: u32 each), then the data length (u32) and the data.
+/// (uid, gid, projid: u32 each), then the data length (u32) and the data. When the request
+/// runs on a client, flag `4` is set and the client id (UTF-8) follows the data, up to the
+/// end of the record ([`set_record_client`]).
 pub fn encode_record(r: &Request, out: &mut Vec<u8>) {
     out.clear();
     out.reserve(FIXED_LEN + 16 + r.data.len());
@@ -160,6 +166,16 @@ pub fn encode_record(r: &Request, out: &mut Vec<u8>) {
     out.extend_from_slice(&r.data);
 }
 
+/// [`encode_record`], assigned to `client` when it is `Some` (the record
+/// [`set_record_client`] would make of it).
+pub fn encode_record_assigned(r: &Request, client: Option<&str>, out: &mut Vec<u8>) {
+    encode_record(r, out);
+    if let Some(c) = client {
+        out[FLAGS_AT] |= HAS_CLIENT;
+        out.extend_from_slice(c.as_bytes());
+    }
+}
+
 struct Reader<'a> {
     b: &'a [u8],
 }
@@ -184,15 +200,90 @@ impl Reader<'_> {
     }
 }
 
-/// Decodes a record written by [`encode_record`] for `key`.
-pub fn decode_record(key: RequestKey, bytes: &[u8]) -> Result<Request, DecodeRecordError> {
-    let mut r = Reader { b: bytes };
-    let [version, action, flags] = r.take::<3>()?;
+/// Checks a record's version and flags, and returns its flags.
+fn header(bytes: &[u8]) -> Result<u8, DecodeRecordError> {
+    let Some(&[version, _, flags]) = bytes.first_chunk::<3>() else {
+        return Err(DecodeRecordError(format!(
+            "record truncated ({} bytes missing)",
+            3 - bytes.len()
+        )));
+    };
     if version != RECORD_VERSION {
         return Err(DecodeRecordError(format!(
             "unknown record version {version}"
         )));
     }
+    if flags & !(HAS_MDT | HAS_OWNER | HAS_CLIENT) != 0 {
+        return Err(DecodeRecordError(format!("unknown flags {flags:#x}")));
+    }
+    Ok(flags)
+}
+
+/// Where a record's data ends (its client id, if any, follows), checking the lengths.
+fn data_end(bytes: &[u8]) -> Result<usize, DecodeRecordError> {
+    let flags = header(bytes)?;
+    let mut at = FIXED_LEN - 4;
+    if flags & HAS_MDT != 0 {
+        at += 4;
+    }
+    if flags & HAS_OWNER != 0 {
+        at += 12;
+    }
+    let len = bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        .ok_or_else(|| DecodeRecordError("record truncated before the data length".into()))?;
+    let end = at + 4 + len;
+    let fits = if flags & HAS_CLIENT != 0 {
+        end <= bytes.len()
+    } else {
+        end == bytes.len()
+    };
+    if !fits {
+        return Err(DecodeRecordError(format!(
+            "data length {len} but {} bytes left",
+            bytes.len().saturating_sub(at + 4)
+        )));
+    }
+    Ok(end)
+}
+
+/// Rewrites `record` (a record of [`encode_record`], assigned or not) into `out` as assigned
+/// to `client`, or as not assigned for `None`; the request's fields are copied, not decoded.
+/// Fails, leaving `out` unspecified, when `record` is not a valid record header.
+pub fn set_record_client(
+    record: &[u8],
+    client: Option<&str>,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeRecordError> {
+    let end = data_end(record)?;
+    out.clear();
+    out.reserve(end + client.map_or(0, str::len));
+    out.extend_from_slice(&record[..end]);
+    match client {
+        Some(c) => {
+            out[FLAGS_AT] |= HAS_CLIENT;
+            out.extend_from_slice(c.as_bytes());
+        }
+        None => out[FLAGS_AT] &= !HAS_CLIENT,
+    }
+    Ok(())
+}
+
+/// Decodes a record written by [`encode_record`] for `key` (ignoring its client id, if any).
+pub fn decode_record(key: RequestKey, bytes: &[u8]) -> Result<Request, DecodeRecordError> {
+    decode_record_client(key, bytes).map(|(r, _)| r)
+}
+
+/// Decodes a record for `key`, with the raw bytes of the client id it is assigned to
+/// ([`set_record_client`]), if any.
+pub fn decode_record_client(
+    key: RequestKey,
+    bytes: &[u8],
+) -> Result<(Request, Option<&[u8]>), DecodeRecordError> {
+    let flags = header(bytes)?;
+    let mut r = Reader { b: &bytes[3..] };
+    let action = bytes[1];
     let action = HsmAction::from_code(u32::from(action))
         .filter(|a| {
             matches!(
@@ -201,9 +292,6 @@ pub fn decode_record(key: RequestKey, bytes: &[u8]) -> Result<Request, DecodeRec
             )
         })
         .ok_or_else(|| DecodeRecordError(format!("invalid action code {action}")))?;
-    if flags & !(HAS_MDT | HAS_OWNER) != 0 {
-        return Err(DecodeRecordError(format!("unknown flags {flags:#x}")));
-    }
     let fid = LuFid::new(r.u64()?, r.u32()?, r.u32()?);
     let (extent_offset, extent_length, gid) = (r.u64()?, r.u64()?, r.u64()?);
     let archive_id = r.u32()?;
@@ -224,13 +312,20 @@ pub fn decode_record(key: RequestKey, bytes: &[u8]) -> Result<Request, DecodeRec
         None
     };
     let len = r.u32()? as usize;
-    if r.b.len() != len {
+    let fits = if flags & HAS_CLIENT != 0 {
+        len <= r.b.len()
+    } else {
+        len == r.b.len()
+    };
+    if !fits {
         return Err(DecodeRecordError(format!(
             "data length {len} but {} bytes left",
             r.b.len()
         )));
     }
-    Ok(Request {
+    let (data, client) = r.b.split_at(len);
+    let client = (flags & HAS_CLIENT != 0).then_some(client);
+    let request = Request {
         action,
         cookie: key.cookie,
         dfid: key.dfid,
@@ -240,11 +335,12 @@ pub fn decode_record(key: RequestKey, bytes: &[u8]) -> Result<Request, DecodeRec
         gid,
         archive_id,
         hal_flags,
-        data: r.b.into(),
+        data: data.into(),
         timestamp,
         mdt_index,
         owner,
-    })
+    };
+    Ok((request, client))
 }
 
 #[cfg(test)]
@@ -313,6 +409,49 @@ mod tests {
         encode_record(&plain, &mut buf);
         assert_eq!(buf.len(), FIXED_LEN);
         assert_eq!(decode_record(plain.key(), &buf).unwrap(), plain);
+    }
+
+    #[test]
+    fn the_client_id_rides_after_the_data() {
+        let mut r = request(7, HsmAction::Archive, b"tag=x");
+        r.mdt_index = Some(1);
+        let mut plain = Vec::new();
+        encode_record(&r, &mut plain);
+        assert_eq!(
+            decode_record_client(r.key(), &plain).unwrap(),
+            (r.clone(), None)
+        );
+        let mut assigned = Vec::new();
+        set_record_client(&plain, Some("mover@host"), &mut assigned).unwrap();
+        assert_eq!(
+            decode_record_client(r.key(), &assigned).unwrap(),
+            (r.clone(), Some(&b"mover@host"[..]))
+        );
+        assert_eq!(decode_record(r.key(), &assigned).unwrap(), r);
+        let mut direct = Vec::new();
+        encode_record_assigned(&r, Some("mover@host"), &mut direct);
+        assert_eq!(direct, assigned);
+        encode_record_assigned(&r, None, &mut direct);
+        assert_eq!(direct, plain);
+        // Reassigning replaces the id; unassigning gives back the plain record.
+        let mut again = Vec::new();
+        set_record_client(&assigned, Some("m2"), &mut again).unwrap();
+        assert_eq!(
+            decode_record_client(r.key(), &again).unwrap().1,
+            Some(&b"m2"[..])
+        );
+        let mut back = Vec::new();
+        set_record_client(&again, None, &mut back).unwrap();
+        assert_eq!(back, plain);
+        set_record_client(&plain, Some(""), &mut again).unwrap();
+        assert_eq!(
+            decode_record_client(r.key(), &again).unwrap().1,
+            Some(&b""[..])
+        );
+        // A record that is not one is refused, not rewritten.
+        assert!(set_record_client(&plain[..plain.len() - 1], Some("m"), &mut again).is_err());
+        assert!(set_record_client(b"\x07\x14\x00", None, &mut again).is_err());
+        assert!(set_record_client(b"", None, &mut again).is_err());
     }
 
     #[test]
@@ -397,9 +536,14 @@ mod fuzz {
                 // Valid header bytes reach deeper into the decoder.
                 b[0] = RECORD_VERSION;
                 b[1] = 20;
-                b[2] = (next() % 4) as u8;
+                b[2] = (next() % 8) as u8;
             }
             let _ = decode_record(key, &b);
+            let mut out = Vec::new();
+            if set_record_client(&b, Some("m"), &mut out).is_ok() {
+                // A header accepted for a rewrite is one the decoder accepts too.
+                let _ = decode_record_client(key, &out);
+            }
             let _ = key_from_field(&b);
         }
     }

@@ -1,25 +1,37 @@
 //! The embedded store: one redb database file in the state directory.
 //!
-//! Tables, all keyed by the 24-byte big-endian request key ([`key_bytes`]):
-//! `requests` (key → binary record, [`encode_record`]) and `assigned` (key → client id).
-//! `reports` holds the names of existing report files, `meta` the format version. Both
-//! request tables sort identically, so a load is one merge of two sequential scans.
+//! Tables: `requests`, keyed by the 24-byte big-endian request key ([`key_bytes`]), holds
+//! each request's binary record ([`encode_record`]) with the client it runs on inside it
+//! ([`set_record_client`]); `reports` holds the names of existing report files, `meta` the
+//! format version. So a request's life (new, assigned, finished) is one insert, one
+//! rewrite and one removal in one B-tree, and a load is one sequential scan.
+//!
+//! Format 1 kept assignments in a second table, `assigned` (key → client id). A format-1
+//! database is converted when it is opened, in one transaction: each assignment moves into
+//! its request's record, the table is dropped, and assignments whose request no longer
+//! exists are counted as stale in the next [`load`](Store::load).
 
-use super::codec::{KEY_LEN, decode_record, encode_record, key_bytes, key_from_bytes};
+use super::codec::{
+    KEY_LEN, decode_record_client, encode_record_assigned, field_from_key, key_bytes,
+    key_from_bytes, set_record_client,
+};
 use super::{
     Batch, CommitStatus, CorruptEntry, Recovered, Recovery, ReportFileOp, Store, StoreError,
     StoreHealth,
 };
-use coordinatool_sched::PersistOp;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use coordinatool_sched::{PersistOp, Request};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use std::path::{Path, PathBuf};
 
 /// Name of the database file inside the state directory.
 pub const DB_FILE_NAME: &str = "coordinatool.redb";
-const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION: u64 = 2;
+/// The format with assignments in their own table, converted on open.
+const FORMAT_SEPARATE_ASSIGNED: u64 = 1;
 
 const REQUESTS: TableDefinition<'_, &[u8; KEY_LEN], &[u8]> = TableDefinition::new("requests");
-const ASSIGNED: TableDefinition<'_, &[u8; KEY_LEN], &[u8]> = TableDefinition::new("assigned");
+/// Format 1 only (key → client id).
+const ASSIGNED_V1: TableDefinition<'_, &[u8; KEY_LEN], &[u8]> = TableDefinition::new("assigned");
 const REPORTS: TableDefinition<'_, &str, ()> = TableDefinition::new("reports");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
@@ -28,6 +40,11 @@ pub struct EmbeddedStore {
     db: Database,
     path: PathBuf,
     buf: Vec<u8>,
+    /// The batch's ops by key (key, position), reused across commits.
+    order: Vec<([u8; KEY_LEN], u32)>,
+    /// Assignments without a request found when converting a format-1 database, reported
+    /// by the next load.
+    migrated_stale: usize,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -40,7 +57,8 @@ impl std::fmt::Debug for EmbeddedStore {
 
 impl EmbeddedStore {
     /// Opens (or creates) the database in `state_dir`, creating the directory (mode 0700)
-    /// if needed. Fails if another process has it open.
+    /// if needed, and converts a database of the previous format. Fails if another process
+    /// has it open.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -62,10 +80,12 @@ impl EmbeddedStore {
             .set_cache_size(128 << 20)
             .create(&path)
             .map_err(|e| err(e.into(), &path))?;
-        let store = EmbeddedStore {
+        let mut store = EmbeddedStore {
             db,
             path,
             buf: Vec::new(),
+            order: Vec::new(),
+            migrated_stale: 0,
         };
         store.check_format()?;
         Ok(store)
@@ -83,7 +103,7 @@ impl EmbeddedStore {
         }
     }
 
-    fn check_format(&self) -> Result<(), StoreError> {
+    fn check_format(&mut self) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
@@ -92,14 +112,19 @@ impl EmbeddedStore {
                 .map_err(|e| self.err(e))?
                 .map(|v| v.value());
             match found {
-                Some(v) if v != FORMAT_VERSION => {
+                Some(FORMAT_VERSION) => {}
+                Some(FORMAT_SEPARATE_ASSIGNED) => {
+                    self.migrated_stale = self.merge_assigned_table(&tx)?;
+                    meta.insert("format", FORMAT_VERSION)
+                        .map_err(|e| self.err(e))?;
+                }
+                Some(v) => {
                     return Err(StoreError::Format {
                         path: self.path.clone(),
                         found: v,
                         expected: FORMAT_VERSION,
                     });
                 }
-                Some(_) => {}
                 None => {
                     meta.insert("format", FORMAT_VERSION)
                         .map_err(|e| self.err(e))?;
@@ -107,26 +132,58 @@ impl EmbeddedStore {
             }
             // Create every table so read transactions never meet a missing one.
             tx.open_table(REQUESTS).map_err(|e| self.err(e))?;
-            tx.open_table(ASSIGNED).map_err(|e| self.err(e))?;
             tx.open_table(REPORTS).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn read_all(
-        &self,
-        out: &mut Recovery,
-        stale: &mut Vec<[u8; KEY_LEN]>,
-    ) -> Result<(), StoreError> {
+    /// Format 1 → 2: moves every entry of `assigned` into its request's record and deletes
+    /// the table, within `tx`. Returns the number of assignments without a request (dropped).
+    /// A client id that is not UTF-8 moves as it is, for the load to report as format 1 did;
+    /// an assignment of a record too damaged to rewrite is dropped with it (the load reports
+    /// the record).
+    fn merge_assigned_table(&self, tx: &redb::WriteTransaction) -> Result<usize, StoreError> {
+        let exists = tx
+            .list_tables()
+            .map_err(|e| self.err(e))?
+            .any(|t| t.name() == ASSIGNED_V1.name());
+        if !exists {
+            return Ok(0);
+        }
+        let mut stale = 0;
+        {
+            let asg = tx.open_table(ASSIGNED_V1).map_err(|e| self.err(e))?;
+            let mut req = tx.open_table(REQUESTS).map_err(|e| self.err(e))?;
+            let mut rec = Vec::new();
+            let mut out = Vec::new();
+            for item in asg.iter().map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                let key = *k.value();
+                let Some(found) = req.get(&key).map_err(|e| self.err(e))? else {
+                    stale += 1;
+                    continue;
+                };
+                rec.clear();
+                rec.extend_from_slice(found.value());
+                drop(found);
+                // The client id is moved as raw bytes: `set_record_client` takes text,
+                // so the bytes are appended after a rewrite with an empty id.
+                if set_record_client(&rec, Some(""), &mut out).is_ok() {
+                    out.extend_from_slice(v.value());
+                    req.insert(&key, out.as_slice()).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        tx.delete_table(ASSIGNED_V1).map_err(|e| self.err(e))?;
+        Ok(stale)
+    }
+
+    fn read_all(&self, out: &mut Recovery) -> Result<(), StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let requests = tx.open_table(REQUESTS).map_err(|e| self.err(e))?;
-        let assigned = tx.open_table(ASSIGNED).map_err(|e| self.err(e))?;
         let reports = tx.open_table(REPORTS).map_err(|e| self.err(e))?;
-        let hex = |k: &[u8; KEY_LEN]| super::codec::field_from_key(&key_from_bytes(k));
+        let hex = |k: &[u8; KEY_LEN]| field_from_key(&key_from_bytes(k));
 
-        // Both tables are sorted by key: merge them.
-        let mut asg = assigned.iter().map_err(|e| self.err(e))?.peekable();
-        let mut broken = false;
         for item in requests.iter().map_err(|e| self.err(e))? {
             let (k, v) = match item {
                 Ok(kv) => kv,
@@ -140,19 +197,30 @@ impl EmbeddedStore {
                     break;
                 }
             };
-            let key = *k.value();
-            let assigned = take_assignment(&mut asg, Some(&key), out, stale, &mut broken);
-            match decode_record(key_from_bytes(&key), v.value()) {
-                Ok(request) => out.requests.push(Recovered { request, assigned }),
+            let key = k.value();
+            match decode_record_client(key_from_bytes(key), v.value()) {
+                Ok((request, client)) => {
+                    let assigned = match client.map(std::str::from_utf8) {
+                        None => None,
+                        Some(Ok(c)) => Some(c.to_owned()),
+                        Some(Err(_)) => {
+                            out.corrupt.push(CorruptEntry {
+                                table: "requests",
+                                key: hex(key),
+                                reason: "client id is not UTF-8: request left unassigned".into(),
+                            });
+                            None
+                        }
+                    };
+                    out.requests.push(Recovered { request, assigned });
+                }
                 Err(e) => out.corrupt.push(CorruptEntry {
                     table: "requests",
-                    key: hex(&key),
+                    key: hex(key),
                     reason: e.to_string(),
                 }),
             }
         }
-        // Whatever is left in `assigned` has no request: stale.
-        take_assignment(&mut asg, None, out, stale, &mut broken);
         for item in reports.iter().map_err(|e| self.err(e))? {
             match item {
                 Ok((k, _)) => out.report_files.push(k.value().to_string()),
@@ -170,74 +238,114 @@ impl EmbeddedStore {
     }
 }
 
-type AssignedIter<'a> = std::iter::Peekable<redb::Range<'a, &'static [u8; KEY_LEN], &'static [u8]>>;
+/// Rewrites the record of `key` in `table` with `client` (`None`: not assigned). A request
+/// the table does not have is left absent: its assignment would be stale. A record too
+/// damaged to rewrite is left as it is, for the load to report.
+fn set_client(
+    table: &mut redb::Table<'_, &'static [u8; KEY_LEN], &'static [u8]>,
+    key: &[u8; KEY_LEN],
+    client: Option<&str>,
+    buf: &mut Vec<u8>,
+) -> Result<(), redb::StorageError> {
+    {
+        let Some(old) = table.get(key)? else {
+            return Ok(());
+        };
+        if set_record_client(old.value(), client, buf).is_err() || buf.as_slice() == old.value() {
+            return Ok(());
+        }
+    }
+    table.insert(key, buf.as_slice()).map(drop)
+}
 
-/// Advances the sorted `assigned` scan up to `key` (to the end for `None`): entries before
-/// it are stale, an entry equal to it is its assignment.
-fn take_assignment(
-    asg: &mut AssignedIter<'_>,
-    key: Option<&[u8; KEY_LEN]>,
-    out: &mut Recovery,
-    stale: &mut Vec<[u8; KEY_LEN]>,
-    broken: &mut bool,
-) -> Option<String> {
-    loop {
-        if *broken {
-            return None;
+/// What a batch leaves of one request, its ops folded in order.
+enum Outcome<'a> {
+    /// Stored with this record and assignment (a `New` in the batch).
+    Put(&'a Request, Option<&'a str>),
+    /// Assigned to this client (`None`: unassigned), if the store has it.
+    Client(Option<&'a str>),
+    /// Removed.
+    Gone,
+}
+
+impl<'a> Outcome<'a> {
+    /// The outcome of `op` after `prev` (`None`: the batch had not touched the key).
+    fn then(prev: Option<Self>, op: &'a PersistOp) -> Self {
+        use Outcome::{Client, Gone, Put};
+        let client = match op {
+            PersistOp::New(r) => return Put(r, None),
+            PersistOp::Finished { .. } => return Gone,
+            PersistOp::Assigned { client, .. } => Some(client.as_str()),
+            PersistOp::Unassigned { .. } => None,
+        };
+        match prev {
+            Some(Put(r, _)) => Put(r, client),
+            // No request to assign: an assignment would be stale.
+            Some(Gone) => Gone,
+            Some(Client(_)) | None => Client(client),
         }
-        let entry = match asg.peek() {
-            None => return None,
-            Some(Err(e)) => {
-                out.corrupt.push(CorruptEntry {
-                    table: "assigned",
-                    key: String::new(),
-                    reason: format!("unreadable, rest of the table skipped: {e}"),
-                });
-                *broken = true;
-                return None;
+    }
+}
+
+fn op_key(op: &PersistOp) -> coordinatool_sched::RequestKey {
+    match op {
+        PersistOp::New(r) => r.key(),
+        PersistOp::Assigned { key, .. }
+        | PersistOp::Unassigned { key }
+        | PersistOp::Finished { key } => *key,
+    }
+}
+
+impl EmbeddedStore {
+    /// Applies `ops` to `table`: each request's ops in the batch are folded into what they
+    /// leave, which is written once, in key order. A request's life is New, Assigned,
+    /// Finished, and the first two usually share a batch (a mover waiting in `recv` takes a
+    /// new request in the turn it arrives), so most requests cost one insert and one removal;
+    /// key order keeps neighbouring changes on the same pages.
+    fn write_requests(
+        &mut self,
+        table: &mut redb::Table<'_, &'static [u8; KEY_LEN], &'static [u8]>,
+        ops: &[PersistOp],
+    ) -> Result<(), redb::StorageError> {
+        self.order.clear();
+        self.order.extend(
+            ops.iter()
+                .enumerate()
+                .map(|(i, op)| (key_bytes(&op_key(op)), i as u32)),
+        );
+        // Sorting by (key, position) keeps each key's ops in batch order.
+        self.order.sort_unstable();
+        let mut i = 0;
+        while i < self.order.len() {
+            let key = self.order[i].0;
+            let mut outcome = None;
+            while let Some(&(k, at)) = self.order.get(i)
+                && k == key
+            {
+                outcome = Some(Outcome::then(outcome, &ops[at as usize]));
+                i += 1;
             }
-            Some(Ok((k, _))) => *k.value(),
-        };
-        if key.is_some_and(|key| entry > *key) {
-            return None;
-        }
-        let Some(Ok((_, v))) = asg.next() else {
-            unreachable!("peeked an Ok entry")
-        };
-        if key != Some(&entry) {
-            stale.push(entry);
-            continue;
-        }
-        return match String::from_utf8(v.value().to_vec()) {
-            Ok(s) => Some(s),
-            Err(_) => {
-                out.corrupt.push(CorruptEntry {
-                    table: "assigned",
-                    key: super::codec::field_from_key(&key_from_bytes(&entry)),
-                    reason: "client id is not UTF-8: request left unassigned".into(),
-                });
-                None
+            match outcome {
+                Some(Outcome::Put(r, client)) => {
+                    encode_record_assigned(r, client, &mut self.buf);
+                    table.insert(&key, self.buf.as_slice())?;
+                }
+                Some(Outcome::Client(client)) => set_client(table, &key, client, &mut self.buf)?,
+                Some(Outcome::Gone) => {
+                    table.remove(&key)?;
+                }
+                None => {}
             }
-        };
+        }
+        Ok(())
     }
 }
 
 impl Store for EmbeddedStore {
     fn load(&mut self) -> Result<Recovery, StoreError> {
         let mut out = Recovery::default();
-        let mut stale = Vec::new();
-        self.read_all(&mut out, &mut stale)?;
-        if !stale.is_empty() {
-            let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-            {
-                let mut t = tx.open_table(ASSIGNED).map_err(|e| self.err(e))?;
-                for k in &stale {
-                    t.remove(k).map_err(|e| self.err(e))?;
-                }
-            }
-            tx.commit().map_err(|e| self.err(e))?;
-        }
-        out.stale_assignments = stale.len();
+        self.read_all(&mut out)?;
+        out.stale_assignments = std::mem::take(&mut self.migrated_stale);
         Ok(out)
     }
 
@@ -248,28 +356,8 @@ impl Store for EmbeddedStore {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut req = tx.open_table(REQUESTS).map_err(|e| self.err(e))?;
-            let mut asg = tx.open_table(ASSIGNED).map_err(|e| self.err(e))?;
-            for op in batch.ops() {
-                let r = match op {
-                    PersistOp::New(r) => {
-                        encode_record(r, &mut self.buf);
-                        req.insert(&key_bytes(&r.key()), self.buf.as_slice())
-                            .map(drop)
-                    }
-                    PersistOp::Assigned { key, client } => {
-                        asg.insert(&key_bytes(key), client.as_bytes()).map(drop)
-                    }
-                    PersistOp::Unassigned { key } => asg.remove(&key_bytes(key)).map(drop),
-                    PersistOp::Finished { key } => {
-                        let k = key_bytes(key);
-                        req.remove(&k).and_then(|_| asg.remove(&k)).map(drop)
-                    }
-                };
-                r.map_err(|e| StoreError::Embedded {
-                    path: self.path.clone(),
-                    source: e.into(),
-                })?;
-            }
+            self.write_requests(&mut req, batch.ops())
+                .map_err(|e| self.err(e))?;
             if !batch.report_ops().is_empty() {
                 let mut rep = tx.open_table(REPORTS).map_err(|e| self.err(e))?;
                 for op in batch.report_ops() {

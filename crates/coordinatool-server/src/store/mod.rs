@@ -27,8 +27,9 @@ mod redis;
 
 pub(crate) use codec::request_from_item;
 pub use codec::{
-    DecodeRecordError, KEY_LEN, decode_record, encode_record, field_from_key, key_bytes,
-    key_from_bytes, key_from_field, request_from_wire, request_to_wire,
+    DecodeRecordError, KEY_LEN, decode_record, decode_record_client, encode_record, field_from_key,
+    key_bytes, key_from_bytes, key_from_field, request_from_wire, request_to_wire,
+    set_record_client,
 };
 pub use embedded::{DB_FILE_NAME, EmbeddedStore};
 pub use redis::{
