@@ -262,8 +262,9 @@ mod opt_fid {
     #[derive(Deserialize)]
     struct Fid(#[serde(with = "wire::fid")] LuFid);
 
+    /// `null` reads as absent, as an absent key does.
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LuFid>, D::Error> {
-        Ok(Some(Fid::deserialize(d)?.0))
+        Ok(Option::<Fid>::deserialize(d)?.map(|f| f.0))
     }
 }
 

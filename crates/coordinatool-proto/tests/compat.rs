@@ -242,6 +242,8 @@ fn dump_entries_write_the_dfid_under_hai_fid_and_hai_dfid() {
     assert_eq!(serde_json::from_str::<DumpEntry>(c).unwrap(), e);
     let both = r#"{"hai_fid":{"f_seq":1,"f_oid":1,"f_ver":0},"hai_dfid":{"f_seq":8589935617,"f_oid":7,"f_ver":0},"hai_cookie":5,"hai_data":"x"}"#;
     assert_eq!(serde_json::from_str::<DumpEntry>(both).unwrap(), e);
+    let null = r#"{"hai_fid":{"f_seq":8589935617,"f_oid":7,"f_ver":0},"hai_dfid":null,"hai_cookie":5,"hai_data":"x"}"#;
+    assert_eq!(serde_json::from_str::<DumpEntry>(null).unwrap(), e);
 }
 
 #[test]

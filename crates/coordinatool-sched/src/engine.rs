@@ -850,16 +850,21 @@ impl Engine {
             for ids in per_kind {
                 let total = ids.len() as u64;
                 for (i, id) in ids.into_iter().enumerate() {
+                    // Most queued requests are usually not reported: the line (and its queue
+                    // name) is built only for those that are.
+                    let Some(value) = self.report_value(id) else {
+                        continue;
+                    };
                     let dfid = self.rq(id).r.dfid;
-                    self.report(
-                        id,
-                        ReportLine::Progress {
+                    self.actions.push_back(Action::Report(ReportEvent {
+                        value,
+                        line: ReportLine::Progress {
                             dfid,
                             queue: queue.clone(),
                             pos: i as u64 + 1,
                             total,
                         },
-                    );
+                    }));
                 }
             }
         }

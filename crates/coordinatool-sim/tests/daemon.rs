@@ -872,6 +872,9 @@ fn clients_that_stall_flood_or_overflow_do_not_hold_the_others() {
     let mut hello = Vec::new();
     rpc::encode_frame(&mut hello, &Request::Hello).unwrap();
     let mut half = UnixStream::connect(&sock).unwrap();
+    // A regression must fail the test, not hang it.
+    half.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     half.write_all(&hello[..6]).unwrap();
     // A flood of calls whose replies are not read: far more than the socket buffers hold,
     // so the daemon must stop serving this client until it reads.
@@ -888,10 +891,17 @@ fn clients_that_stall_flood_or_overflow_do_not_hold_the_others() {
         .unwrap();
     }
     let mut flood = UnixStream::connect(&sock).unwrap();
+    // A regression must fail the test, not hang it.
+    flood
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut flood_w = flood.try_clone().unwrap();
     let writer = std::thread::spawn(move || flood_w.write_all(&frames).unwrap());
     // A frame beyond the size limit: the connection is closed without a reply.
     let mut huge = UnixStream::connect(&sock).unwrap();
+    // A regression must fail the test, not hang it.
+    huge.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     huge.write_all(&(rpc::MAX_FRAME as u32 + 1).to_le_bytes())
         .unwrap();
     let mut rest = Vec::new();

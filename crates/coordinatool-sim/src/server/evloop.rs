@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Duration;
 
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::{Shared, is_special, serve_call};
 use crate::hash::FastMap;
@@ -396,7 +396,27 @@ pub(super) fn run(shared: &Arc<Shared>, epoll: &Epoll, listener: &UnixListener) 
                 for (token, call) in batch.drain(..) {
                     let c = conns.get_mut(&token).expect("batched connection");
                     match call {
-                        Some(req) => wake |= serve_call(shared, &mut core, req, &mut c.out),
+                        Some(req) => {
+                            // A bug in one call must not take the loop, and with it every
+                            // client, down: that caller gets EIO and its connection is closed,
+                            // as a panicking per-connection thread would have done.
+                            let out = &mut c.out;
+                            let served =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    serve_call(shared, &mut core, req, out)
+                                }));
+                            match served {
+                                Ok(w) => wake |= w,
+                                Err(_) => {
+                                    error!(
+                                        "a call panicked: answering EIO, closing its connection"
+                                    );
+                                    let _ =
+                                        rpc::encode_frame(&mut c.out, &Response::Err(libc::EIO));
+                                    c.broken = true;
+                                }
+                            }
+                        }
                         None => {
                             let _ = rpc::encode_frame(&mut c.out, &Response::Err(libc::EPROTO));
                         }
