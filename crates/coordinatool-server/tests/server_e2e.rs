@@ -868,10 +868,9 @@ fn a_client_that_half_closes_still_gets_its_replies() {
     assert_eq!(status(&mut q, 4).pending_archive, 1);
 }
 
-#[test]
-fn a_mover_back_within_its_grace_keeps_what_it_still_runs() {
-    let sim = Sim::start("takeover");
-    let srv = Server::start(&sim, &config(&sim, "client_grace_ms 600000\n"));
+/// Queues items 1 and 2, which mover m1 takes, then m1 disconnects (within its grace);
+/// returns a status connection and what m1 took.
+fn m1_takes_two_and_goes(srv: &Server) -> (Client, coordinatool_proto::WireHal) {
     let mut q = srv.connect();
     q.call(&queue(vec![item(1), item(2)]));
     let mut m = srv.connect();
@@ -884,6 +883,14 @@ fn a_mover_back_within_its_grace_keeps_what_it_still_runs() {
             c.client_id == "m1" && c.status == coordinatool_proto::ClientState::Disconnected
         })
     });
+    (q, hal)
+}
+
+#[test]
+fn a_mover_back_within_its_grace_keeps_what_it_still_runs() {
+    let sim = Sim::start("takeover");
+    let srv = Server::start(&sim, &config(&sim, "client_grace_ms 600000\n"));
+    let (mut q, hal) = m1_takes_two_and_goes(&srv);
     // Back, still running the first one only: the second is queued again.
     let mut m = srv.connect();
     let mut e = EhloRequest::new(Some("m1".into()));
@@ -906,18 +913,7 @@ fn a_mover_back_within_its_grace_keeps_what_it_still_runs() {
 fn ehlo_leftovers_go_at_once_to_a_waiting_mover() {
     let sim = Sim::start("leftovers");
     let srv = Server::start(&sim, &config(&sim, "client_grace_ms 600000\n"));
-    let mut q = srv.connect();
-    q.call(&queue(vec![item(1), item(2)]));
-    let mut m = srv.connect();
-    m.call(&ehlo("m1"));
-    let hal = hal_of(m.call(&recv_max_archive(2)));
-    assert_eq!(hal.list.len(), 2);
-    drop(m);
-    wait_until("m1 disconnected", || {
-        status(&mut q, 4).clients.iter().any(|c| {
-            c.client_id == "m1" && c.status == coordinatool_proto::ClientState::Disconnected
-        })
-    });
+    let (mut q, hal) = m1_takes_two_and_goes(&srv);
     let mut m2 = srv.connect();
     m2.call(&ehlo("m2"));
     m2.send(&recv());
@@ -1053,17 +1049,7 @@ fn binary_hsm_data_survives_the_store_and_a_restart_to_the_mover() {
     let mut q = srv.connect();
     let data: &[u8] = b"tag=\xff\xfe\x00bin\x80";
     let (_, fid) = sim.file("bin");
-    let mut rpc = coordinatool_sim::rpc::Client::connect(&sim.mount).unwrap();
-    rpc.call(&SimRequest::HsmRequest {
-        action: coordinatool_lustre::HsmUserAction::Archive.code(),
-        archive_id: 1,
-        flags: 0,
-        items: vec![(coordinatool_sim::rpc::Fid(fid), 0, u64::MAX)],
-        data: data.to_vec(),
-        uid: 0,
-        gid: 0,
-    })
-    .unwrap();
+    sim.archive_with_data(fid, data);
     wait_until("the archive queued", || {
         status(&mut q, 4).pending_archive == 1
     });

@@ -119,6 +119,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A simulator, a private Redis for it, and a server config using that Redis plus `extra`
+/// lines; `None` (the test skips) without redis-server.
+fn with_redis(name: &str, extra: &str) -> Option<(Sim, Redis, std::path::PathBuf)> {
+    let sim = Sim::start(name);
+    let port = free_port();
+    let redis = Redis::start(&sim.root.join("redis"), port)?;
+    let conf = config(
+        &sim,
+        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\n{extra}"),
+    );
+    Some((sim, redis, conf))
+}
+
 fn item(n: u32) -> WireHai {
     let mut h = WireHai::new(
         HsmAction::Archive,
@@ -176,15 +189,9 @@ fn status(c: &mut Client) -> StatusReply {
 
 #[test]
 fn redis_store_survives_kill_9_and_a_redis_restart() {
-    let sim = Sim::start("redis");
-    let port = free_port();
-    let Some(mut redis) = Redis::start(&sim.root.join("redis"), port) else {
+    let Some((sim, mut redis, conf)) = with_redis("redis", "") else {
         return;
     };
-    let conf = config(
-        &sim,
-        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\n"),
-    );
     let mut srv = Server::start(&sim, &conf);
     let mut q = srv.connect();
     assert_eq!(
@@ -230,7 +237,7 @@ fn redis_store_survives_kill_9_and_a_redis_restart() {
     assert!(store["buffered_ops"].as_u64() >= Some(1), "{store}");
 
     // Redis returns empty: the whole queue is written again, assignment included.
-    let redis = Redis::start(&sim.root.join("redis"), port).expect("redis restarts");
+    let redis = Redis::start(&sim.root.join("redis"), redis.port).expect("redis restarts");
     wait_until("the queue is back in Redis", || {
         redis.hlen("coordinatool_requests") == Some(4)
             && redis.hlen("coordinatool_assigned") == Some(1)
@@ -243,15 +250,9 @@ fn redis_store_survives_kill_9_and_a_redis_restart() {
 
 #[test]
 fn every_command_with_the_redis_store() {
-    let sim = Sim::start("redis-cmds");
-    let port = free_port();
-    let Some(redis) = Redis::start(&sim.root.join("redis"), port) else {
+    let Some((sim, redis, conf)) = with_redis("redis-cmds", "client_grace_ms 600000\n") else {
         return;
     };
-    let conf = config(
-        &sim,
-        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\nclient_grace_ms 600000\n"),
-    );
     let mut srv = Server::start(&sim, &conf);
     let mut q = srv.connect();
     assert_eq!(
@@ -449,15 +450,9 @@ fn an_upstream_config_without_a_store_key_keeps_its_queue_in_redis() {
 
 #[test]
 fn a_stop_while_redis_is_away_waits_for_it_and_writes_what_it_buffered() {
-    let sim = Sim::start("redis-stop");
-    let port = free_port();
-    let Some(mut redis) = Redis::start(&sim.root.join("redis"), port) else {
+    let Some((sim, mut redis, conf)) = with_redis("redis-stop", "") else {
         return;
     };
-    let conf = config(
-        &sim,
-        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\n"),
-    );
     let mut srv = Server::start(&sim, &conf);
     let mut q = srv.connect();
     redis.kill();
@@ -471,7 +466,7 @@ fn a_stop_while_redis_is_away_waits_for_it_and_writes_what_it_buffered() {
     unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
     srv.wait_line(&["store unreachable at stop"]);
     // Redis comes back (empty): the server writes its queue, then exits cleanly.
-    let redis = Redis::start(&sim.root.join("redis"), port).expect("redis restarts");
+    let redis = Redis::start(&sim.root.join("redis"), redis.port).expect("redis restarts");
     assert!(srv.wait().success());
     assert_eq!(redis.hlen("coordinatool_requests"), Some(3));
     let srv = Server::start(&sim, &conf);
@@ -483,30 +478,14 @@ fn a_stop_while_redis_is_away_waits_for_it_and_writes_what_it_buffered() {
 /// Redis with `hai_data_b64`, read back after a restart, and reaches a mover unchanged.
 #[test]
 fn binary_hsm_data_goes_through_redis_to_the_mover() {
-    let sim = Sim::start("redisbin");
-    let port = free_port();
-    let Some(redis) = Redis::start(&sim.root.join("redis"), port) else {
+    let Some((sim, redis, conf)) = with_redis("redisbin", "") else {
         return;
     };
-    let conf = config(
-        &sim,
-        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\n"),
-    );
     let mut srv = Server::start(&sim, &conf);
     let mut q = srv.connect();
     let data: &[u8] = b"tag=\xff\xfe\x00bin\x80";
     let (_, fid) = sim.file("bin");
-    let mut rpc = coordinatool_sim::rpc::Client::connect(&sim.mount).unwrap();
-    rpc.call(&coordinatool_sim::rpc::Request::HsmRequest {
-        action: coordinatool_lustre::HsmUserAction::Archive.code(),
-        archive_id: 1,
-        flags: 0,
-        items: vec![(coordinatool_sim::rpc::Fid(fid), 0, u64::MAX)],
-        data: data.to_vec(),
-        uid: 0,
-        gid: 0,
-    })
-    .unwrap();
+    sim.archive_with_data(fid, data);
     wait_until("the archive queued", || status(&mut q).pending_archive == 1);
     drop(q);
     assert!(srv.signal(libc::SIGTERM).success());
@@ -532,15 +511,9 @@ fn binary_hsm_data_goes_through_redis_to_the_mover() {
 
 #[test]
 fn a_stop_waits_only_for_buffered_changes_and_a_second_signal_ends_the_wait() {
-    let sim = Sim::start("redis-stop2");
-    let port = free_port();
-    let Some(mut redis) = Redis::start(&sim.root.join("redis"), port) else {
+    let Some((sim, mut redis, conf)) = with_redis("redis-stop2", "") else {
         return;
     };
-    let conf = config(
-        &sim,
-        &format!("store redis\nredis_host 127.0.0.1\nredis_port {port}\n"),
-    );
     // Redis away, nothing buffered: nothing to wait for, a clean stop.
     let mut srv = Server::start(&sim, &conf);
     let mut q = srv.connect();
@@ -563,7 +536,7 @@ fn a_stop_waits_only_for_buffered_changes_and_a_second_signal_ends_the_wait() {
 
     // Redis away with changes buffered: the stop waits, a second signal ends the wait, and
     // the exit status says the store is behind.
-    let redis = Redis::start(&sim.root.join("redis"), port).expect("redis restarts");
+    let redis = Redis::start(&sim.root.join("redis"), redis.port).expect("redis restarts");
     let mut srv = Server::start(&sim, &conf);
     let mut q = srv.connect();
     drop(redis);

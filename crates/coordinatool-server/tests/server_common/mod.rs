@@ -77,6 +77,23 @@ impl Sim {
         self.lfs(&["hsm_archive", "-a", "1", &path.to_string_lossy()]);
     }
 
+    /// Archives `fid` with hsm data `data` through the simulator's RPC (its `lfs --data`
+    /// takes UTF-8 only; Lustre takes any bytes).
+    #[allow(dead_code)]
+    pub fn archive_with_data(&self, fid: LuFid, data: &[u8]) {
+        let mut rpc = coordinatool_sim::rpc::Client::connect(&self.mount).expect("sim rpc");
+        rpc.call(&coordinatool_sim::rpc::Request::HsmRequest {
+            action: coordinatool_lustre::HsmUserAction::Archive.code(),
+            archive_id: 1,
+            flags: 0,
+            items: vec![(coordinatool_sim::rpc::Fid(fid), 0, u64::MAX)],
+            data: data.to_vec(),
+            uid: 0,
+            gid: 0,
+        })
+        .expect("hsm_archive with data");
+    }
+
     /// `lctl get_param -n <param>` of this mount.
     pub fn param(&self, param: &str) -> String {
         let m = self.mount.to_string_lossy().into_owned();
