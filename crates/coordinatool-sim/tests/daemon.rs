@@ -1167,3 +1167,67 @@ fn pipelined_one_way_starts_report_failures_at_the_next_call() {
     ));
     d.stop();
 }
+
+/// Out of fds, the daemon keeps serving the connections it has, and accepts the waiting ones
+/// once fds are free again.
+#[test]
+fn out_of_fds_the_daemon_serves_its_clients_and_accepts_later() {
+    use std::os::unix::process::CommandExt;
+    let t = TempDir::new();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coordinatool-sim"));
+    cmd.args(["serve", t.0.to_str().unwrap()])
+        .env("COORDINATOOL_SIM_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = std::sync::Arc::new(std::sync::Mutex::new(cmd.spawn().unwrap()));
+    // A regression must fail the test, not hang it: the daemon is killed after a minute, and
+    // a call then fails instead of waiting.
+    let watchdog = {
+        let child = child.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            let _ = child.lock().unwrap().kill();
+        })
+    };
+    let sock = rpc::socket_path(&t.0);
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "daemon never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let hello = |c: &mut Client| matches!(c.call(&Request::Hello), Ok(Reply::Hello { .. }));
+    let mut first = Client::connect(&t.0).unwrap();
+    assert!(hello(&mut first));
+    // More connections than the daemon has fds: the kernel queues the rest.
+    let more: Vec<UnixStream> = (0..80)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    // The daemon is out of fds now, and still answers.
+    assert!(hello(&mut first));
+    // Fds come back: the waiting connections are accepted, and new ones are served.
+    drop(more);
+    let mut late: Vec<Client> = (0..5).map(|_| Client::connect(&t.0).unwrap()).collect();
+    for c in &mut late {
+        assert!(hello(c), "a connection made after fds came back is served");
+    }
+    let mut child = child.lock().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(watchdog);
+}

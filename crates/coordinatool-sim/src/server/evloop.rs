@@ -40,6 +40,8 @@ const READ_CHUNK: usize = 16 << 10;
 /// Calls of one connection served per turn, so that a client with a long queue of one-way
 /// messages does not delay the others, and its replies stay bounded.
 const CALLS_PER_TURN: usize = 64;
+/// How long new connections wait after `accept` failed (out of fds).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
 /// Events taken per `epoll_wait`.
 const MAX_EVENTS: usize = 128;
 
@@ -68,6 +70,12 @@ impl Epoll {
 
     fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    }
+
+    /// Stops (`false`) or resumes (`true`) watching the listening socket.
+    fn listen(&self, listener: &UnixListener, on: bool) -> io::Result<()> {
+        let events = if on { libc::EPOLLIN as u32 } else { 0 };
+        self.ctl(libc::EPOLL_CTL_MOD, listener.as_raw_fd(), LISTENER, events)
     }
 
     /// Registers the daemon's listening socket (made non-blocking) and wake-up eventfd.
@@ -331,13 +339,30 @@ fn next_step(c: &Conn) -> Next {
 pub(super) fn run(shared: &Arc<Shared>, epoll: &Epoll, listener: &UnixListener) {
     let mut conns: FastMap<u64, Conn> = FastMap::default();
     let mut next_token = 0u64;
+    // Set while the listener is out of the loop after a failed `accept`.
+    let mut accept_paused: Option<std::time::Instant> = None;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
     // Connections with complete calls left in their buffer (beyond a turn's share).
     let mut backlog: Vec<u64> = Vec::new();
     let mut touched: Vec<u64> = Vec::new();
     let mut batch: Vec<(u64, Call)> = Vec::new();
     loop {
-        let timeout = if backlog.is_empty() { -1 } else { 0 };
+        if let Some(until) = accept_paused
+            && std::time::Instant::now() >= until
+        {
+            accept_paused = None;
+            if let Err(e) = epoll.listen(listener, true) {
+                warn!(error = %e, "epoll_ctl (listener)");
+            }
+        }
+        let timeout = if !backlog.is_empty() {
+            0
+        } else if let Some(until) = accept_paused {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
+        } else {
+            -1
+        };
         let n = match epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -466,19 +491,25 @@ pub(super) fn run(shared: &Arc<Shared>, epoll: &Epoll, listener: &UnixListener) 
                 }
             }
         }
-        if accept {
-            accept_all(epoll, listener, &mut conns, &mut next_token);
+        if accept && !accept_all(epoll, listener, &mut conns, &mut next_token) {
+            // Out of fds, typically: the listener stays readable, so it is left out of the
+            // loop for a while rather than the loop sleeping (and every client with it).
+            accept_paused = Some(std::time::Instant::now() + ACCEPT_PAUSE);
+            if let Err(e) = epoll.listen(listener, false) {
+                warn!(error = %e, "epoll_ctl (listener)");
+            }
         }
     }
 }
 
-/// Accepts every pending connection into the loop.
+/// Accepts every pending connection into the loop; false when `accept` failed for another
+/// reason than no more pending connections.
 fn accept_all(
     epoll: &Epoll,
     listener: &UnixListener,
     conns: &mut FastMap<u64, Conn>,
     next_token: &mut u64,
-) {
+) -> bool {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -496,14 +527,11 @@ fn accept_all(
                 c.events = events;
                 conns.insert(token, c);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                // Out of fds, typically: the listener stays ready, so pause instead of
-                // spinning until a connection closes.
                 warn!(error = %e, "accept");
-                thread::sleep(Duration::from_millis(10));
-                return;
+                return false;
             }
         }
     }
