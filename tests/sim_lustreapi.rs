@@ -846,15 +846,20 @@ fn event_fifo_gets_json_lines() {
     );
     // Read while the test runs (other tests of this binary write events too: the FIFO is
     // process-wide); EOF comes when the library closes its end at unregistration.
+    // Events written while no reader has the FIFO open are dropped (as Lustre's are): the
+    // copytool starts only once the reader is there.
+    let (opened_tx, opened) = std::sync::mpsc::channel();
     let reader = {
         let fifo = fifo.clone();
         std::thread::spawn(move || {
             let mut text = String::new();
             let mut r = std::fs::File::open(&fifo).expect("open fifo");
+            opened_tx.send(()).expect("signal the open");
             r.read_to_string(&mut text).expect("read fifo");
             text
         })
     };
+    opened.recv().expect("the reader opened the fifo");
     let path = sim.write("e", b"event data");
     let ct = Copytool::register(api(), sim.mount(), &[], false).expect("register");
     archive_with(&sim, &ct, &path);
