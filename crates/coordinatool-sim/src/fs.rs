@@ -175,19 +175,8 @@ fn escape_into(out: &mut String, p: &Path) {
 }
 
 /// Appends `v` in decimal.
-fn push_dec(out: &mut String, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // SAFETY: ASCII digits only.
-    out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) });
+fn push_dec(out: &mut String, v: u64) {
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
 /// Appends `v` in lower-case hexadecimal, without prefix.
