@@ -249,21 +249,22 @@ fn data_end(bytes: &[u8]) -> Result<usize, DecodeRecordError> {
 }
 
 /// Rewrites `record` (a record of [`encode_record`], assigned or not) into `out` as assigned
-/// to `client`, or as not assigned for `None`; the request's fields are copied, not decoded.
+/// to the client id `client` (its bytes, kept as they are: [`decode_record_client`] gives
+/// them back), or as not assigned for `None`; the request's fields are copied, not decoded.
 /// Fails, leaving `out` unspecified, when `record` is not a valid record header.
 pub fn set_record_client(
     record: &[u8],
-    client: Option<&str>,
+    client: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> Result<(), DecodeRecordError> {
     let end = data_end(record)?;
     out.clear();
-    out.reserve(end + client.map_or(0, str::len));
+    out.reserve(end + client.map_or(0, <[u8]>::len));
     out.extend_from_slice(&record[..end]);
     match client {
         Some(c) => {
             out[FLAGS_AT] |= HAS_CLIENT;
-            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(c);
         }
         None => out[FLAGS_AT] &= !HAS_CLIENT,
     }
@@ -422,7 +423,7 @@ mod tests {
             (r.clone(), None)
         );
         let mut assigned = Vec::new();
-        set_record_client(&plain, Some("mover@host"), &mut assigned).unwrap();
+        set_record_client(&plain, Some("mover@host".as_bytes()), &mut assigned).unwrap();
         assert_eq!(
             decode_record_client(r.key(), &assigned).unwrap(),
             (r.clone(), Some(&b"mover@host"[..]))
@@ -435,7 +436,7 @@ mod tests {
         assert_eq!(direct, plain);
         // Reassigning replaces the id; unassigning gives back the plain record.
         let mut again = Vec::new();
-        set_record_client(&assigned, Some("m2"), &mut again).unwrap();
+        set_record_client(&assigned, Some("m2".as_bytes()), &mut again).unwrap();
         assert_eq!(
             decode_record_client(r.key(), &again).unwrap().1,
             Some(&b"m2"[..])
@@ -443,13 +444,15 @@ mod tests {
         let mut back = Vec::new();
         set_record_client(&again, None, &mut back).unwrap();
         assert_eq!(back, plain);
-        set_record_client(&plain, Some(""), &mut again).unwrap();
+        set_record_client(&plain, Some("".as_bytes()), &mut again).unwrap();
         assert_eq!(
             decode_record_client(r.key(), &again).unwrap().1,
             Some(&b""[..])
         );
         // A record that is not one is refused, not rewritten.
-        assert!(set_record_client(&plain[..plain.len() - 1], Some("m"), &mut again).is_err());
+        assert!(
+            set_record_client(&plain[..plain.len() - 1], Some("m".as_bytes()), &mut again).is_err()
+        );
         assert!(set_record_client(b"\x07\x14\x00", None, &mut again).is_err());
         assert!(set_record_client(b"", None, &mut again).is_err());
     }
@@ -540,7 +543,7 @@ mod fuzz {
             }
             let _ = decode_record(key, &b);
             let mut out = Vec::new();
-            if set_record_client(&b, Some("m"), &mut out).is_ok() {
+            if set_record_client(&b, Some("m".as_bytes()), &mut out).is_ok() {
                 // A header accepted for a rewrite is one the decoder accepts too.
                 let _ = decode_record_client(key, &out);
             }

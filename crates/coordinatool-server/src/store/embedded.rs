@@ -154,22 +154,18 @@ impl EmbeddedStore {
         {
             let asg = tx.open_table(ASSIGNED_V1).map_err(|e| self.err(e))?;
             let mut req = tx.open_table(REQUESTS).map_err(|e| self.err(e))?;
-            let mut rec = Vec::new();
             let mut out = Vec::new();
             for item in asg.iter().map_err(|e| self.err(e))? {
                 let (k, v) = item.map_err(|e| self.err(e))?;
                 let key = *k.value();
-                let Some(found) = req.get(&key).map_err(|e| self.err(e))? else {
-                    stale += 1;
-                    continue;
+                let rewritten = match req.get(&key).map_err(|e| self.err(e))? {
+                    Some(found) => set_record_client(found.value(), Some(v.value()), &mut out),
+                    None => {
+                        stale += 1;
+                        continue;
+                    }
                 };
-                rec.clear();
-                rec.extend_from_slice(found.value());
-                drop(found);
-                // The client id is moved as raw bytes: `set_record_client` takes text,
-                // so the bytes are appended after a rewrite with an empty id.
-                if set_record_client(&rec, Some(""), &mut out).is_ok() {
-                    out.extend_from_slice(v.value());
+                if rewritten.is_ok() {
                     req.insert(&key, out.as_slice()).map_err(|e| self.err(e))?;
                 }
             }
@@ -251,7 +247,9 @@ fn set_client(
         let Some(old) = table.get(key)? else {
             return Ok(());
         };
-        if set_record_client(old.value(), client, buf).is_err() || buf.as_slice() == old.value() {
+        if set_record_client(old.value(), client.map(str::as_bytes), buf).is_err()
+            || buf.as_slice() == old.value()
+        {
             return Ok(());
         }
     }
