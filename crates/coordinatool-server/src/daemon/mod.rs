@@ -674,6 +674,9 @@ struct Server {
     relink: Option<Relink>,
     /// Why Lustre intake stopped, while it is stopped (the registration ended).
     lustre_lost: Option<String>,
+    /// When to try registering again: set when the registration is lost and after a failed
+    /// attempt, `None` while an attempt runs or intake works.
+    relink_at: Option<tokio::time::Instant>,
     /// A registration attempt running on the blocking pool.
     relinking: Option<tokio::task::JoinHandle<Result<Copytool<'static>, String>>>,
     clock: Clock,
@@ -784,6 +787,7 @@ impl Server {
             ct,
             relink: parts.relink,
             lustre_lost: None,
+            relink_at: None,
             relinking: None,
             clock: parts.clock,
             stop: None,
@@ -819,22 +823,12 @@ impl Server {
         // A store that can go away is checked even when idle, so a re-sync does not wait
         // for the next change.
         let mut store_check = self.resyncable.then(|| tokio::time::interval(STORE_CHECK));
-        let mut lustre_retry =
-            tokio::time::interval_at(tokio::time::Instant::now() + LUSTRE_RETRY, LUSTRE_RETRY);
-        lustre_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lustre_more = false;
-        let mut was_due = false;
         let mut listener = Some(listener);
         while self.stop.is_none() {
             let deadline = self.timer_deadline();
             let ct = &self.ct;
-            let retry_due =
-                self.lustre_lost.is_some() && self.relink.is_some() && self.relinking.is_none();
-            if retry_due && !was_due && self.ct.is_none() && self.relinking.is_none() {
-                // First try a full period after the loss, not at once for an overdue tick.
-                lustre_retry.reset();
-            }
-            was_due = retry_due || self.relinking.is_some();
+            let relink_at = self.relink_at;
             let relinking = &mut self.relinking;
             let inflight = &mut self.inflight;
             let owners = &mut self.owners;
@@ -886,11 +880,10 @@ impl Server {
                         None => std::future::pending().await,
                     }
                 } => Wake::StoreCheck,
-                _ = async {
-                    if retry_due {
-                        lustre_retry.tick().await
-                    } else {
-                        std::future::pending().await
+                () = async {
+                    match relink_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
                     }
                 } => Wake::LustreRetry,
                 r = async {
@@ -1010,6 +1003,7 @@ impl Server {
                     let _ = notify::status("Lustre registration lost, retrying");
                     self.ct = None;
                     self.lustre_lost = Some(e.to_string());
+                    self.relink_at = self.relink.as_ref().map(|_| Self::next_relink());
                     return false;
                 }
                 Err(e @ LustreError::Malformed { .. }) => warn!("dropping a list from Lustre: {e}"),
@@ -1022,9 +1016,15 @@ impl Server {
         true
     }
 
+    /// When the next registration attempt is due, from now.
+    fn next_relink() -> tokio::time::Instant {
+        tokio::time::Instant::now() + LUSTRE_RETRY
+    }
+
     /// Starts a registration attempt off the loop (registering opens the mount point,
     /// which can hang while Lustre recovers).
     fn relink_lustre(&mut self) {
+        self.relink_at = None;
         let Some(r) = &self.relink else { return };
         let (api, mnt, ids) = (r.api, r.mnt.clone(), r.archive_ids.clone());
         let fsname = self.fsname.clone();
@@ -1047,10 +1047,12 @@ impl Server {
             Ok(Err(e)) => {
                 debug!("registering with Lustre again: {e}");
                 self.lustre_lost = Some(e);
+                self.relink_at = Some(Self::next_relink());
                 return;
             }
             Err(e) => {
                 warn!("registering with Lustre again: {e}");
+                self.relink_at = Some(Self::next_relink());
                 return;
             }
         };
@@ -1063,10 +1065,13 @@ impl Server {
                 info!("registered as copytool again: Lustre intake resumes");
                 let _ = notify::status("Lustre registration back");
             }
-            Err(e) => warn!(
-                "registered again, but cannot watch the copytool fd: {}",
-                e.into_parts().1
-            ),
+            Err(e) => {
+                warn!(
+                    "registered again, but cannot watch the copytool fd: {}",
+                    e.into_parts().1
+                );
+                self.relink_at = Some(Self::next_relink());
+            }
         }
     }
 
