@@ -154,6 +154,12 @@ struct Conn {
     touched: bool,
 }
 
+/// The payload length in the 4-byte header at the start of `b`, once the header is there.
+fn frame_len(b: &[u8]) -> Option<usize> {
+    let h: [u8; 4] = b.get(..4)?.try_into().ok()?;
+    Some(u32::from_le_bytes(h) as usize)
+}
+
 /// What a call of the batch is: a request, or a malformed frame answered `EPROTO`.
 type Call = Option<Request>;
 
@@ -181,8 +187,7 @@ impl Conn {
     /// True if a complete frame waits in the input buffer.
     fn has_frame(&self) -> bool {
         let b = &self.inbuf[self.pos..];
-        b.len() >= 4
-            && b.len() - 4 >= u32::from_le_bytes(b[..4].try_into().expect("4 bytes")) as usize
+        frame_len(b).is_some_and(|len| b.len() - 4 >= len)
     }
 
     /// One read into the input buffer (sized for the frame in progress).
@@ -198,18 +203,13 @@ impl Conn {
             // A large frame came and went: do not keep its buffer for small calls.
             self.inbuf = Vec::new();
         }
-        let want = match self.inbuf.get(..4) {
+        let want = match frame_len(&self.inbuf) {
             // The rest of a large frame; a length beyond MAX_FRAME is refused by decoding,
             // before any buffer of that size exists.
-            Some(h) => {
-                let len = u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize;
-                if len > rpc::MAX_FRAME {
-                    READ_CHUNK
-                } else {
-                    (4 + len).saturating_sub(self.inbuf.len()).max(READ_CHUNK)
-                }
+            Some(len) if len <= rpc::MAX_FRAME => {
+                (4 + len).saturating_sub(self.inbuf.len()).max(READ_CHUNK)
             }
-            None => READ_CHUNK,
+            _ => READ_CHUNK,
         };
         self.inbuf.reserve(want);
         let spare = self.inbuf.capacity() - self.inbuf.len();
